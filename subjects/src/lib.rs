@@ -1,0 +1,188 @@
+//! Colony's wire contract.
+//!
+//! This crate owns every NATS subject, stream, consumer, KV bucket and header
+//! name Colony uses, and every message type that crosses a process boundary:
+//! between a client and ingress, between the outbox relay and the workers,
+//! between a worker and the `agentd` inside its container. Nothing else in
+//! the workspace spells a subject as a string literal.
+//!
+//! Message types carry a `v` field (the version of their shape). Their JSON
+//! Schemas are generated into `subjects/schema/` by [`schema::all`]; a test
+//! fails when the files drift from the types, so a client in any language can
+//! publish to Colony from the schema alone.
+//!
+//! What this crate does not own: how a message is produced or consumed (that
+//! is the services'), and the task state machine's rules (`store::state`);
+//! only the names of the states live here because they are on the wire.
+
+pub mod agent;
+pub mod messages;
+#[cfg(feature = "nats")]
+pub mod nats;
+pub mod schema;
+
+pub use messages::*;
+
+/// The version every message type in this crate is currently written with.
+pub const VERSION: u32 = 1;
+
+/// Serde default for every `v` field.
+pub(crate) fn messages_v1() -> u32 {
+    VERSION
+}
+
+/// Subject prefix shared by everything Colony publishes.
+const ROOT: &str = "colony";
+
+/// Subjects, by the stream they belong to.
+pub mod subject {
+    use super::ROOT;
+
+    /// `colony.intake.<tenant>`: any NATS client submits a task here.
+    pub fn intake(tenant: &str) -> String {
+        format!("{ROOT}.intake.{tenant}")
+    }
+    /// Every intake subject (the ingress consumer's filter).
+    pub fn intake_all() -> String {
+        format!("{ROOT}.intake.>")
+    }
+    /// `colony.work.<pool>`: the outbox relay publishes a queued task here.
+    pub fn work(pool: &str) -> String {
+        format!("{ROOT}.work.{pool}")
+    }
+    pub fn work_all() -> String {
+        format!("{ROOT}.work.>")
+    }
+    /// `colony.events.<goal>.<task>.<kind>`; `goal` is [`NO_GOAL`] for a task
+    /// without one. The task token lets a per-task feed (SSE) be a plain
+    /// subject filter, and the goal token lets a planner follow a whole goal.
+    pub fn events(goal: Option<uuid::Uuid>, task: uuid::Uuid, kind: &str) -> String {
+        match goal {
+            Some(g) => format!("{ROOT}.events.{g}.{task}.{kind}"),
+            None => format!("{ROOT}.events.{NO_GOAL}.{task}.{kind}"),
+        }
+    }
+    /// Every event of one task, whatever its goal.
+    pub fn events_of_task(task: uuid::Uuid) -> String {
+        format!("{ROOT}.events.*.{task}.>")
+    }
+    pub fn events_all() -> String {
+        format!("{ROOT}.events.>")
+    }
+    /// `colony.results.<task>`: the final view of a task, once it is final.
+    pub fn result(task: uuid::Uuid) -> String {
+        format!("{ROOT}.results.{task}")
+    }
+    pub fn results_all() -> String {
+        format!("{ROOT}.results.>")
+    }
+    /// `colony.ctl.<worker>.<command>` (core NATS, not a stream).
+    pub fn ctl(worker: &str, command: &str) -> String {
+        format!("{ROOT}.ctl.{worker}.{command}")
+    }
+    pub fn ctl_all(worker: &str) -> String {
+        format!("{ROOT}.ctl.{worker}.>")
+    }
+    /// Every control subject of every worker (for broadcasting a cancel).
+    pub fn ctl_broadcast(command: &str) -> String {
+        format!("{ROOT}.ctl.all.{command}")
+    }
+    /// `colony.dlq.<source>`: a message that was rejected, with
+    /// [`super::header::REASON`] saying why.
+    pub fn dlq(source: &str) -> String {
+        format!("{ROOT}.dlq.{source}")
+    }
+    pub fn dlq_all() -> String {
+        format!("{ROOT}.dlq.>")
+    }
+
+    /// The goal token used in event subjects of a task that has no goal.
+    pub const NO_GOAL: &str = "_";
+
+    /// Control commands.
+    pub const CTL_CANCEL: &str = "cancel";
+
+    /// Event kinds (the last token of an event subject).
+    pub const EVENT_STATE: &str = "state";
+    pub const EVENT_OUTPUT: &str = "output";
+
+    /// DLQ sources.
+    pub const DLQ_INTAKE: &str = "intake";
+    pub const DLQ_WORK: &str = "work";
+
+    /// The last token of an intake subject: the tenant it submits for.
+    pub fn intake_tenant(subject: &str) -> Option<&str> {
+        subject.strip_prefix("colony.intake.").filter(|t| super::is_token(t))
+    }
+}
+
+/// Stream names.
+pub mod stream {
+    pub const INTAKE: &str = "INTAKE";
+    pub const WORK: &str = "WORK";
+    pub const EVENTS: &str = "EVENTS";
+    pub const RESULTS: &str = "RESULTS";
+    pub const DLQ: &str = "DLQ";
+}
+
+/// Durable consumer names.
+pub mod consumer {
+    /// Ingress's consumer on INTAKE.
+    pub const INGRESS: &str = "ingress";
+    /// The workers of one pool share this consumer on WORK.
+    pub fn worker(pool: &str) -> String {
+        format!("worker-{pool}")
+    }
+}
+
+/// Header names.
+pub mod header {
+    /// JetStream's de-duplication id; every Colony publish sets it.
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// Why a message was dead-lettered (one sentence).
+    pub const REASON: &str = "Colony-Reason";
+    /// The subject a dead-lettered message was first published to.
+    pub const ORIGINAL_SUBJECT: &str = "Colony-Original-Subject";
+    /// The task a message is about, when there is one.
+    pub const TASK: &str = "Colony-Task";
+}
+
+/// True when `s` can stand as one subject token and as a tenant, pool or
+/// role name: 1–64 characters of `[A-Za-z0-9_-]`.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens() {
+        for ok in ["default", "shell", "a-b_c", "A1"] {
+            assert!(is_token(ok), "{ok}");
+        }
+        for bad in ["", "a.b", "a b", "*", ">", "ü", &"x".repeat(65)] {
+            assert!(!is_token(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn intake_tenant_is_the_last_token() {
+        assert_eq!(subject::intake_tenant(&subject::intake("acme")), Some("acme"));
+        assert_eq!(subject::intake_tenant("colony.intake.a.b"), None);
+        assert_eq!(subject::intake_tenant("colony.work.a"), None);
+    }
+
+    #[test]
+    fn task_event_filter_matches_goal_and_no_goal() {
+        let t = uuid::Uuid::nil();
+        assert_eq!(subject::events(None, t, "state"), format!("colony.events._.{t}.state"));
+        assert_eq!(subject::events_of_task(t), format!("colony.events.*.{t}.>"));
+    }
+}

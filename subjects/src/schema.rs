@@ -1,0 +1,57 @@
+//! JSON Schemas of every message type, as committed under `subjects/schema/`.
+//!
+//! `COLONY_BLESS_SCHEMAS=1 cargo test -p subjects` rewrites the files; without
+//! it the test fails when they differ from the types.
+
+use schemars::{schema_for, Schema};
+
+use crate::agent::{AgentFrame, AgentRequest};
+use crate::messages::*;
+
+/// (file name, schema) for every message type.
+pub fn all() -> Vec<(&'static str, Schema)> {
+    vec![
+        ("task_submission.v1.json", schema_for!(TaskSubmission)),
+        ("shell_input.v1.json", schema_for!(ShellInput)),
+        ("shell_output.v1.json", schema_for!(ShellOutput)),
+        ("work_item.v1.json", schema_for!(WorkItem)),
+        ("task_view.v1.json", schema_for!(TaskView)),
+        ("task_accepted.v1.json", schema_for!(TaskAccepted)),
+        ("event.v1.json", schema_for!(Event)),
+        ("api_error.v1.json", schema_for!(ApiError)),
+        ("agent_request.v1.json", schema_for!(AgentRequest)),
+        ("agent_frame.v1.json", schema_for!(AgentFrame)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    #[test]
+    fn committed_schemas_match_the_types() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schema");
+        let bless = std::env::var_os("COLONY_BLESS_SCHEMAS").is_some();
+        let mut drifted = Vec::new();
+        for (name, schema) in super::all() {
+            let text = serde_json::to_string_pretty(&schema).expect("schema serialises") + "\n";
+            let path = dir.join(name);
+            if bless {
+                std::fs::create_dir_all(&dir).expect("create schema dir");
+                std::fs::write(&path, &text).expect("write schema");
+            } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                drifted.push(name);
+            }
+        }
+        assert!(
+            drifted.is_empty(),
+            "schemas out of date: {drifted:?}; run COLONY_BLESS_SCHEMAS=1 cargo test -p subjects and commit subjects/schema/"
+        );
+        // Nothing stale is left behind either.
+        let known: Vec<_> = super::all().into_iter().map(|(n, _)| n).collect();
+        for entry in std::fs::read_dir(&dir).expect("schema dir") {
+            let name = entry.expect("dir entry").file_name().into_string().expect("utf-8 name");
+            assert!(known.contains(&name.as_str()), "stale schema file {name}");
+        }
+    }
+}
