@@ -149,6 +149,12 @@ pub mod header {
     pub const TASK: &str = "Colony-Task";
 }
 
+/// A W3C `traceparent` whose trace id is the task's id, so that every
+/// message about one task shares a trace.
+pub fn traceparent(task: uuid::Uuid, span: u64) -> String {
+    format!("00-{}-{span:016x}-01", task.simple())
+}
+
 /// True when `s` can stand as one subject token and as a tenant, pool or
 /// role name: 1–64 characters of `[A-Za-z0-9_-]`.
 pub fn is_token(s: &str) -> bool {

@@ -131,9 +131,9 @@ pub struct WorkItem {
     #[serde(default = "crate::messages_v1")]
     pub v: u32,
     pub task_id: Uuid,
-    /// The outbox row that queued this attempt. A worker acts on a message
+    /// The outbox row (and message id) that queued this attempt. A worker acts on a message
     /// only while it is the task's current dispatch; an older one is stale.
-    pub dispatch_id: i64,
+    pub dispatch_id: Uuid,
     pub attempt: u32,
     pub role: String,
     pub tenant: String,

@@ -1,1 +1,203 @@
-fn main() {}
+//! agentd: the agent runtime inside a Colony container.
+//!
+//! It is the container's entrypoint (behind docker's `tini` init), listens on
+//! `/run/colony/agent.sock` and runs the worker's requests in `/workspace`
+//! using the protocol of [`subjects::agent`]. This module owns the command
+//! line, the runtime (one thread, so a fork bomb in a run cannot starve
+//! agentd of threads) and the shutdown signals; [`server`] owns the socket.
+
+mod group;
+mod output;
+mod run;
+mod server;
+mod shell;
+#[cfg(test)]
+mod testutil;
+mod workspace;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use subjects::agent::{AGENT_SOCKET, SOCKET_DIR, WORKSPACE};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// agentd's version, reported in `pong`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+const USAGE: &str = "\
+usage: agentd [--socket PATH] [--workspace DIR]
+
+  --socket PATH     unix socket to serve (env AGENTD_SOCKET; default /run/colony/agent.sock)
+  --workspace DIR   directory runs work in (env AGENTD_WORKSPACE; default /workspace)
+  --help            print this and exit
+  --version         print the version and exit";
+
+/// Writes one line to stderr, ignoring a closed stderr (unlike `eprintln!`,
+/// which panics).
+pub fn log(args: fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "agentd: {args}");
+}
+
+/// What agentd serves, from flags and environment.
+#[derive(Debug, Clone, PartialEq)]
+struct Config {
+    socket: PathBuf,
+    workspace: PathBuf,
+}
+
+#[derive(Debug, PartialEq)]
+enum Command {
+    Serve(Config),
+    Help,
+    Version,
+}
+
+/// Parses the arguments (without the program name); flags win over the
+/// `AGENTD_*` variables `env` looks up.
+fn parse_args(
+    args: impl IntoIterator<Item = OsString>,
+    env: impl Fn(&str) -> Option<OsString>,
+) -> Result<Command, String> {
+    let mut config = Config {
+        socket: env("AGENTD_SOCKET")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(SOCKET_DIR).join(AGENT_SOCKET)),
+        workspace: env("AGENTD_WORKSPACE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(WORKSPACE)),
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let Some(text) = arg.to_str() else {
+            return Err(format!("unexpected argument {arg:?}"));
+        };
+        let (flag, inline) = match text.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(OsString::from(value))),
+            _ => (text, None),
+        };
+        let slot = match flag {
+            "--help" | "-h" => return Ok(Command::Help),
+            "--version" | "-V" => return Ok(Command::Version),
+            "--socket" => &mut config.socket,
+            "--workspace" => &mut config.workspace,
+            _ => return Err(format!("unknown argument {text:?}")),
+        };
+        let value = inline
+            .or_else(|| args.next())
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| format!("{flag} needs a value"))?;
+        *slot = PathBuf::from(value);
+    }
+    Ok(Command::Serve(config))
+}
+
+fn main() -> ExitCode {
+    let config = match parse_args(std::env::args_os().skip(1), |name| std::env::var_os(name)) {
+        Ok(Command::Serve(config)) => config,
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("agentd {VERSION}");
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            log(format_args!("{err}\n{USAGE}"));
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            log(format_args!("cannot start the async runtime: {err}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            log(format_args!("{err}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT.
+async fn serve(config: Config) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let server = server::Server::bind(&config.socket, config.workspace.clone())?;
+    log(format_args!(
+        "{VERSION} listening on {} (workspace {})",
+        config.socket.display(),
+        config.workspace.display()
+    ));
+    server
+        .serve(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
+        .await;
+    log(format_args!("stopped"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn defaults_come_from_the_contract() {
+        let parsed = parse_args(args(&[]), |_| None);
+        assert_eq!(
+            parsed,
+            Ok(Command::Serve(Config {
+                socket: PathBuf::from("/run/colony/agent.sock"),
+                workspace: PathBuf::from("/workspace"),
+            }))
+        );
+    }
+
+    #[test]
+    fn flags_win_over_environment() {
+        let env = |name: &str| match name {
+            "AGENTD_SOCKET" => Some(OsString::from("/env/sock")),
+            "AGENTD_WORKSPACE" => Some(OsString::from("/env/ws")),
+            _ => None,
+        };
+        assert_eq!(
+            parse_args(args(&["--socket", "/flag/sock"]), env),
+            Ok(Command::Serve(Config {
+                socket: PathBuf::from("/flag/sock"),
+                workspace: PathBuf::from("/env/ws"),
+            }))
+        );
+        assert_eq!(
+            parse_args(args(&["--workspace=/w"]), |_| None),
+            Ok(Command::Serve(Config {
+                socket: PathBuf::from("/run/colony/agent.sock"),
+                workspace: PathBuf::from("/w"),
+            }))
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        assert!(parse_args(args(&["--socket"]), |_| None).is_err());
+        assert!(parse_args(args(&["--nope"]), |_| None).is_err());
+        assert_eq!(parse_args(args(&["--help"]), |_| None), Ok(Command::Help));
+    }
+}

@@ -1,1 +1,84 @@
-//! (being written)
+//! Postgres, Colony's source of truth.
+//!
+//! This crate owns the connection pool, the numbered migrations under
+//! `sql/`, the task state machine ([`state`]) and the SQL that moves tasks
+//! ([`tasks`]) and fills and drains the outbox ([`outbox`]). Every state
+//! change is one guarded statement that also writes its history row and the
+//! outbox rows announcing it, so a change and its message cannot part.
+//!
+//! It does not talk to NATS: the relay crate publishes what the outbox holds.
+
+pub mod migrate;
+pub mod outbox;
+pub mod state;
+pub mod tasks;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+pub use outbox::OutboxMsg;
+pub use state::IllegalTransition;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("no database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("{0}")]
+    Illegal(#[from] IllegalTransition),
+    #[error("task {0} does not exist")]
+    NotFound(Uuid),
+    /// The request contradicts what is stored (e.g. an idempotency key reused
+    /// for a different task).
+    #[error("{0}")]
+    Conflict(String),
+    /// Stored data or configuration is not what this code expects.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A handle on the database: cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    /// Build a pool for `url` (`postgres://user@host:port/db`). Connections
+    /// are opened lazily; [`Store::ping`] checks that the database answers.
+    pub fn connect(url: &str, max_connections: usize) -> Result<Store> {
+        let pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| Error::Invalid(format!("the database URL {url:?} is not valid: {e}")))?;
+        let mgr = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(max_connections)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::Invalid(format!("cannot build the connection pool: {e}")))?;
+        Ok(Store { pool })
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        self.pool.get().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
+    }
+}

@@ -1,0 +1,230 @@
+//! The `shell` role: `/bin/sh -c <command>` in the workspace.
+//!
+//! This module owns the life of one shell process group: spawning it with a
+//! clean environment in its own group, reading stdout and stderr
+//! concurrently into bounded [`Capture`]s while streaming what is kept,
+//! enforcing the timeout, honouring cancellation, and making sure nothing of
+//! the group outlives the run (background jobs included).
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use subjects::agent::AgentFrame;
+use subjects::{OutputStream, ShellInput, ShellOutput};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::group::{self, Pgid};
+use crate::output::{Capture, Utf8Chunks};
+use crate::run::RunError;
+
+/// The role's name in [`subjects::agent::RunRequest::role`].
+pub const ROLE: &str = "shell";
+
+const SHELL: &str = "/bin/sh";
+const PATH: &str = "/bin:/usr/bin";
+const TMPDIR: &str = "/tmp";
+/// Bytes read from a pipe at a time (and so the largest `output` frame).
+const READ_CHUNK: usize = 16 * 1024;
+/// How long to keep reading the pipes once the group is dead: a process
+/// that escaped the group may still hold them open.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// A validated shell run.
+#[derive(Debug)]
+pub struct Shell {
+    command: String,
+    timeout: Duration,
+    max_output_bytes: usize,
+}
+
+/// How the shell's wait ended.
+enum Ending {
+    Exited(ExitStatus),
+    TimedOut,
+    Cancelled,
+    WaitFailed(std::io::Error),
+}
+
+impl Shell {
+    /// Validates `input` as a [`ShellInput`] with a non-empty command.
+    pub fn new(input: &Value, timeout_ms: u64, max_output_bytes: usize) -> Result<Shell, RunError> {
+        let input = ShellInput::deserialize(input).map_err(|err| {
+            RunError::invalid_input(format!(
+                "the shell role's input must be {{\"command\": \"<text>\"}} and nothing else: {err}."
+            ))
+        })?;
+        if input.command.trim().is_empty() {
+            return Err(RunError::invalid_input("the shell command is empty."));
+        }
+        if input.command.contains('\0') {
+            return Err(RunError::invalid_input(
+                "the shell command contains a NUL byte, which no shell can run.",
+            ));
+        }
+        Ok(Shell {
+            command: input.command,
+            timeout: Duration::from_millis(timeout_ms),
+            max_output_bytes,
+        })
+    }
+
+    /// Runs the command in `workspace` until it exits, times out or `cancel`
+    /// fires; the whole process group is dead when this returns.
+    pub async fn run(
+        self,
+        workspace: &Path,
+        frames: mpsc::Sender<AgentFrame>,
+        mut cancel: oneshot::Receiver<()>,
+    ) -> Result<ShellOutput, RunError> {
+        let mut child = Command::new(SHELL)
+            .arg("-c")
+            .arg(&self.command)
+            .current_dir(workspace)
+            .env_clear()
+            .env("PATH", PATH)
+            .env("HOME", workspace)
+            .env("TMPDIR", TMPDIR)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|err| {
+                RunError::internal(format!(
+                    "agentd could not start {SHELL} in {}: {err}",
+                    workspace.display()
+                ))
+            })?;
+        let (Some(pgid), Some(stdout), Some(stderr)) = (
+            Pgid::of_leader(child.id()),
+            child.stdout.take(),
+            child.stderr.take(),
+        ) else {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(RunError::internal(
+                "agentd started the shell but lost its process id or pipes",
+            ));
+        };
+        let mut guard = group::Guard::new(pgid);
+
+        let mut out = Capture::new(self.max_output_bytes);
+        let mut err = Capture::new(self.max_output_bytes);
+        let ending = {
+            let readers = async {
+                tokio::join!(
+                    drain(stdout, OutputStream::Stdout, &mut out, &frames),
+                    drain(stderr, OutputStream::Stderr, &mut err, &frames),
+                )
+            };
+            tokio::pin!(readers);
+            let deadline = tokio::time::sleep(self.timeout);
+            tokio::pin!(deadline);
+            let mut drained = false;
+
+            let ending = loop {
+                tokio::select! {
+                    status = child.wait() => break match status {
+                        Ok(status) => Ending::Exited(status),
+                        Err(err) => Ending::WaitFailed(err),
+                    },
+                    () = &mut deadline => break Ending::TimedOut,
+                    _ = &mut cancel => break Ending::Cancelled,
+                    _ = &mut readers, if !drained => drained = true,
+                }
+            };
+
+            if !matches!(ending, Ending::Exited(_)) {
+                group::kill(pgid);
+                let _ = child.wait().await;
+            }
+            // The leader is reaped; now its background jobs (or a fork bomb).
+            if group::kill_until_gone(pgid).await {
+                guard.disarm();
+            }
+            if !drained {
+                let _ = tokio::time::timeout(DRAIN_GRACE, &mut readers).await;
+            }
+            ending
+        };
+        drop(guard);
+
+        match ending {
+            Ending::Exited(status) => {
+                let (stdout, stdout_truncated) = out.finish();
+                let (stderr, stderr_truncated) = err.finish();
+                Ok(ShellOutput {
+                    exit_code: exit_code(status),
+                    stdout,
+                    stderr,
+                    stdout_truncated,
+                    stderr_truncated,
+                })
+            }
+            Ending::TimedOut => Err(RunError::timeout(format!(
+                "the command ran longer than its {}-second limit and was killed",
+                self.timeout.as_secs_f64()
+            ))),
+            Ending::Cancelled => Err(RunError::internal(
+                "the client disconnected, so the run was cancelled",
+            )),
+            Ending::WaitFailed(err) => Err(RunError::internal(format!(
+                "agentd could not wait for the shell: {err}"
+            ))),
+        }
+    }
+}
+
+/// The shell's exit code, or 128 + the signal that killed it.
+fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// Reads `pipe` to its end into `capture`, streaming the kept part. Keeps
+/// draining (and counting) past the limit so the writer never blocks on a
+/// full pipe; a gone receiver only stops the streaming.
+async fn drain(
+    mut pipe: impl AsyncRead + Unpin,
+    stream: OutputStream,
+    capture: &mut Capture,
+    frames: &mpsc::Sender<AgentFrame>,
+) {
+    let mut buf = vec![0; READ_CHUNK];
+    let mut text = Utf8Chunks::default();
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let kept = capture.push(&buf[..n]);
+        if !kept.is_empty() {
+            send(frames, stream, text.push(kept)).await;
+        }
+    }
+    send(frames, stream, text.finish()).await;
+}
+
+async fn send(frames: &mpsc::Sender<AgentFrame>, stream: OutputStream, data: String) {
+    if !data.is_empty() {
+        let _ = frames.send(AgentFrame::Output { stream, data }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_shell_convention() {
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 137);
+    }
+}

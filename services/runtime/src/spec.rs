@@ -1,0 +1,138 @@
+//! The hardened container spec.
+//!
+//! Every container Colony starts runs as 65534:65534 with every capability
+//! dropped, `no-new-privileges`, a read-only root, tmpfs `/tmp` and
+//! `/workspace` (the only writable places), pids/memory/CPU limits, no
+//! network at all (`network_mode: none`) and docker's init as PID 1 so that
+//! orphans are reaped. Its only way out is the bind-mounted socket
+//! directory. Nothing here has a switch to turn any of that off.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
+use sha2::{Digest, Sha256};
+use subjects::agent::{SOCKET_DIR, WORKSPACE};
+
+/// The user every container runs as (nobody:nogroup).
+pub const USER: &str = "65534:65534";
+const UID: u32 = 65534;
+
+/// Resource limits of one container.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Limits {
+    pub memory_bytes: i64,
+    /// CPU in billionths of a core.
+    pub nano_cpus: i64,
+    pub pids: i64,
+    pub tmp_mb: u32,
+    pub workspace_mb: u32,
+    pub nofile: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+            nano_cpus: 1_000_000_000,
+            pids: 128,
+            tmp_mb: 64,
+            workspace_mb: 256,
+            nofile: 1024,
+        }
+    }
+}
+
+/// Reuse a container only when all of this is the same.
+pub fn config_hash(image_id: &str, role: &str, limits: &Limits) -> String {
+    let text = format!("{image_id}\n{role}\n{limits:?}\n{USER}\n");
+    Sha256::digest(text.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn container_body(
+    image: &str,
+    socket_dir: &Path,
+    labels: HashMap<String, String>,
+    l: &Limits,
+) -> ContainerCreateBody {
+    let tmpfs = HashMap::from([
+        ("/tmp".to_string(), format!("rw,nosuid,nodev,noexec,size={}m", l.tmp_mb)),
+        (
+            WORKSPACE.to_string(),
+            format!("rw,nosuid,nodev,exec,size={}m,uid={UID},gid={UID},mode=0700", l.workspace_mb),
+        ),
+    ]);
+    ContainerCreateBody {
+        image: Some(image.to_string()),
+        user: Some(USER.to_string()),
+        env: Some(Vec::new()),
+        working_dir: Some(WORKSPACE.to_string()),
+        labels: Some(labels),
+        stop_timeout: Some(5),
+        host_config: Some(HostConfig {
+            binds: Some(vec![format!("{}:{SOCKET_DIR}", socket_dir.display())]),
+            cap_drop: Some(vec!["ALL".to_string()]),
+            security_opt: Some(vec!["no-new-privileges".to_string()]),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(tmpfs),
+            pids_limit: Some(l.pids),
+            memory: Some(l.memory_bytes),
+            memory_swap: Some(l.memory_bytes),
+            nano_cpus: Some(l.nano_cpus),
+            network_mode: Some("none".to_string()),
+            init: Some(true),
+            ulimits: Some(vec![ResourcesUlimits {
+                name: Some("nofile".to_string()),
+                soft: Some(l.nofile),
+                hard: Some(l.nofile),
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Create the per-container socket directory, owned by the container's user
+/// so that agentd can create its socket there.
+pub fn prepare_socket_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    // Only root may chown; a non-root worker falls back to a world-writable
+    // directory (it is private to one container either way).
+    let owned = std::os::unix::fs::chown(dir, Some(UID), Some(UID)).is_ok();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if owned { 0o700 } else { 0o777 };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_changes_with_anything_that_matters() {
+        let l = Limits::default();
+        let base = config_hash("img1", "shell", &l);
+        assert_eq!(base, config_hash("img1", "shell", &l));
+        assert_ne!(base, config_hash("img2", "shell", &l));
+        assert_ne!(base, config_hash("img1", "other", &l));
+        let more = Limits { pids: 256, ..l };
+        assert_ne!(base, config_hash("img1", "shell", &more));
+    }
+
+    #[test]
+    fn spec_is_hardened() {
+        let body = container_body("img", Path::new("/s/c1"), HashMap::new(), &Limits::default());
+        let h = body.host_config.expect("host config");
+        assert_eq!(body.user.as_deref(), Some(USER));
+        assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(h.security_opt, Some(vec!["no-new-privileges".to_string()]));
+        assert_eq!(h.readonly_rootfs, Some(true));
+        assert_eq!(h.network_mode.as_deref(), Some("none"));
+        assert_eq!(h.binds, Some(vec![format!("/s/c1:{SOCKET_DIR}")]));
+        assert!(h.privileged.is_none());
+        assert!(h.cap_add.is_none());
+    }
+}

@@ -1,0 +1,68 @@
+//! Numbered migrations from `sql/`, applied in order, once.
+//!
+//! All pending migrations run in one transaction that first takes a
+//! transaction-scoped advisory lock, so two processes starting at once apply
+//! them exactly once: the second waits, then finds nothing left to do. A
+//! migration edited after it was applied is refused (its checksum differs).
+
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result, Store};
+
+/// (version, file name, SQL), in order.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "0001_init.sql", include_str!("../../../sql/0001_init.sql"))];
+
+/// Arbitrary but fixed: the advisory lock that serialises migrators.
+const LOCK_KEY: i64 = 0x636f_6c6f_6e79; // "colony"
+
+fn checksum(sql: &str) -> String {
+    Sha256::digest(sql.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Store {
+    /// Apply every migration not yet applied; returns the names applied now.
+    pub async fn migrate(&self) -> Result<Vec<&'static str>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version    integer PRIMARY KEY,
+                 name       text NOT NULL,
+                 checksum   text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+        let mut applied = Vec::new();
+        for &(version, name, sql) in MIGRATIONS {
+            let sum = checksum(sql);
+            let row = tx
+                .query_opt("SELECT checksum FROM schema_migrations WHERE version = $1", &[&version])
+                .await?;
+            match row {
+                Some(row) => {
+                    let stored: String = row.get(0);
+                    if stored != sum {
+                        return Err(Error::Invalid(format!(
+                            "migration {name} changed after it was applied; add a new migration instead of editing it"
+                        )));
+                    }
+                }
+                None => {
+                    tx.batch_execute(sql).await?;
+                    tx.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                        &[&version, &name, &sum],
+                    )
+                    .await?;
+                    applied.push(name);
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+}
