@@ -9,7 +9,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
 # colony: dynamically linked against glibc (runs on debian:bookworm-slim).
-# agentd: statically linked (crt-static) so it runs in a FROM-scratch image.
+# agentd: static (crt-static; a static-pie) so it runs on `scratch`.
 RUN set -eux; \
     cargo build --release -p colony; \
     triple="$(uname -m)-unknown-linux-gnu"; \
@@ -17,35 +17,37 @@ RUN set -eux; \
         cargo build --release -p agentd --target "$triple"; \
     mkdir -p /out; \
     cp target/release/colony /out/colony; \
-    cp "target/$triple/release/agentd" /out/agentd; \
-    if ldd /out/agentd >/dev/null 2>&1; then echo "agentd is not static" >&2; exit 1; fi
+    strip -o /out/agentd "target/$triple/release/agentd"; \
+    ldd /out/agentd 2>&1 | grep -qE 'statically linked|not a dynamic executable'
 
-# ---------------------------------------------------------------- agent rootfs
-FROM debian:bookworm-slim AS agent-rootfs
+# ---------------------------------------------------------------- busybox
+FROM debian:bookworm-slim AS busybox
 RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends busybox-static; \
-    rm -rf /var/lib/apt/lists/*; \
-    mkdir -p /rootfs/bin /rootfs/etc /rootfs/tmp /rootfs/workspace /rootfs/run/colony; \
-    cp /bin/busybox /rootfs/bin/busybox; \
-    for applet in $(/bin/busybox --list); do \
-        [ -e "/rootfs/bin/$applet" ] || ln -s busybox "/rootfs/bin/$applet"; \
-    done; \
-    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/workspace:/bin/sh\n' > /rootfs/etc/passwd; \
-    printf 'root:x:0:\nnobody:x:65534:\n' > /rootfs/etc/group; \
-    chmod 1777 /rootfs/tmp; \
-    chown 65534:65534 /rootfs/workspace /rootfs/run/colony
+    rm -rf /var/lib/apt/lists/*
 
 # ---------------------------------------------------------------- agentd-image
-# What the worker runs each task in: busybox, agentd, an unprivileged user.
-# agentd serves /run/colony/agent.sock (bind-mounted per container by the
-# worker) and runs requests in /workspace. Docker's --init (tini) is PID 1.
+# The image tasks run in. Same layout as images/agentd/Dockerfile (which
+# ops/build-agentd-image builds from the host's binaries without a registry):
+# a static busybox, agentd, nobody (65534). agentd serves
+# /run/colony/agent.sock (the worker bind-mounts a per-container host dir
+# there) and runs requests in /workspace; docker's --init (tini) is PID 1.
 FROM scratch AS agentd-image
-COPY --from=agent-rootfs /rootfs/ /
+COPY --from=busybox /bin/busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+COPY images/agentd/passwd images/agentd/group /etc/
 COPY --from=build /out/agentd /usr/local/bin/agentd
-ENV PATH=/usr/local/bin:/bin
-WORKDIR /workspace
+RUN ["/bin/sh", "-c", "set -e; \
+    mkdir -p /workspace /tmp /run/colony; \
+    chown 65534:65534 /workspace /run/colony; \
+    chmod 0700 /workspace; \
+    chmod 0755 /run/colony; \
+    chmod 1777 /tmp; \
+    chmod 0644 /etc/passwd /etc/group; \
+    chmod 0755 /usr/local/bin/agentd"]
 USER 65534:65534
+WORKDIR /workspace
 ENTRYPOINT ["/usr/local/bin/agentd"]
 
 # ---------------------------------------------------------------- colony (default)

@@ -122,7 +122,15 @@ kill_pidfile() {
 
 # ---------------------------------------------------------------- packages
 
-_busybox_static() { [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; }
+# is_static FILE: ldd says "not a dynamic executable" (static) or
+# "statically linked" (static-pie, exit status 0).
+is_static() {
+    local out
+    [ -x "$1" ] || return 1
+    out=$(LC_ALL=C ldd "$1" 2>&1) || true
+    grep -qE 'statically linked|not a dynamic executable' <<<"$out"
+}
+_busybox_static() { is_static /bin/busybox; }
 
 ensure_packages() {
     local pkgs=()
@@ -146,7 +154,7 @@ ensure_packages() {
         apt-get -o DPkg::Lock::Timeout=300 update -qq >&2 || die "apt-get update failed"
         _OPS_APT_UPDATED=1
     fi
-    apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${pkgs[@]}" >&2 ||
+    apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${pkgs[@]}" >&2 ||
         die "apt-get install ${pkgs[*]} failed"
     _busybox_static || die "/bin/busybox is still not a static binary after installing busybox-static"
 }
@@ -237,7 +245,7 @@ _pg_setup_paths() {
 }
 
 _pg() { (cd / && runuser -u postgres -- "$@"); }
-_psql() { PGCONNECT_TIMEOUT=5 "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$(pg_port)" "$@"; }
+_psql() { PGCONNECT_TIMEOUT=5 PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$(pg_port)" "$@"; }
 
 _pg_running() { _pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; }
 
@@ -432,7 +440,8 @@ build_agent_image() {
     local script="$COLONY_ROOT/ops/build-agentd-image"
     [ -f "$script" ] || die "ops/build-agentd-image is missing"
     log "building agent image $COLONY_AGENT_IMAGE"
-    if [ -x "$script" ]; then "$script"; else bash "$script"; fi ||
+    # (the script prints the image id on stdout; keep stdout for results)
+    if [ -x "$script" ]; then "$script" >&2; else bash "$script" >&2; fi ||
         die "ops/build-agentd-image failed"
 }
 

@@ -112,7 +112,9 @@ pub mod subject {
 
     /// The last token of an intake subject: the tenant it submits for.
     pub fn intake_tenant(subject: &str) -> Option<&str> {
-        subject.strip_prefix("colony.intake.").filter(|t| super::is_token(t))
+        subject
+            .strip_prefix("colony.intake.")
+            .filter(|t| super::is_token(t))
     }
 }
 
@@ -180,7 +182,10 @@ mod tests {
 
     #[test]
     fn intake_tenant_is_the_last_token() {
-        assert_eq!(subject::intake_tenant(&subject::intake("acme")), Some("acme"));
+        assert_eq!(
+            subject::intake_tenant(&subject::intake("acme")),
+            Some("acme")
+        );
         assert_eq!(subject::intake_tenant("colony.intake.a.b"), None);
         assert_eq!(subject::intake_tenant("colony.work.a"), None);
     }
@@ -188,7 +193,10 @@ mod tests {
     #[test]
     fn task_event_filter_matches_goal_and_no_goal() {
         let t = uuid::Uuid::nil();
-        assert_eq!(subject::events(None, t, "state"), format!("colony.events._.{t}.state"));
+        assert_eq!(
+            subject::events(None, t, "state"),
+            format!("colony.events._.{t}.state")
+        );
         assert_eq!(subject::events_of_task(t), format!("colony.events.*.{t}.>"));
     }
 }

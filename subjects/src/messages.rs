@@ -65,7 +65,10 @@ impl TaskState {
 
     /// A final state has no way out.
     pub fn is_final(self) -> bool {
-        matches!(self, TaskState::Done | TaskState::Failed | TaskState::Cancelled)
+        matches!(
+            self,
+            TaskState::Done | TaskState::Failed | TaskState::Cancelled
+        )
     }
 }
 

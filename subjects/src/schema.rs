@@ -50,7 +50,11 @@ mod tests {
         // Nothing stale is left behind either.
         let known: Vec<_> = super::all().into_iter().map(|(n, _)| n).collect();
         for entry in std::fs::read_dir(&dir).expect("schema dir") {
-            let name = entry.expect("dir entry").file_name().into_string().expect("utf-8 name");
+            let name = entry
+                .expect("dir entry")
+                .file_name()
+                .into_string()
+                .expect("utf-8 name");
             assert!(known.contains(&name.as_str()), "stale schema file {name}");
         }
     }

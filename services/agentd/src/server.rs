@@ -161,21 +161,22 @@ async fn serve_run(
             let workspace = workspace.clone();
             // Its own task, so the timeout holds even while a write to a slow
             // client is pending here.
-            let mut task = tokio::spawn(async move {
-                run::execute(prepared, &workspace, frames_tx, cancel).await
-            });
+            let mut task =
+                tokio::spawn(
+                    async move { run::execute(prepared, &workspace, frames_tx, cancel).await },
+                );
             let outcome = loop {
                 tokio::select! {
                     biased;
                     Some(frame) = frames.recv() => {
                         if connected && write_frame(&mut write, &frame).await.is_err() {
                             connected = false;
-                            cancel_tx.take().map(|tx| tx.send(()));
+                            cancel_run(&mut cancel_tx);
                         }
                     }
                     () = client_gone(&mut reader), if connected => {
                         connected = false;
-                        cancel_tx.take().map(|tx| tx.send(()));
+                        cancel_run(&mut cancel_tx);
                     }
                     joined = &mut task => break joined.unwrap_or_else(|err| {
                         Err(RunError::internal(format!("the run failed inside agentd: {err}")))
@@ -209,6 +210,13 @@ async fn serve_run(
             Err(err) => err.into_frame(),
         };
         let _ = write_frame(&mut write, &frame).await;
+    }
+}
+
+/// The client is gone: the run kills its process group and ends.
+fn cancel_run(cancel: &mut Option<oneshot::Sender<()>>) {
+    if let Some(tx) = cancel.take() {
+        let _ = tx.send(());
     }
 }
 
@@ -295,7 +303,8 @@ mod tests {
         }
 
         async fn run(&self, command: &str, timeout_ms: u64, max: usize) -> Vec<AgentFrame> {
-            self.exchange(&run_line(command, timeout_ms, max, false)).await
+            self.exchange(&run_line(command, timeout_ms, max, false))
+                .await
         }
 
         async fn stop(mut self) {
@@ -303,7 +312,10 @@ mod tests {
                 let _ = stop.send(());
             }
             (&mut self.server).await.expect("server task");
-            assert!(!self.socket.exists(), "the socket file is removed on shutdown");
+            assert!(
+                !self.socket.exists(),
+                "the socket file is removed on shutdown"
+            );
         }
     }
 
@@ -411,7 +423,10 @@ mod tests {
             .await;
         let (kind, reason) = error(&frames);
         assert_eq!(kind, RunErrorKind::InvalidInput);
-        assert!(reason.starts_with("agentd has no role \"python\""), "{reason}");
+        assert!(
+            reason.starts_with("agentd has no role \"python\""),
+            "{reason}"
+        );
 
         let frames = harness.run("   ", 1000, 10).await;
         assert_eq!(
@@ -458,7 +473,10 @@ mod tests {
             .await;
         let output = result(&frames);
         let ws = harness.workspace.display();
-        assert_eq!(output.stdout, format!("{ws}\n{ws}|/bin:/usr/bin|/tmp|\neof\n"));
+        assert_eq!(
+            output.stdout,
+            format!("{ws}\n{ws}|/bin:/usr/bin|/tmp|\neof\n")
+        );
         harness.stop().await;
     }
 
@@ -509,7 +527,12 @@ mod tests {
     async fn a_disconnect_cancels_the_run() {
         let harness = Harness::start().await;
         let mut conn = harness
-            .send(&run_line("sleep 30 & echo $$ $!; wait", 60_000, 1024, false))
+            .send(&run_line(
+                "sleep 30 & echo $$ $!; wait",
+                60_000,
+                1024,
+                false,
+            ))
             .await;
         let Some(AgentFrame::Output { data, .. }) = conn.next().await else {
             panic!("expected the pids as output");
@@ -531,7 +554,11 @@ mod tests {
         let harness = Harness::start().await;
         let started = Instant::now();
         let frames = harness
-            .run("sleep 30 & echo $!; sleep 30 >/dev/null 2>&1 &", 20_000, 1024)
+            .run(
+                "sleep 30 & echo $!; sleep 30 >/dev/null 2>&1 &",
+                20_000,
+                1024,
+            )
             .await;
         assert!(started.elapsed() < Duration::from_secs(5));
         let output = result(&frames);
@@ -552,12 +579,20 @@ mod tests {
     async fn fresh_workspace_wipes_files() {
         let harness = Harness::start().await;
         let frames = harness
-            .run("mkdir -p d/e && touch d/e/f .hidden top && ls -A", 10_000, 1024)
+            .run(
+                "mkdir -p d/e && touch d/e/f .hidden top && ls -A",
+                10_000,
+                1024,
+            )
             .await;
         assert_eq!(result(&frames).stdout, ".hidden\nd\ntop\n");
 
         let frames = harness.run("ls -A", 10_000, 1024).await;
-        assert_eq!(result(&frames).stdout, ".hidden\nd\ntop\n", "kept without fresh_workspace");
+        assert_eq!(
+            result(&frames).stdout,
+            ".hidden\nd\ntop\n",
+            "kept without fresh_workspace"
+        );
 
         let frames = harness
             .exchange(&run_line("ls -A; pwd", 10_000, 1024, true))

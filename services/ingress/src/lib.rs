@@ -1,1 +1,91 @@
-//! (being written)
+//! Ingress: where tasks enter Colony.
+//!
+//! Two doors, one set of rules ([`validate`]): the HTTP API ([`http`]) and a
+//! JetStream consumer on `colony.intake.*` ([`intake`]) so that any NATS
+//! client can submit by publishing the same JSON. A valid submission becomes
+//! a task row and its work message in one commit (the outbox); an invalid
+//! one is refused with one sentence — as a 4xx body over HTTP, or as the
+//! reason header of a `colony.dlq.intake` entry over NATS. Nothing is dropped
+//! without a trace.
+
+pub mod http;
+pub mod intake;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use relay::Relay;
+use store::Store;
+use tokio_util::sync::CancellationToken;
+
+pub use validate::Rules;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("JetStream: {0}")]
+    Nats(String),
+    #[error("HTTP server: {0}")]
+    Serve(std::io::Error),
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    pub rules: Rules,
+    /// Tenant of HTTP submissions without an `X-Colony-Tenant` header.
+    pub default_tenant: String,
+    /// Longest `?wait=` a client may ask for.
+    pub max_wait: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            rules: Rules::default(),
+            default_tenant: "default".to_string(),
+            max_wait: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Serve HTTP and consume the intake until `shutdown`.
+pub async fn run(
+    cfg: Config,
+    store: Store,
+    nats: async_nats::Client,
+    relay: Relay,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: cfg.http_addr,
+            source,
+        })?;
+    let intake = tokio::spawn(intake::run(
+        cfg.rules.clone(),
+        store.clone(),
+        nats.clone(),
+        relay.clone(),
+        shutdown.clone(),
+    ));
+    let app = http::router(http::AppState::new(cfg.clone(), store, nats, relay));
+    tracing::info!(addr = %listener.local_addr().map_err(Error::Serve)?, "HTTP API listening");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .map_err(Error::Serve);
+    shutdown.cancel();
+    match intake.await {
+        Ok(r) => r?,
+        Err(e) => tracing::error!(error = %e, "intake consumer panicked"),
+    }
+    served
+}

@@ -72,7 +72,10 @@ fn headers(m: &OutboxMsg) -> HeaderMap {
     h.insert(header::MSG_ID, m.id.to_string().as_str());
     if let Some(task) = m.task_id {
         h.insert(header::TASK, task.to_string().as_str());
-        h.insert(header::TRACEPARENT, subjects::traceparent(task, m.id.as_u64_pair().1).as_str());
+        h.insert(
+            header::TRACEPARENT,
+            subjects::traceparent(task, m.id.as_u64_pair().1).as_str(),
+        );
     }
     h
 }
@@ -86,7 +89,9 @@ pub async fn publish(js: &jetstream::Context, msgs: &[OutboxMsg]) -> Vec<Uuid> {
             .await
         {
             Ok(ack) => pending.push((m.id, ack)),
-            Err(e) => tracing::warn!(id = %m.id, subject = %m.subject, error = %e, "publish failed; the poller retries"),
+            Err(e) => {
+                tracing::warn!(id = %m.id, subject = %m.subject, error = %e, "publish failed; the poller retries")
+            }
         }
     }
     let (ids, acks): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
@@ -104,7 +109,11 @@ pub async fn publish(js: &jetstream::Context, msgs: &[OutboxMsg]) -> Vec<Uuid> {
         .collect()
 }
 
-async fn fast_path(store: Store, js: jetstream::Context, mut rx: mpsc::UnboundedReceiver<Vec<OutboxMsg>>) {
+async fn fast_path(
+    store: Store,
+    js: jetstream::Context,
+    mut rx: mpsc::UnboundedReceiver<Vec<OutboxMsg>>,
+) {
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Vec<Uuid>>();
     let deleter = tokio::spawn(delete_sent(store, done_rx));
     let mut inflight = tokio::task::JoinSet::new();
@@ -141,7 +150,12 @@ async fn delete_sent(store: Store, mut rx: mpsc::UnboundedReceiver<Vec<Uuid>>) {
 
 /// The safety net: publish rows whose writer did not (or that are due only
 /// now), until `shutdown`.
-pub async fn run_poller(cfg: Config, store: Store, js: jetstream::Context, shutdown: CancellationToken) {
+pub async fn run_poller(
+    cfg: Config,
+    store: Store,
+    js: jetstream::Context,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(cfg.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -171,4 +185,27 @@ pub async fn run_poller(cfg: Config, store: Store, js: jetstream::Context, shutd
             }
         }
     }
+}
+
+/// Publish a message that could not be processed to `colony.dlq.<source>`,
+/// with the reason and its original subject in headers, and wait for the
+/// server to store it.
+pub async fn dead_letter(
+    js: &jetstream::Context,
+    source: &str,
+    original_subject: &str,
+    msg_id: &str,
+    payload: bytes::Bytes,
+    reason: &str,
+) -> Result<(), String> {
+    let mut h = HeaderMap::new();
+    h.insert(header::MSG_ID, format!("dlq-{msg_id}").as_str());
+    h.insert(header::REASON, reason);
+    h.insert(header::ORIGINAL_SUBJECT, original_subject);
+    js.publish_with_headers(subjects::subject::dlq(source), h, payload)
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

@@ -31,7 +31,9 @@ pub async fn call(
     req: &AgentRequest,
     mut on_output: impl FnMut(OutputStream, String),
 ) -> Result<AgentFrame, AgentError> {
-    let stream = UnixStream::connect(socket).await.map_err(AgentError::Connect)?;
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(AgentError::Connect)?;
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(req).map_err(|e| AgentError::Protocol(e.to_string()))?;
     line.push(b'\n');
@@ -44,8 +46,8 @@ pub async fn call(
         let Some(text) = lines.next_line().await? else {
             return Err(AgentError::Closed);
         };
-        let frame: AgentFrame =
-            serde_json::from_str(&text).map_err(|e| AgentError::Protocol(format!("{e}: {text:.200}")))?;
+        let frame: AgentFrame = serde_json::from_str(&text)
+            .map_err(|e| AgentError::Protocol(format!("{e}: {text:.200}")))?;
         match frame {
             AgentFrame::Output { stream, data } => on_output(stream, data),
             other => return Ok(other),

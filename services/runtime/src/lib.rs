@@ -40,9 +40,16 @@ pub enum Error {
     #[error("docker: {0}")]
     Docker(#[from] bollard::errors::Error),
     #[error("container {name} did not get ready within {secs} s: {detail}")]
-    NotReady { name: String, secs: u64, detail: String },
+    NotReady {
+        name: String,
+        secs: u64,
+        detail: String,
+    },
     #[error("cannot prepare the socket directory {path}: {source}")]
-    SocketDir { path: PathBuf, source: std::io::Error },
+    SocketDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -133,8 +140,12 @@ impl Runtime {
             .map_err(Error::Engine)?;
         let image_id = match docker.inspect_image(&cfg.image).await {
             Ok(img) => img.id.unwrap_or_else(|| cfg.image.clone()),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                return Err(Error::ImageMissing { image: cfg.image.clone() })
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                return Err(Error::ImageMissing {
+                    image: cfg.image.clone(),
+                })
             }
             Err(e) => return Err(Error::Engine(e)),
         };
@@ -211,9 +222,18 @@ impl Runtime {
     }
 
     async fn remove(&self, id: &str, name: &str) {
-        let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
         if let Err(e) = self.docker.remove_container(id, Some(opts)).await {
-            if !matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) {
+            if !matches!(
+                e,
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404,
+                    ..
+                }
+            ) {
                 tracing::warn!(container = %name, error = %e, "could not remove container");
             }
         }
@@ -237,7 +257,10 @@ impl Runtime {
 
     async fn create(&self, role: &str, hash: String) -> Result<Container> {
         let started = Instant::now();
-        let name = format!("colony-{role}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let name = format!(
+            "colony-{role}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         let dir = self.cfg.socket_dir.join(&name);
         spec::prepare_socket_dir(&dir).map_err(|source| Error::SocketDir {
             path: dir.clone(),
@@ -312,7 +335,12 @@ impl Runtime {
         )]);
         let list = self
             .docker
-            .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()))
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
             .await?;
         let (mut adopted, mut removed) = (0, 0);
         for s in list {
@@ -370,7 +398,12 @@ impl Runtime {
 
     /// Idle containers right now.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().expect("idle pool lock").values().map(Vec::len).sum()
+        self.idle
+            .lock()
+            .expect("idle pool lock")
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 }
 

@@ -59,10 +59,16 @@ pub fn container_body(
     l: &Limits,
 ) -> ContainerCreateBody {
     let tmpfs = HashMap::from([
-        ("/tmp".to_string(), format!("rw,nosuid,nodev,noexec,size={}m", l.tmp_mb)),
+        (
+            "/tmp".to_string(),
+            format!("rw,nosuid,nodev,noexec,size={}m", l.tmp_mb),
+        ),
         (
             WORKSPACE.to_string(),
-            format!("rw,nosuid,nodev,exec,size={}m,uid={UID},gid={UID},mode=0700", l.workspace_mb),
+            format!(
+                "rw,nosuid,nodev,exec,size={}m,uid={UID},gid={UID},mode=0700",
+                l.workspace_mb
+            ),
         ),
     ]);
     ContainerCreateBody {
@@ -124,7 +130,12 @@ mod tests {
 
     #[test]
     fn spec_is_hardened() {
-        let body = container_body("img", Path::new("/s/c1"), HashMap::new(), &Limits::default());
+        let body = container_body(
+            "img",
+            Path::new("/s/c1"),
+            HashMap::new(),
+            &Limits::default(),
+        );
         let h = body.host_config.expect("host config");
         assert_eq!(body.user.as_deref(), Some(USER));
         assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));

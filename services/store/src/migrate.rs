@@ -10,7 +10,11 @@ use sha2::{Digest, Sha256};
 use crate::{Error, Result, Store};
 
 /// (version, file name, SQL), in order.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "0001_init.sql", include_str!("../../../sql/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "0001_init.sql",
+    include_str!("../../../sql/0001_init.sql"),
+)];
 
 /// Arbitrary but fixed: the advisory lock that serialises migrators.
 const LOCK_KEY: i64 = 0x636f_6c6f_6e79; // "colony"
@@ -27,7 +31,8 @@ impl Store {
     pub async fn migrate(&self) -> Result<Vec<&'static str>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+            .await?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                  version    integer PRIMARY KEY,
@@ -40,7 +45,10 @@ impl Store {
         for &(version, name, sql) in MIGRATIONS {
             let sum = checksum(sql);
             let row = tx
-                .query_opt("SELECT checksum FROM schema_migrations WHERE version = $1", &[&version])
+                .query_opt(
+                    "SELECT checksum FROM schema_migrations WHERE version = $1",
+                    &[&version],
+                )
                 .await?;
             match row {
                 Some(row) => {

@@ -23,8 +23,16 @@ pub const LEGAL: &[(TaskState, TaskState, &str)] = &[
     (Queued, Cancelled, "cancel"),
     (Running, Done, "finished; its role needs no review"),
     (Running, Review, "finished; awaiting review"),
-    (Running, Queued, "attempt failed with retries left, or handed back on shutdown"),
-    (Running, Running, "taken over from a worker whose heartbeat stopped"),
+    (
+        Running,
+        Queued,
+        "attempt failed with retries left, or handed back on shutdown",
+    ),
+    (
+        Running,
+        Running,
+        "taken over from a worker whose heartbeat stopped",
+    ),
     (Running, Blocked, "heartbeat lost or timed out"),
     (Running, Failed, "attempts exhausted or not retryable"),
     (Running, Cancelled, "cancel"),
@@ -100,7 +108,10 @@ mod tests {
         for from in TaskState::ALL.into_iter().filter(|s| s.is_final()) {
             for to in TaskState::ALL {
                 let err = check(from, to).unwrap_err();
-                assert_eq!(err.to_string(), format!("a task cannot go from {from} to {to}"));
+                assert_eq!(
+                    err.to_string(),
+                    format!("a task cannot go from {from} to {to}")
+                );
             }
         }
     }
@@ -109,7 +120,10 @@ mod tests {
     fn cancel_reaches_every_non_final_state() {
         let mut from = sources(Cancelled);
         from.sort_by_key(|s| s.as_str());
-        let mut expected: Vec<_> = TaskState::ALL.into_iter().filter(|s| !s.is_final()).collect();
+        let mut expected: Vec<_> = TaskState::ALL
+            .into_iter()
+            .filter(|s| !s.is_final())
+            .collect();
         expected.sort_by_key(|s| s.as_str());
         assert_eq!(from, expected);
     }

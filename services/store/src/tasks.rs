@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
+use deadpool_postgres::GenericClient;
 use serde_json::Value;
 use subjects::{subject, Event, EventBody, TaskState, TaskView, WorkItem};
 use time::OffsetDateTime;
-use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -69,7 +69,12 @@ fn json(v: &impl serde::Serialize) -> Vec<u8> {
 }
 
 /// The work message that queues `task`'s current attempt.
-pub fn work_msg(task: &TaskView, timeout_secs: u32, dispatch_id: Uuid, at: OffsetDateTime) -> OutboxMsg {
+pub fn work_msg(
+    task: &TaskView,
+    timeout_secs: u32,
+    dispatch_id: Uuid,
+    at: OffsetDateTime,
+) -> OutboxMsg {
     let item = WorkItem {
         v: subjects::VERSION,
         task_id: task.id,
@@ -160,16 +165,26 @@ pub enum Claim {
     /// on (final, in review, …): ack it and do nothing.
     Stale { state: TaskState },
     /// The holder was lost and no attempts are left: the task is failed now.
-    Exhausted { task: TaskView, outbox: Vec<OutboxMsg> },
+    Exhausted {
+        task: TaskView,
+        outbox: Vec<OutboxMsg>,
+    },
 }
 
 /// How an attempt ended.
 #[derive(Clone, Debug)]
 pub enum Finish {
-    Done { result: Value },
+    Done {
+        result: Value,
+    },
     /// Queue the next attempt after `delay`.
-    Retry { error: String, delay: Duration },
-    Fail { error: String },
+    Retry {
+        error: String,
+        delay: Duration,
+    },
+    Fail {
+        error: String,
+    },
     /// Shutdown: give the attempt back uncounted; the caller Naks the message.
     HandBack,
 }
@@ -223,7 +238,10 @@ async fn insert_outbox(c: &impl GenericClient, msgs: &[OutboxMsg]) -> Result<()>
 
 /// The announcements of a task reaching a final state.
 fn final_msgs(task: &TaskView, from: TaskState, reason: Option<String>) -> Vec<OutboxMsg> {
-    vec![event_msg(&state_event(task, Some(from), reason)), result_msg(task)]
+    vec![
+        event_msg(&state_event(task, Some(from), reason)),
+        result_msg(task),
+    ]
 }
 
 impl Store {
@@ -304,9 +322,16 @@ impl Store {
                 &[&new.tenant, &key],
             )
             .await?
-            .ok_or_else(|| Error::Conflict(format!("idempotency key {key:?} is in use; retry the request")))?;
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "idempotency key {key:?} is in use; retry the request"
+                ))
+            })?;
         let existing = row_to_task(&row)?.view;
-        if existing.role != new.role || existing.input != new.input || existing.goal_id != new.goal_id {
+        if existing.role != new.role
+            || existing.input != new.input
+            || existing.goal_id != new.goal_id
+        {
             return Err(Error::Conflict(format!(
                 "idempotency key {key:?} was already used for a different task ({}); use a new key",
                 existing.id
@@ -335,7 +360,12 @@ impl Store {
     /// current dispatch. A queued task is claimed in one statement; a running
     /// one whose holder's heartbeat is older than `stale_after` is taken over
     /// (that attempt counts as lost).
-    pub async fn claim(&self, item: &WorkItem, worker_id: &str, stale_after: Duration) -> Result<Claim> {
+    pub async fn claim(
+        &self,
+        item: &WorkItem,
+        worker_id: &str,
+        stale_after: Duration,
+    ) -> Result<Claim> {
         state::check(TaskState::Queued, TaskState::Running)?;
         let run_id = Uuid::now_v7();
         let now = OffsetDateTime::now_utc();
@@ -355,7 +385,10 @@ impl Store {
             ))
             .await?;
         let rows = client
-            .query(&stmt, &[&item.task_id, &item.dispatch_id, &worker_id, &now, &run_id])
+            .query(
+                &stmt,
+                &[&item.task_id, &item.dispatch_id, &worker_id, &now, &run_id],
+            )
             .await?;
         drop(client);
         if let Some(row) = rows.first() {
@@ -374,16 +407,27 @@ impl Store {
         self.claim_slow(item, worker_id, stale_after, run_id).await
     }
 
-    async fn claim_slow(&self, item: &WorkItem, worker_id: &str, stale_after: Duration, run_id: Uuid) -> Result<Claim> {
+    async fn claim_slow(
+        &self,
+        item: &WorkItem,
+        worker_id: &str,
+        stale_after: Duration,
+        run_id: Uuid,
+    ) -> Result<Claim> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let row = tx
-            .query_opt(&format!("SELECT {COLS} FROM tasks WHERE id = $1 FOR UPDATE"), &[&item.task_id])
+            .query_opt(
+                &format!("SELECT {COLS} FROM tasks WHERE id = $1 FOR UPDATE"),
+                &[&item.task_id],
+            )
             .await?
             .ok_or(Error::NotFound(item.task_id))?;
         let t = row_to_task(&row)?;
         if t.dispatch_id != Some(item.dispatch_id) || t.view.state != TaskState::Running {
-            return Ok(Claim::Stale { state: t.view.state });
+            return Ok(Claim::Stale {
+                state: t.view.state,
+            });
         }
         let stale = t.heartbeat_age.is_none_or(|age| age >= stale_after);
         if !stale {
@@ -439,7 +483,9 @@ impl Store {
             &[&run_id, &task.id, &(task.attempt as i32), &worker_id, &now],
         )
         .await?;
-        let reason = format!("worker {holder} stopped responding during attempt {lost}; taken over by {worker_id}");
+        let reason = format!(
+            "worker {holder} stopped responding during attempt {lost}; taken over by {worker_id}"
+        );
         insert_history(&tx, &task, Some(TaskState::Running), Some(&reason)).await?;
         tx.commit().await?;
         Ok(Claim::Claimed {
@@ -481,7 +527,8 @@ impl Store {
                 task.error = Some(error.clone());
                 task.attempt += 1;
                 let d = Uuid::now_v7();
-                (run_state, bump, dispatch, reason) = ("failed", true, Some(d), Some(error.clone()));
+                (run_state, bump, dispatch, reason) =
+                    ("failed", true, Some(d), Some(error.clone()));
                 outbox = vec![
                     work_msg(&task, r.timeout_secs, d, now + delay),
                     event_msg(&state_event(&task, Some(TaskState::Running), Some(error))),
@@ -490,8 +537,13 @@ impl Store {
             Finish::HandBack => {
                 task.state = TaskState::Queued;
                 let why = format!("handed back by {} on shutdown", r.worker_id);
-                (run_state, bump, dispatch, reason) = ("handed_back", false, None, Some(why.clone()));
-                outbox = vec![event_msg(&state_event(&task, Some(TaskState::Running), Some(why)))];
+                (run_state, bump, dispatch, reason) =
+                    ("handed_back", false, None, Some(why.clone()));
+                outbox = vec![event_msg(&state_event(
+                    &task,
+                    Some(TaskState::Running),
+                    Some(why),
+                ))];
             }
         }
         state::check(TaskState::Running, task.state)?;
@@ -557,8 +609,13 @@ impl Store {
 
     /// Cancel a task that is not final. Returns the cancelled task, its
     /// announcements, and the worker that was running it, if any.
-    pub async fn cancel(&self, id: Uuid, reason: &str) -> Result<(TaskView, Vec<OutboxMsg>, Option<String>)> {
-        self.end_locked(id, None, TaskState::Cancelled, reason).await
+    pub async fn cancel(
+        &self,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<(TaskView, Vec<OutboxMsg>, Option<String>)> {
+        self.end_locked(id, None, TaskState::Cancelled, reason)
+            .await
     }
 
     /// A work message could not be processed (undecodable task, delivered
@@ -569,7 +626,8 @@ impl Store {
         dispatch_id: Uuid,
         reason: &str,
     ) -> Result<(TaskView, Vec<OutboxMsg>, Option<String>)> {
-        self.end_locked(id, Some(dispatch_id), TaskState::Failed, reason).await
+        self.end_locked(id, Some(dispatch_id), TaskState::Failed, reason)
+            .await
     }
 
     async fn end_locked(
@@ -582,7 +640,10 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let row = tx
-            .query_opt(&format!("SELECT {COLS} FROM tasks WHERE id = $1 FOR UPDATE"), &[&id])
+            .query_opt(
+                &format!("SELECT {COLS} FROM tasks WHERE id = $1 FOR UPDATE"),
+                &[&id],
+            )
             .await?
             .ok_or(Error::NotFound(id))?;
         let t = row_to_task(&row)?;
@@ -605,7 +666,11 @@ impl Store {
             &[&id, &to.as_str(), &reason, &now],
         )
         .await?;
-        let run_state = if to == TaskState::Cancelled { "cancelled" } else { "failed" };
+        let run_state = if to == TaskState::Cancelled {
+            "cancelled"
+        } else {
+            "failed"
+        };
         tx.execute(
             "UPDATE runs SET state = $2, error = $3, finished_at = $4 WHERE task_id = $1 AND state = 'running'",
             &[&id, &run_state, &reason, &now],

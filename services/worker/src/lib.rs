@@ -1,1 +1,311 @@
-//! (being written)
+//! The stateless worker.
+//!
+//! A worker pulls work messages from its pools' consumers on WORK with a
+//! fixed number of slots, claims each task with a guarded transition (a
+//! redelivered or stale message changes nothing), runs it in a container from
+//! the pool, and finishes it with one more guarded transition whose outbox
+//! rows carry the result. While a run is in flight the worker keeps the
+//! message alive with progress acks and the task row alive with a heartbeat;
+//! a worker that dies stops both, so its message is redelivered after
+//! `ack_wait` and whoever gets it takes the task over once the heartbeat is
+//! stale. See [`run`] for one message's life.
+//!
+//! Shutdown (the token): stop pulling, let runs finish for `drain_timeout`,
+//! then hand the rest back (the task goes back to `queued`, the message is
+//! Nak'ed) and leave the containers running for the next start to adopt.
+//!
+//! State the worker keeps is only what is in flight; everything else is in
+//! Postgres, NATS and the container labels.
+
+mod exec;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures_util::StreamExt;
+use relay::Relay;
+use store::Store;
+use subjects::{stream, subject};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Runtime(#[from] runtime::Error),
+    #[error("JetStream: {0}")]
+    Nats(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub worker_id: String,
+    /// The pools (roles) this worker serves.
+    pub pools: Vec<String>,
+    /// Runs in flight at once.
+    pub slots: usize,
+    /// Redelivery delay of an unacknowledged message; progress acks are sent
+    /// at a third of it.
+    pub ack_wait: Duration,
+    pub heartbeat_interval: Duration,
+    /// A running task whose heartbeat is older than this may be taken over.
+    pub stale_after: Duration,
+    /// Past this many deliveries a message is dead-lettered.
+    pub max_deliver: i64,
+    pub retry_min_delay: Duration,
+    pub retry_max_delay: Duration,
+    /// Bytes kept of each of stdout and stderr.
+    pub max_output_bytes: usize,
+    /// On shutdown, how long runs may go on before they are handed back.
+    pub drain_timeout: Duration,
+    /// Containers created per pool at start.
+    pub prewarm: usize,
+    pub runtime: runtime::Config,
+}
+
+impl Config {
+    pub fn new(worker_id: String, runtime: runtime::Config) -> Config {
+        Config {
+            worker_id,
+            pools: vec!["shell".to_string()],
+            slots: 4,
+            ack_wait: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(2),
+            stale_after: Duration::from_secs(10),
+            max_deliver: 100,
+            retry_min_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(60),
+            max_output_bytes: 64 * 1024,
+            drain_timeout: Duration::from_secs(10),
+            prewarm: 1,
+            runtime,
+        }
+    }
+}
+
+/// What every run of this worker shares.
+pub(crate) struct Shared {
+    pub cfg: Config,
+    pub store: Store,
+    pub js: jetstream::Context,
+    pub relay: Relay,
+    pub runtime: Arc<runtime::Runtime>,
+    /// Task id → the token that cancels its run.
+    pub inflight: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// Cancelled at the end of the drain period: hand back what is left.
+    pub hand_back: CancellationToken,
+}
+
+/// Run a worker until `shutdown`.
+pub async fn run(
+    cfg: Config,
+    store: Store,
+    nats: async_nats::Client,
+    relay: Relay,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let js = jetstream::new(nats.clone());
+    let runtime = runtime::Runtime::connect(cfg.runtime.clone()).await?;
+    match runtime.adopt().await {
+        Ok((adopted, removed)) => {
+            tracing::info!(adopted, removed, "containers from an earlier run")
+        }
+        Err(e) => tracing::warn!(error = %e, "could not list earlier containers"),
+    }
+    for pool in &cfg.pools {
+        if let Err(e) = runtime
+            .prewarm(pool, cfg.prewarm.saturating_sub(runtime.idle_count()))
+            .await
+        {
+            tracing::warn!(pool, error = %e, "prewarm failed; containers will be created on demand");
+        }
+    }
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        store,
+        js: js.clone(),
+        relay,
+        runtime,
+        inflight: Mutex::new(HashMap::new()),
+        hand_back: CancellationToken::new(),
+    });
+
+    let work = js
+        .get_stream(stream::WORK)
+        .await
+        .map_err(|e| Error::Nats(format!("stream {}: {e}", stream::WORK)))?;
+    let mut consumers = Vec::new();
+    for pool in &cfg.pools {
+        let c: PullConsumer = work
+            .create_consumer(subjects::nats::worker_consumer(pool, cfg.ack_wait))
+            .await
+            .map_err(|e| Error::Nats(format!("consumer for pool {pool}: {e}")))?;
+        consumers.push(c);
+    }
+
+    let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(cfg.slots));
+    let background = CancellationToken::new();
+    tokio::spawn(heartbeats(shared.clone(), background.clone()));
+    tokio::spawn(control(shared.clone(), nats, background.clone()));
+    let pulls: Vec<_> = consumers
+        .into_iter()
+        .map(|c| {
+            tokio::spawn(pull(
+                shared.clone(),
+                c,
+                slots.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    tracing::info!(worker = %cfg.worker_id, pools = ?cfg.pools, slots = cfg.slots, "worker started");
+
+    for p in pulls {
+        let _ = p.await;
+    }
+    tracker.close();
+    if tokio::time::timeout(cfg.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        let left = shared.inflight.lock().expect("inflight lock").len();
+        tracing::info!(runs = left, "drain timeout: handing back unfinished runs");
+        shared.hand_back.cancel();
+        tracker.wait().await;
+    }
+    background.cancel();
+    tracing::info!(worker = %cfg.worker_id, idle_containers = shared.runtime.idle_count(), "worker stopped; containers left for adoption");
+    Ok(())
+}
+
+/// Pull messages while a slot is free, one task per message.
+async fn pull(
+    shared: Arc<Shared>,
+    consumer: PullConsumer,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let batch = consumer
+            .batch()
+            .max_messages(permits.len())
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "pull request failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                biased;
+                // Messages already sent to us but not read are redelivered
+                // after ack_wait; nothing else is held.
+                _ = shutdown.cancelled() => return,
+                n = batch.next() => n,
+            };
+            match next {
+                None => break,
+                Some(Ok(msg)) => {
+                    let Some(permit) = permits.pop() else {
+                        // More messages than asked for: hand it straight back.
+                        let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
+                        continue;
+                    };
+                    let shared = shared.clone();
+                    tracker.spawn(async move {
+                        exec::handle(shared, msg).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "pull batch ended");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Keep the rows of running tasks fresh.
+async fn heartbeats(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(shared.cfg.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ids: Vec<Uuid> = shared
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .keys()
+            .copied()
+            .collect();
+        if let Err(e) = shared.store.heartbeat(&shared.cfg.worker_id, &ids).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+    }
+}
+
+/// Cancel commands for this worker (and broadcast ones), over core NATS.
+async fn control(shared: Arc<Shared>, nats: async_nats::Client, stop: CancellationToken) {
+    let mine = nats
+        .subscribe(subject::ctl_all(&shared.cfg.worker_id))
+        .await;
+    let all = nats
+        .subscribe(subject::ctl_broadcast(subject::CTL_CANCEL))
+        .await;
+    let (Ok(mine), Ok(all)) = (mine, all) else {
+        tracing::warn!(
+            "cannot subscribe to control subjects; cancel reaches runs only when they finish"
+        );
+        return;
+    };
+    let mut msgs = futures_util::stream::select(mine, all);
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            m = msgs.next() => match m { Some(m) => m, None => return },
+        };
+        if !msg.subject.ends_with(subject::CTL_CANCEL) {
+            continue;
+        }
+        let Some(id) = std::str::from_utf8(&msg.payload)
+            .ok()
+            .and_then(|s| Uuid::parse_str(s.trim()).ok())
+        else {
+            tracing::warn!(subject = %msg.subject, "cancel command without a task id");
+            continue;
+        };
+        if let Some(token) = shared.inflight.lock().expect("inflight lock").get(&id) {
+            tracing::info!(task = %id, "cancelling run");
+            token.cancel();
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! What the `colony` binary runs: the settings every role shares, and
+//! [`serve`], which connects to NATS and Postgres, makes sure the streams and
+//! the schema exist, starts the outbox relay, and runs one role or all of
+//! them until the shutdown token fires.
+//!
+//! It is a library so that tests start exactly what production starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use backon::{ExponentialBuilder, Retryable};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+/// Settings shared by every role: defaults → `COLONY_*` environment → flags.
+#[derive(Args, Clone, Debug)]
+pub struct Settings {
+    #[arg(long, env = "COLONY_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    #[arg(
+        long,
+        env = "COLONY_DATABASE_URL",
+        default_value = "postgres://colony@127.0.0.1:54329/colony"
+    )]
+    pub database_url: String,
+    #[arg(long, env = "COLONY_DB_POOL", default_value_t = 16)]
+    pub db_pool: usize,
+    #[arg(long, env = "COLONY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    #[arg(long, env = "COLONY_AGENT_IMAGE", default_value = "colony/agentd:dev")]
+    pub agent_image: String,
+    /// Host directory for per-container socket directories.
+    #[arg(long, env = "COLONY_SOCKET_DIR", default_value = "/tmp/colony/sockets")]
+    pub socket_dir: PathBuf,
+    /// Stable across restarts, so that a restarted worker adopts its containers.
+    #[arg(long, env = "COLONY_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Comma-separated pools (roles) the worker serves.
+    #[arg(
+        long,
+        env = "COLONY_POOLS",
+        default_value = "shell",
+        value_delimiter = ','
+    )]
+    pub pools: Vec<String>,
+    #[arg(long, env = "COLONY_WORKER_SLOTS", default_value_t = 4)]
+    pub worker_slots: usize,
+    #[arg(long, env = "COLONY_ACK_WAIT_MS", default_value_t = 30_000)]
+    pub ack_wait_ms: u64,
+    #[arg(long, env = "COLONY_HEARTBEAT_MS", default_value_t = 2_000)]
+    pub heartbeat_ms: u64,
+    #[arg(long, env = "COLONY_STALE_AFTER_MS", default_value_t = 10_000)]
+    pub stale_after_ms: u64,
+    #[arg(long, env = "COLONY_RETRY_MIN_MS", default_value_t = 1_000)]
+    pub retry_min_ms: u64,
+    #[arg(long, env = "COLONY_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+    /// Containers started per pool when the worker starts.
+    #[arg(long, env = "COLONY_PREWARM", default_value_t = 1)]
+    pub prewarm: usize,
+    /// Idle containers kept per pool (default: the worker's slots).
+    #[arg(long, env = "COLONY_MAX_IDLE")]
+    pub max_idle: Option<usize>,
+    /// Extra container labels, `key=value,key=value`.
+    #[arg(long, env = "COLONY_CONTAINER_LABELS", value_delimiter = ',')]
+    pub container_labels: Vec<String>,
+    #[arg(long, env = "COLONY_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+impl Settings {
+    /// The settings with only defaults and the environment applied.
+    pub fn from_env() -> Settings {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            s: Settings,
+        }
+        <Only as clap::Parser>::parse_from(["colony"]).s
+    }
+
+    pub fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            let host: String = host
+                .trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            format!("worker-{}", if host.is_empty() { "local" } else { &host })
+        })
+    }
+
+    /// The database URL without its password, for logs.
+    pub fn redacted(&self) -> String {
+        let db = match (self.database_url.find("://"), self.database_url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => {
+                let userinfo = &self.database_url[s + 3..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => format!(
+                        "{}{user}:***{}",
+                        &self.database_url[..s + 3],
+                        &self.database_url[at..]
+                    ),
+                    None => self.database_url.clone(),
+                }
+            }
+            _ => self.database_url.clone(),
+        };
+        format!(
+            "nats={} database={db} http={} image={} sockets={} worker={} pools={:?} slots={}",
+            self.nats_url,
+            self.http_addr,
+            self.agent_image,
+            self.socket_dir.display(),
+            self.worker_id(),
+            self.pools,
+            self.worker_slots
+        )
+    }
+
+    fn labels(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        self.container_labels
+            .iter()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .with_context(|| format!("container label {l:?} is not key=value"))
+            })
+            .collect()
+    }
+
+    pub fn worker_config(&self) -> anyhow::Result<worker::Config> {
+        let rt = runtime::Config {
+            image: self.agent_image.clone(),
+            socket_dir: self.socket_dir.clone(),
+            worker_id: self.worker_id(),
+            labels: self.labels()?,
+            limits: runtime::Limits::default(),
+            max_idle: self.max_idle.unwrap_or(self.worker_slots).max(1),
+            ready_timeout: Duration::from_secs(15),
+        };
+        let mut w = worker::Config::new(self.worker_id(), rt);
+        w.pools = self.pools.clone();
+        w.slots = self.worker_slots.max(1);
+        w.ack_wait = Duration::from_millis(self.ack_wait_ms);
+        w.heartbeat_interval = Duration::from_millis(self.heartbeat_ms);
+        w.stale_after = Duration::from_millis(self.stale_after_ms);
+        w.retry_min_delay = Duration::from_millis(self.retry_min_ms);
+        w.drain_timeout = Duration::from_millis(self.drain_timeout_ms);
+        w.prewarm = self.prewarm;
+        Ok(w)
+    }
+
+    pub fn ingress_config(&self) -> ingress::Config {
+        let mut c = ingress::Config {
+            http_addr: self.http_addr,
+            ..Default::default()
+        };
+        c.rules.max_body_bytes = self.max_body_bytes;
+        c.rules.roles = self.pools.clone();
+        c
+    }
+}
+
+/// Which role(s) a process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    All,
+    Ingress,
+    Worker,
+    Relay,
+}
+
+/// Connect to NATS, retrying for a while (the server may be starting too).
+pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+    (|| {
+        async_nats::ConnectOptions::new()
+            .name("colony")
+            .connect(url)
+    })
+    .retry(ExponentialBuilder::default().with_max_times(8))
+    .await
+    .with_context(|| format!("cannot connect to NATS at {url}"))
+}
+
+/// Connect, prepare streams and schema, and run `role` until `shutdown`.
+pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    tracing::info!(role = ?role, config = %s.redacted(), "starting");
+    let nats = connect_nats(&s.nats_url).await?;
+    let js = async_nats::jetstream::new(nats.clone());
+    subjects::nats::ensure(&js, &subjects::nats::StreamSettings::default())
+        .await
+        .context("cannot create the JetStream streams")?;
+    let store = store::Store::connect(&s.database_url, s.db_pool)?;
+    let applied = (|| store.migrate())
+        .retry(ExponentialBuilder::default().with_max_times(8))
+        .when(|e| matches!(e, store::Error::Pool(_)))
+        .await
+        .with_context(|| format!("cannot migrate the database at {}", s.redacted()))?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "migrations applied");
+    }
+
+    let (relay, relay_task) = relay::spawn(store.clone(), js.clone());
+    let poller = tokio::spawn(relay::run_poller(
+        relay::Config::default(),
+        store.clone(),
+        js.clone(),
+        shutdown.clone(),
+    ));
+
+    let mut services = tokio::task::JoinSet::new();
+    if matches!(role, Role::All | Role::Ingress) {
+        let (cfg, store, nats, relay, token) = (
+            s.ingress_config(),
+            store.clone(),
+            nats.clone(),
+            relay.clone(),
+            shutdown.clone(),
+        );
+        services.spawn(async move {
+            ingress::run(cfg, store, nats, relay, token)
+                .await
+                .context("ingress")
+        });
+    }
+    if matches!(role, Role::All | Role::Worker) {
+        let (cfg, store, nats, relay, token) = (
+            s.worker_config()?,
+            store.clone(),
+            nats.clone(),
+            relay.clone(),
+            shutdown.clone(),
+        );
+        services.spawn(async move {
+            worker::run(cfg, store, nats, relay, token)
+                .await
+                .context("worker")
+        });
+    }
+    drop(relay);
+
+    let mut result = Ok(());
+    while let Some(done) = services.join_next().await {
+        let r = done.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = r {
+            tracing::error!(error = format!("{e:#}"), "a service stopped");
+            shutdown.cancel();
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    if role == Role::Relay {
+        shutdown.cancelled().await;
+    }
+    let _ = poller.await;
+    // The relay ends once every service has dropped its handle, after
+    // publishing what it was given.
+    if tokio::time::timeout(Duration::from_secs(10), relay_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("relay did not finish in 10 s; its rows stay in the outbox");
+    }
+    let _ = nats.flush().await;
+    tracing::info!("stopped");
+    result
+}
+
+/// Fire `token` on SIGTERM or SIGINT.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::warn!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        token.cancel();
+    });
+}
+
+/// Apply migrations and exit.
+pub async fn migrate(s: &Settings) -> anyhow::Result<Vec<&'static str>> {
+    let store = store::Store::connect(&s.database_url, 2)?;
+    Ok(store.migrate().await?)
+}

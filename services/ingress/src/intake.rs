@@ -1,0 +1,140 @@
+//! The NATS door: a durable consumer on `colony.intake.*`.
+//!
+//! The tenant is the subject's last token. A message's idempotency key is its
+//! `idempotency_key` field, else its `Nats-Msg-Id` header, so a publisher that
+//! retries with the same message id gets one task. A message that cannot
+//! become a task goes to `colony.dlq.intake` with the reason and is
+//! terminated; a database outage Naks it for later.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use futures_util::StreamExt;
+use relay::Relay;
+use store::Store;
+use subjects::{header, stream, subject};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Rules};
+
+pub async fn run(
+    rules: Rules,
+    store: Store,
+    nats: async_nats::Client,
+    relay: Relay,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let js = jetstream::new(nats);
+    let consumer: PullConsumer = js
+        .get_stream(stream::INTAKE)
+        .await
+        .map_err(|e| Error::Nats(format!("stream {}: {e}", stream::INTAKE)))?
+        .create_consumer(subjects::nats::ingress_consumer())
+        .await
+        .map_err(|e| Error::Nats(format!("intake consumer: {e}")))?;
+    loop {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "intake pull failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                n = messages.next() => n,
+            };
+            match next {
+                None => break,
+                Some(Ok(msg)) => handle(&rules, &store, &js, &relay, msg).await,
+                Some(Err(e)) => {
+                    use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+                    match e.kind() {
+                        MessagesErrorKind::MissingHeartbeat => {
+                            tracing::debug!("intake heartbeat missed; continuing")
+                        }
+                        _ => {
+                            tracing::warn!(error = %e, "intake stream error; re-subscribing");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn handle(
+    rules: &Rules,
+    store: &Store,
+    js: &jetstream::Context,
+    relay: &Relay,
+    msg: jetstream::Message,
+) {
+    let key = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(header::MSG_ID))
+        .map(|v| v.as_str().to_string());
+    let checked = match subject::intake_tenant(&msg.subject) {
+        Some(tenant) => rules.check(&msg.payload, tenant, None).map(|mut t| {
+            t.idempotency_key = t.idempotency_key.or(key);
+            t
+        }),
+        None => Err(crate::validate::Rejection {
+            status: 400,
+            reason: format!(
+                "subject {} does not name a valid tenant; publish to colony.intake.<tenant>",
+                msg.subject
+            ),
+        }),
+    };
+    let new = match checked {
+        Ok(n) => n,
+        Err(r) => return dead_letter(js, &msg, &r.reason).await,
+    };
+    match store.create_task(&new).await {
+        Ok(created) => {
+            tracing::info!(task = %created.task.id, created = created.created, tenant = %new.tenant, "task submitted over NATS");
+            relay.send(created.outbox);
+            let _ = msg.ack().await;
+        }
+        Err(store::Error::Conflict(reason)) => dead_letter(js, &msg, &reason).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not store an intake message; it will be redelivered");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                .await;
+        }
+    }
+}
+
+async fn dead_letter(js: &jetstream::Context, msg: &jetstream::Message, reason: &str) {
+    tracing::warn!(subject = %msg.subject, %reason, "intake message refused");
+    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+    match relay::dead_letter(
+        js,
+        subject::DLQ_INTAKE,
+        &msg.subject,
+        &format!("intake-{seq}"),
+        msg.payload.clone(),
+        reason,
+    )
+    .await
+    {
+        Ok(()) => {
+            let _ = msg.ack_with(AckKind::Term).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not dead-letter an intake message; it will be redelivered");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+        }
+    }
+}

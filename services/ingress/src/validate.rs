@@ -1,0 +1,246 @@
+//! Turning a submission into a task to create, or a one-sentence refusal.
+//!
+//! The same checks, and the same sentences, serve the HTTP API (as a 4xx
+//! body) and the NATS intake (as the DLQ reason header).
+
+use store::tasks::NewTask;
+use subjects::{is_token, ShellInput, TaskSubmission};
+
+/// Limits and defaults for submissions.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    /// Roles that can be submitted to.
+    pub roles: Vec<String>,
+    pub max_body_bytes: usize,
+    pub default_max_attempts: u32,
+    pub default_timeout_secs: u32,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            roles: vec!["shell".to_string()],
+            max_body_bytes: 256 * 1024,
+            default_max_attempts: 3,
+            default_timeout_secs: 300,
+        }
+    }
+}
+
+/// A refusal: what was wrong and what to do, in one sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub reason: String,
+}
+
+fn bad(reason: String) -> Rejection {
+    Rejection {
+        status: 400,
+        reason,
+    }
+}
+
+impl Rules {
+    pub fn too_large(&self, len: usize) -> Option<Rejection> {
+        (len > self.max_body_bytes).then(|| Rejection {
+            status: 413,
+            reason: format!(
+                "the submission is {len} bytes, over the {}-byte limit; put large inputs in the workspace instead",
+                self.max_body_bytes
+            ),
+        })
+    }
+
+    /// Parse and check a submission for `tenant`; `key` is an idempotency key
+    /// from outside the body (HTTP header or `Nats-Msg-Id`).
+    pub fn check(
+        &self,
+        body: &[u8],
+        tenant: &str,
+        key: Option<String>,
+    ) -> Result<NewTask, Rejection> {
+        if let Some(r) = self.too_large(body.len()) {
+            return Err(r);
+        }
+        let sub: TaskSubmission = serde_json::from_slice(body).map_err(|e| {
+            let what = if e.is_syntax() || e.is_eof() {
+                "is not valid JSON"
+            } else {
+                "is not a valid task submission"
+            };
+            bad(format!("the submission {what}: {e}"))
+        })?;
+        if sub.v != subjects::VERSION {
+            return Err(bad(format!(
+                "submission version {} is not supported; send \"v\": {}",
+                sub.v,
+                subjects::VERSION
+            )));
+        }
+        if !is_token(tenant) {
+            return Err(bad(format!(
+                "tenant {tenant:?} is not valid; use 1-64 letters, digits, '-' or '_'"
+            )));
+        }
+        if !self.roles.iter().any(|r| r == &sub.role) {
+            return Err(Rejection {
+                status: 422,
+                reason: format!(
+                    "unknown role {:?}; known roles: {}",
+                    sub.role,
+                    self.roles.join(", ")
+                ),
+            });
+        }
+        self.check_input(&sub.role, &sub.input)?;
+        let max_attempts = sub.max_attempts.unwrap_or(self.default_max_attempts);
+        if !(1..=10).contains(&max_attempts) {
+            return Err(bad(format!(
+                "max_attempts is {max_attempts}; use a number from 1 to 10"
+            )));
+        }
+        let timeout_secs = sub.timeout_secs.unwrap_or(self.default_timeout_secs);
+        if !(1..=3600).contains(&timeout_secs) {
+            return Err(bad(format!(
+                "timeout_secs is {timeout_secs}; use a number from 1 to 3600"
+            )));
+        }
+        let idempotency_key = key.or(sub.idempotency_key);
+        if let Some(k) = &idempotency_key {
+            if k.is_empty() || k.len() > 200 {
+                return Err(bad(
+                    "the idempotency key must be 1-200 characters long".to_string()
+                ));
+            }
+        }
+        Ok(NewTask {
+            tenant: tenant.to_string(),
+            role: sub.role,
+            goal_id: sub.goal_id,
+            input: sub.input,
+            max_attempts,
+            timeout_secs,
+            idempotency_key,
+        })
+    }
+
+    fn check_input(&self, role: &str, input: &serde_json::Value) -> Result<(), Rejection> {
+        if role == "shell" {
+            let shell: ShellInput = serde_json::from_value(input.clone()).map_err(|e| {
+                bad(format!(
+                    "the input of role shell must be {{\"command\": \"<shell command>\"}} ({e})"
+                ))
+            })?;
+            if shell.command.trim().is_empty() {
+                return Err(bad(
+                    "input.command is empty; give the shell command to run".to_string()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(body: &str) -> Result<NewTask, Rejection> {
+        Rules::default().check(body.as_bytes(), "default", None)
+    }
+
+    #[test]
+    fn accepts_a_shell_task_with_defaults() {
+        let t = check(r#"{"role":"shell","input":{"command":"echo hi"}}"#).expect("valid");
+        assert_eq!(
+            (t.role.as_str(), t.max_attempts, t.timeout_secs),
+            ("shell", 3, 300)
+        );
+        assert_eq!(t.idempotency_key, None);
+    }
+
+    #[test]
+    fn header_key_wins_over_body_key() {
+        let body = r#"{"role":"shell","input":{"command":"x"},"idempotency_key":"body"}"#;
+        let t = Rules::default()
+            .check(body.as_bytes(), "default", Some("header".into()))
+            .expect("valid");
+        assert_eq!(t.idempotency_key.as_deref(), Some("header"));
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong_in_one_sentence() {
+        let cases: &[(&str, u16, &str)] = &[
+            ("{not json", 400, "is not valid JSON"),
+            (r#"{"role":"shell"}"#, 400, "missing field `input`"),
+            (
+                r#"{"role":"shell","input":{"command":"x"},"extra":1}"#,
+                400,
+                "unknown field `extra`",
+            ),
+            (
+                r#"{"role":"wizard","input":{}}"#,
+                422,
+                "unknown role \"wizard\"; known roles: shell",
+            ),
+            (
+                r#"{"role":"shell","input":{"cmd":"x"}}"#,
+                400,
+                "the input of role shell must be",
+            ),
+            (
+                r#"{"role":"shell","input":{"command":"  "}}"#,
+                400,
+                "input.command is empty",
+            ),
+            (
+                r#"{"role":"shell","input":{"command":"x"},"v":2}"#,
+                400,
+                "version 2",
+            ),
+            (
+                r#"{"role":"shell","input":{"command":"x"},"max_attempts":0}"#,
+                400,
+                "max_attempts is 0",
+            ),
+            (
+                r#"{"role":"shell","input":{"command":"x"},"timeout_secs":99999}"#,
+                400,
+                "timeout_secs is 99999",
+            ),
+            (
+                r#"{"role":"shell","input":{"command":"x"},"idempotency_key":""}"#,
+                400,
+                "idempotency key",
+            ),
+        ];
+        for &(body, status, needle) in cases {
+            let r = check(body).expect_err(body);
+            assert_eq!(r.status, status, "{body}: {}", r.reason);
+            assert!(
+                r.reason.contains(needle),
+                "{body}: {:?} lacks {needle:?}",
+                r.reason
+            );
+            assert!(!r.reason.contains('\n'), "{body}: more than one line");
+        }
+    }
+
+    #[test]
+    fn oversized_and_bad_tenant() {
+        let rules = Rules {
+            max_body_bytes: 10,
+            ..Rules::default()
+        };
+        let r = rules
+            .check(&[b' '; 11], "default", None)
+            .expect_err("too large");
+        assert_eq!(r.status, 413);
+        assert!(r.reason.contains("11 bytes, over the 10-byte limit"));
+        let r = Rules::default()
+            .check(br#"{"role":"shell","input":{"command":"x"}}"#, "a.b", None)
+            .expect_err("bad tenant");
+        assert!(r.reason.starts_with("tenant \"a.b\" is not valid"));
+    }
+}

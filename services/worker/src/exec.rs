@@ -1,0 +1,406 @@
+//! One work message's life: decode, claim, run in a container, finish, ack.
+//!
+//! Every exit path either acks the message after Postgres says what happened,
+//! Naks it for another try, or dead-letters it with the reason; none leaves a
+//! task without a way forward.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{AckKind, Message};
+use async_nats::HeaderMap;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use store::tasks::{Claim, Finish, Running};
+use subjects::agent::{AgentFrame, AgentRequest, RunErrorKind, RunRequest};
+use subjects::{header, subject, Event, EventBody, OutputStream, TaskState, WorkItem};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+
+/// Time given to agentd, beyond the task's own limit, to report a timeout
+/// before the worker stops waiting.
+const GRACE: Duration = Duration::from_secs(5);
+
+pub(crate) async fn handle(shared: Arc<Shared>, msg: Message) {
+    let item: WorkItem = match serde_json::from_slice(&msg.payload) {
+        Ok(item) => item,
+        Err(e) => {
+            let reason =
+                format!("the work message is not a valid WorkItem ({e}); it was dead-lettered");
+            dead_letter(&shared, &msg, &reason).await;
+            return;
+        }
+    };
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    if delivered > shared.cfg.max_deliver {
+        let reason = format!(
+            "the work message for task {} was delivered {delivered} times without finishing; it was dead-lettered",
+            item.task_id
+        );
+        match shared
+            .store
+            .fail_dead_lettered(item.task_id, item.dispatch_id, &reason)
+            .await
+        {
+            Ok((_, outbox, _)) => shared.relay.send(outbox),
+            Err(e) => {
+                tracing::warn!(task = %item.task_id, error = %e, "could not fail a dead-lettered task")
+            }
+        }
+        dead_letter(&shared, &msg, &reason).await;
+        return;
+    }
+
+    let cfg = &shared.cfg;
+    let claim = shared
+        .store
+        .claim(&item, &cfg.worker_id, cfg.stale_after)
+        .await;
+    let (running, took_over) = match claim {
+        Ok(Claim::Claimed { running, took_over }) => (running, took_over),
+        Ok(Claim::Stale { state }) => {
+            tracing::debug!(task = %item.task_id, %state, "stale work message acknowledged");
+            let _ = msg.ack().await;
+            return;
+        }
+        Ok(Claim::Busy { heartbeat_age }) => {
+            tracing::debug!(task = %item.task_id, ?heartbeat_age, "task is running elsewhere; checking again later");
+            let _ = msg.ack_with(AckKind::Nak(Some(cfg.stale_after))).await;
+            return;
+        }
+        Ok(Claim::Exhausted { task, outbox }) => {
+            tracing::warn!(task = %task.id, error = ?task.error, "task failed: its worker was lost too often");
+            shared.relay.send(outbox);
+            let _ = msg.ack().await;
+            return;
+        }
+        Err(store::Error::NotFound(id)) => {
+            dead_letter(
+                &shared,
+                &msg,
+                &format!("task {id} named by the work message does not exist"),
+            )
+            .await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(task = %item.task_id, error = %e, "claim failed; the message will be redelivered");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        }
+    };
+    if took_over {
+        tracing::info!(task = %running.task.id, attempt = running.task.attempt, "took over a task from a lost worker");
+    }
+
+    let cancel = CancellationToken::new();
+    shared
+        .inflight
+        .lock()
+        .expect("inflight lock")
+        .insert(running.task.id, cancel.clone());
+    publish_event(
+        &shared,
+        &running,
+        "running",
+        EventBody::State {
+            from: Some(if took_over {
+                TaskState::Running
+            } else {
+                TaskState::Queued
+            }),
+            to: TaskState::Running,
+            reason: None,
+        },
+    );
+
+    let outcome = {
+        let work = execute(&shared, &running, &cancel);
+        tokio::pin!(work);
+        let mut progress = tokio::time::interval(cfg.ack_wait / 3);
+        progress.tick().await;
+        loop {
+            tokio::select! {
+                out = &mut work => break out,
+                _ = progress.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
+            }
+        }
+    };
+    shared
+        .inflight
+        .lock()
+        .expect("inflight lock")
+        .remove(&running.task.id);
+
+    let finish = match outcome {
+        Outcome::Done(result) => Finish::Done { result },
+        Outcome::Invalid(error) => Finish::Fail { error },
+        Outcome::Failed(error) => retry_or_fail(&shared, &running, error),
+        Outcome::Cancelled => {
+            // The row is already `cancelled`; the run was stopped.
+            let _ = msg.ack().await;
+            return;
+        }
+        Outcome::HandBack => Finish::HandBack,
+    };
+    let hand_back = matches!(finish, Finish::HandBack);
+    match finish_with_retries(&shared, &running, finish).await {
+        Ok(Some(done)) => {
+            tracing::info!(task = %done.task.id, state = %done.task.state, attempt = running.task.attempt, "attempt finished");
+            shared.relay.send(done.outbox);
+        }
+        Ok(None) => {
+            tracing::info!(task = %running.task.id, "the task moved on while it ran (cancelled or taken over); result dropped");
+        }
+        Err(e) => {
+            // The message is redelivered; once this worker's heartbeat is
+            // stale the task is taken over and run again.
+            tracing::error!(task = %running.task.id, error = %e, "could not record the attempt");
+            let _ = msg.ack_with(AckKind::Nak(Some(cfg.stale_after))).await;
+            return;
+        }
+    }
+    if hand_back {
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
+    } else {
+        let _ = msg.ack().await;
+    }
+}
+
+enum Outcome {
+    Done(serde_json::Value),
+    /// Retrying cannot help (the input does not fit the role).
+    Invalid(String),
+    /// This attempt failed; another may succeed.
+    Failed(String),
+    Cancelled,
+    HandBack,
+}
+
+async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationToken) -> Outcome {
+    let started = Instant::now();
+    let container = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Outcome::Cancelled,
+        _ = shared.hand_back.cancelled() => return Outcome::HandBack,
+        c = shared.runtime.acquire(&running.task.role) => match c {
+            Ok(c) => c,
+            Err(e) => return Outcome::Failed(format!("no container could be started: {e}")),
+        },
+    };
+    let acquired = started.elapsed();
+    let limit = Duration::from_secs(u64::from(running.timeout_secs));
+    let req = AgentRequest::Run(RunRequest {
+        v: subjects::VERSION,
+        run_id: running.run_id.to_string(),
+        role: running.task.role.clone(),
+        input: running.task.input.clone(),
+        timeout_ms: limit.as_millis() as u64,
+        max_output_bytes: shared.cfg.max_output_bytes,
+        fresh_workspace: true,
+    });
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let publisher = tokio::spawn(publish_output(shared.clone(), running.clone(), out_rx));
+    let call = runtime::agent::call(&container.agent_socket, &req, |stream, data| {
+        let _ = out_tx.send((stream, data));
+    });
+    // Dropping `call` closes the socket, which agentd takes as a cancel.
+    let result = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        _ = shared.hand_back.cancelled() => Some(Err(HandBack)),
+        r = tokio::time::timeout(limit + GRACE, call) => Some(Ok(r)),
+    };
+    drop(out_tx);
+    let _ = publisher.await;
+    tracing::debug!(task = %running.task.id, container = %container.name, source = ?container.source,
+        acquire_ms = acquired.as_millis() as u64, total_ms = started.elapsed().as_millis() as u64, "run ended");
+    let Some(result) = result else {
+        shared.runtime.release(container).await;
+        return Outcome::Cancelled;
+    };
+    let Ok(result) = result else {
+        shared.runtime.release(container).await;
+        return Outcome::HandBack;
+    };
+    match result {
+        Ok(Ok(AgentFrame::Result { output })) => {
+            shared.runtime.release(container).await;
+            Outcome::Done(output)
+        }
+        Ok(Ok(AgentFrame::Error { kind, reason })) => match kind {
+            RunErrorKind::InvalidInput => {
+                shared.runtime.release(container).await;
+                Outcome::Invalid(reason)
+            }
+            RunErrorKind::Timeout => {
+                shared.runtime.release(container).await;
+                Outcome::Failed(reason)
+            }
+            RunErrorKind::Internal => {
+                shared.runtime.discard(&container).await;
+                Outcome::Failed(format!("agentd failed: {reason}"))
+            }
+        },
+        Ok(Ok(other)) => {
+            shared.runtime.discard(&container).await;
+            Outcome::Failed(format!("agentd answered a run with {other:?}"))
+        }
+        Ok(Err(e)) => {
+            let exit = shared.runtime.exit_of(&container).await;
+            shared.runtime.discard(&container).await;
+            match exit {
+                Some(exit) if !exit.running => {
+                    Outcome::Failed(format!("the container died mid-run: {exit}"))
+                }
+                None => Outcome::Failed("the container disappeared mid-run".to_string()),
+                Some(_) => Outcome::Failed(format!("the run was lost: {e}")),
+            }
+        }
+        Err(_) => {
+            shared.runtime.discard(&container).await;
+            Outcome::Failed(format!(
+                "no result within {} s (the task's limit plus {} s); the container was removed",
+                limit.as_secs(),
+                GRACE.as_secs()
+            ))
+        }
+    }
+}
+
+struct HandBack;
+
+fn retry_or_fail(shared: &Shared, running: &Running, error: String) -> Finish {
+    let (attempt, max) = (running.task.attempt, running.task.max_attempts);
+    if attempt < max {
+        let delay = ExponentialBuilder::default()
+            .with_min_delay(shared.cfg.retry_min_delay)
+            .with_max_delay(shared.cfg.retry_max_delay)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build()
+            .nth(attempt.saturating_sub(1) as usize)
+            .unwrap_or(shared.cfg.retry_max_delay);
+        tracing::info!(task = %running.task.id, attempt, max, ?delay, %error, "attempt failed; retrying");
+        Finish::Retry { error, delay }
+    } else {
+        Finish::Fail {
+            error: format!("{error} (attempt {attempt} of {max}; no attempts left)"),
+        }
+    }
+}
+
+async fn finish_with_retries(
+    shared: &Shared,
+    running: &Running,
+    how: Finish,
+) -> Result<Option<store::tasks::Finished>, store::Error> {
+    use backon::Retryable;
+    (|| shared.store.finish(running, how.clone()))
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_times(5),
+        )
+        .when(|e| !matches!(e, store::Error::Illegal(_)))
+        .await
+}
+
+fn event(running: &Running, body: EventBody) -> Event {
+    Event {
+        v: subjects::VERSION,
+        task_id: running.task.id,
+        goal_id: running.task.goal_id,
+        attempt: running.task.attempt,
+        at: OffsetDateTime::now_utc(),
+        body,
+    }
+}
+
+fn event_headers(running: &Running, msg_id: String) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::MSG_ID, msg_id.as_str());
+    h.insert(header::TASK, running.task.id.to_string().as_str());
+    h.insert(
+        header::TRACEPARENT,
+        subjects::traceparent(running.task.id, running.run_id.as_u64_pair().1).as_str(),
+    );
+    h
+}
+
+/// Announce something about a run without waiting (the history of states is
+/// in Postgres; the stream is the live feed).
+fn publish_event(shared: &Arc<Shared>, running: &Running, id_suffix: &str, body: EventBody) {
+    let ev = event(running, body);
+    let subj = subject::events(ev.goal_id, ev.task_id, ev.body.kind());
+    let headers = event_headers(running, format!("{}-{id_suffix}", running.run_id));
+    let payload = serde_json::to_vec(&ev).expect("events serialise");
+    let js = shared.js.clone();
+    tokio::spawn(async move {
+        if let Ok(ack) = js.publish_with_headers(subj, headers, payload.into()).await {
+            let _ = ack.await;
+        }
+    });
+}
+
+/// Publish a run's output chunks in order as events.
+async fn publish_output(
+    shared: Arc<Shared>,
+    running: Running,
+    mut rx: mpsc::UnboundedReceiver<(OutputStream, String)>,
+) {
+    let mut acks = Vec::new();
+    let mut seq = 0u64;
+    while let Some((stream, data)) = rx.recv().await {
+        seq += 1;
+        let ev = event(&running, EventBody::Output { stream, data });
+        let subj = subject::events(ev.goal_id, ev.task_id, ev.body.kind());
+        let headers = event_headers(&running, format!("{}-out-{seq}", running.run_id));
+        let payload = serde_json::to_vec(&ev).expect("events serialise");
+        match shared
+            .js
+            .publish_with_headers(subj, headers, payload.into())
+            .await
+        {
+            Ok(ack) => acks.push(ack),
+            Err(e) => {
+                tracing::warn!(task = %running.task.id, error = %e, "output event not published")
+            }
+        }
+    }
+    for ack in acks {
+        let _ = ack.await;
+    }
+}
+
+/// Send a message that cannot be processed to `colony.dlq.work` with the
+/// reason, then terminate it so it is not redelivered.
+async fn dead_letter(shared: &Shared, msg: &Message, reason: &str) {
+    tracing::warn!(subject = %msg.subject, %reason, "dead-lettering work message");
+    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+    match relay::dead_letter(
+        &shared.js,
+        subject::DLQ_WORK,
+        &msg.subject,
+        &format!("work-{seq}"),
+        msg.payload.clone(),
+        reason,
+    )
+    .await
+    {
+        Ok(()) => {
+            let _ = msg.ack_with(AckKind::Term).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not dead-letter; the message will be redelivered");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+        }
+    }
+}
