@@ -200,7 +200,8 @@ pub async fn dead_letter(
 ) -> Result<(), String> {
     let mut h = HeaderMap::new();
     h.insert(header::MSG_ID, format!("dlq-{msg_id}").as_str());
-    h.insert(header::REASON, reason);
+    // A header value is one line.
+    h.insert(header::REASON, reason.replace(['\r', '\n'], " ").as_str());
     h.insert(header::ORIGINAL_SUBJECT, original_subject);
     js.publish_with_headers(subjects::subject::dlq(source), h, payload)
         .await

@@ -255,6 +255,21 @@ impl Runtime {
         })
     }
 
+    /// After a container's connection broke: its state once the engine has
+    /// caught up (a killed container's socket closes before the engine marks
+    /// it exited), waiting at most a second.
+    pub async fn exit_after_break(&self, c: &Container) -> Option<Exit> {
+        let mut last = None;
+        for _ in 0..20 {
+            last = self.exit_of(c).await;
+            match &last {
+                Some(exit) if exit.running => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ => break,
+            }
+        }
+        last
+    }
+
     async fn create(&self, role: &str, hash: String) -> Result<Container> {
         let started = Instant::now();
         let name = format!(

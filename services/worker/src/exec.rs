@@ -251,7 +251,7 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
             Outcome::Failed(format!("agentd answered a run with {other:?}"))
         }
         Ok(Err(e)) => {
-            let exit = shared.runtime.exit_of(&container).await;
+            let exit = shared.runtime.exit_after_break(&container).await;
             shared.runtime.discard(&container).await;
             match exit {
                 Some(exit) if !exit.running => {

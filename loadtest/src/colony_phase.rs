@@ -1,0 +1,256 @@
+//! Colony's whole path, in process: `colony::serve(Role::All)` on a tokio
+//! task, tasks submitted over HTTP, results taken from the RESULTS subjects.
+//!
+//! Latency is POST start → the task's result message received.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use subjects::{TaskAccepted, TaskState, TaskView};
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::stats::{Sample, Summary};
+use crate::{Args, Cleanup, BENCH_LABEL_KEY, BENCH_LABEL_VALUE};
+
+type Verdict = (Instant, Result<(), String>);
+
+/// A task's result, or the driver waiting for it (the result may arrive
+/// before the POST's answer does).
+enum Slot {
+    Waiting(oneshot::Sender<Verdict>),
+    Arrived(Verdict),
+}
+
+type Board = Arc<Mutex<HashMap<uuid::Uuid, Slot>>>;
+
+#[derive(Clone)]
+struct Ctx {
+    http: reqwest::Client,
+    base: String,
+    board: Board,
+}
+
+pub async fn run(
+    args: &Args,
+    mut settings: colony::Settings,
+    cleanup: &mut Cleanup,
+) -> anyhow::Result<Summary> {
+    let port = match args.http_port {
+        Some(p) => p,
+        None => free_port()?,
+    };
+    settings.http_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    settings.worker_slots = args.slots;
+    settings.prewarm = args.slots;
+    settings.max_idle = Some(args.slots);
+    settings.worker_id = Some("loadtest-colony".to_string());
+    settings.container_labels = vec![format!("{BENCH_LABEL_KEY}={BENCH_LABEL_VALUE}")];
+
+    // Listen for results before anything can finish.
+    let nats = colony::connect_nats(&settings.nats_url).await?;
+    let mut results = nats
+        .subscribe(subjects::subject::results_all())
+        .await
+        .context("cannot subscribe to the result subjects")?;
+    nats.flush().await.context("NATS flush")?;
+    let board: Board = Arc::new(Mutex::new(HashMap::new()));
+    let listener = {
+        let board = board.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = results.next().await {
+                let at = Instant::now();
+                let view: TaskView = match serde_json::from_slice(&msg.payload) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!(subject = %msg.subject, error = %e, "result is not a TaskView");
+                        continue;
+                    }
+                };
+                if !view.state.is_final() {
+                    continue;
+                }
+                let verdict = (at, judge(&view));
+                let mut b = board.lock().expect("board");
+                match b.remove(&view.id) {
+                    Some(Slot::Waiting(tx)) => {
+                        let _ = tx.send(verdict);
+                    }
+                    // A duplicate: keep the first.
+                    Some(arrived @ Slot::Arrived(_)) => {
+                        b.insert(view.id, arrived);
+                    }
+                    None => {
+                        b.insert(view.id, Slot::Arrived(verdict));
+                    }
+                }
+            }
+        })
+    };
+
+    let token = cleanup.token.clone();
+    let started = Instant::now();
+    cleanup.serve = Some(tokio::spawn(colony::serve(
+        colony::Role::All,
+        settings.clone(),
+        token,
+    )));
+
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(args.concurrency.max(1) * 2)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let base = format!("http://{}", settings.http_addr);
+    wait_healthy(&http, &base, cleanup).await?;
+    eprintln!(
+        "loadtest: colony: healthy on {base} after {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let ctx = Ctx { http, base, board };
+    let item_timeout = Duration::from_secs(args.task_timeout_secs);
+    let warm_started = Instant::now();
+    let warm = drive(&ctx, args.warmup, args.concurrency, item_timeout).await?;
+    if let Some(Err(e)) = warm.iter().find(|s| s.is_err()) {
+        bail!("colony: a warm-up task failed: {e}");
+    }
+    eprintln!(
+        "loadtest: colony: {} warm-up tasks in {:.2} s",
+        warm.len(),
+        warm_started.elapsed().as_secs_f64()
+    );
+    let samples = drive(&ctx, args.tasks, args.concurrency, item_timeout).await?;
+    listener.abort();
+    Ok(Summary::of("colony", &samples))
+}
+
+/// Done with exit code 0, or why not.
+fn judge(view: &TaskView) -> Result<(), String> {
+    let code = view
+        .result
+        .as_ref()
+        .and_then(|r| r.get("exit_code"))
+        .and_then(Value::as_i64);
+    if view.state == TaskState::Done && code == Some(0) {
+        return Ok(());
+    }
+    Err(format!(
+        "task {} ended {} (attempt {}): error {:?}, result {}",
+        view.id,
+        view.state,
+        view.attempt,
+        view.error,
+        view.result.clone().unwrap_or(Value::Null)
+    ))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+async fn wait_healthy(
+    http: &reqwest::Client,
+    base: &str,
+    cleanup: &mut Cleanup,
+) -> anyhow::Result<()> {
+    let url = format!("{base}/healthz");
+    // 600 × ~100 ms: about a minute.
+    for _ in 0..600 {
+        if cleanup.serve.as_ref().is_some_and(|h| h.is_finished()) {
+            let h = cleanup.serve.take().expect("serve handle");
+            return match h.await {
+                Ok(Ok(())) => bail!("colony stopped before it was healthy"),
+                Ok(Err(e)) => Err(e.context("colony failed to start")),
+                Err(e) => Err(anyhow::Error::from(e).context("colony panicked while starting")),
+            };
+        }
+        let ok = http
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("colony did not answer 200 on {url} within about a minute")
+}
+
+/// Keep `concurrency` submissions in flight until `n` tasks are finished.
+async fn drive(
+    ctx: &Ctx,
+    n: usize,
+    concurrency: usize,
+    item_timeout: Duration,
+) -> anyhow::Result<Vec<Sample>> {
+    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut set = JoinSet::new();
+    for _ in 0..n {
+        let permit = slots.clone().acquire_owned().await?;
+        let ctx = ctx.clone();
+        set.spawn(async move {
+            let s = one(&ctx, item_timeout).await;
+            drop(permit);
+            s
+        });
+    }
+    let mut out = Vec::with_capacity(n);
+    while let Some(r) = set.join_next().await {
+        out.push(r.context("a colony task driver panicked")?);
+    }
+    Ok(out)
+}
+
+async fn one(ctx: &Ctx, item_timeout: Duration) -> Sample {
+    let start = Instant::now();
+    let resp = ctx
+        .http
+        .post(format!("{}/v1/tasks", ctx.base))
+        .json(&json!({"role": "shell", "input": {"command": "true"}}))
+        .send()
+        .await
+        .map_err(|e| format!("POST /v1/tasks: {e}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(format!("POST /v1/tasks answered {status}: {body:.300}"));
+    }
+    let accepted: TaskAccepted = resp
+        .json()
+        .await
+        .map_err(|e| format!("POST /v1/tasks: unexpected body: {e}"))?;
+    let id = accepted.id;
+    let rx = {
+        let mut b = ctx.board.lock().expect("board");
+        match b.remove(&id) {
+            Some(Slot::Arrived((end, verdict))) => return verdict.map(|()| (start, end)),
+            Some(Slot::Waiting(_)) => return Err(format!("task {id} was submitted twice")),
+            None => {
+                let (tx, rx) = oneshot::channel();
+                b.insert(id, Slot::Waiting(tx));
+                rx
+            }
+        }
+    };
+    match tokio::time::timeout(item_timeout, rx).await {
+        Ok(Ok((end, verdict))) => verdict.map(|()| (start, end)),
+        Ok(Err(_)) => Err(format!("task {id}: the result listener stopped")),
+        Err(_) => {
+            ctx.board.lock().expect("board").remove(&id);
+            Err(format!(
+                "task {id}: no result within {} s",
+                item_timeout.as_secs()
+            ))
+        }
+    }
+}

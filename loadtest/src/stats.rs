@@ -1,0 +1,120 @@
+//! Samples and what is reported about them.
+
+use std::fmt;
+use std::time::Instant;
+
+/// One item: (start, completion) or why it failed.
+pub type Sample = Result<(Instant, Instant), String>;
+
+/// What one phase measured.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub name: &'static str,
+    pub ok: usize,
+    pub failed: usize,
+    pub first_error: Option<String>,
+    /// First counted start to last counted completion.
+    pub secs: f64,
+    pub tps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Summary {
+    pub fn of(name: &'static str, samples: &[Sample]) -> Summary {
+        let mut lat = Vec::with_capacity(samples.len());
+        let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
+        let mut failed = 0;
+        let mut first_error = None;
+        for s in samples {
+            match s {
+                Ok((start, end)) => {
+                    lat.push(end.saturating_duration_since(*start).as_secs_f64() * 1e3);
+                    first = Some(first.map_or(*start, |f| f.min(*start)));
+                    last = Some(last.map_or(*end, |l| l.max(*end)));
+                }
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert_with(|| e.clone());
+                }
+            }
+        }
+        lat.sort_by(f64::total_cmp);
+        let secs = match (first, last) {
+            (Some(f), Some(l)) => l.saturating_duration_since(f).as_secs_f64(),
+            _ => 0.0,
+        };
+        let ok = lat.len();
+        Summary {
+            name,
+            ok,
+            failed,
+            first_error,
+            secs,
+            tps: if secs > 0.0 { ok as f64 / secs } else { 0.0 },
+            p50_ms: percentile(&lat, 50.0),
+            p99_ms: percentile(&lat, 99.0),
+            max_ms: lat.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: tasks {}, failed {}, seconds {:.2}, tasks/s {:.2}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.name,
+            self.ok,
+            self.failed,
+            self.secs,
+            self.tps,
+            self.p50_ms,
+            self.p99_ms,
+            self.max_ms
+        )
+    }
+}
+
+/// Nearest-rank percentile of sorted values (NaN when there are none).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+
+    #[test]
+    fn summary_counts_wall_time_of_successes() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let s = Summary::of(
+            "x",
+            &[
+                Ok((t, t + ms(10))),
+                Ok((t + ms(5), t + ms(1000))),
+                Err("boom".into()),
+            ],
+        );
+        assert_eq!((s.ok, s.failed), (2, 1));
+        assert!((s.secs - 1.0).abs() < 1e-9);
+        assert!((s.tps - 2.0).abs() < 1e-9);
+        assert_eq!(s.first_error.as_deref(), Some("boom"));
+    }
+}

@@ -1,0 +1,344 @@
+//! The harness the cross-service tests share.
+//!
+//! Every test gets its own world: a nats-server spawned on an ephemeral port
+//! with its own store directory, its own Postgres database, and containers
+//! labelled with its id. Dropping the [`World`] stops the server, drops the
+//! database and removes the containers, even when the test failed.
+//!
+//! Colony itself runs in-process through `colony::serve`, the same entry
+//! point the binary uses, or as a separate `colony` process when a test must
+//! kill it.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use colony::{Role, Settings};
+use subjects::TaskView;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("an ephemeral port")
+}
+
+/// A nats-server of the test's own.
+pub struct Nats {
+    child: Child,
+    dir: PathBuf,
+    pub url: String,
+}
+
+impl Nats {
+    pub fn start(id: &str) -> Result<Nats> {
+        let bin = std::env::var("COLONY_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("colony-test-nats-{id}"));
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new(&bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!("cannot start {bin} (set COLONY_NATS_SERVER; ops/test does)")
+            })?;
+        let url = format!("nats://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nats-server did not listen on {port} within 15 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Nats { child, dir, url })
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn admin_url() -> String {
+    std::env::var("COLONY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://colony@127.0.0.1:54329/postgres".into())
+}
+
+async fn admin_exec(sql: String) -> Result<()> {
+    let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the test Postgres at {} (ops/test starts it)",
+                admin_url()
+            )
+        })?;
+    tokio::spawn(conn);
+    client.batch_execute(&sql).await?;
+    Ok(())
+}
+
+/// One test's isolated services, and Colony's settings pointing at them.
+pub struct World {
+    pub id: String,
+    pub nats: Nats,
+    pub db_name: String,
+    pub settings: Settings,
+}
+
+impl World {
+    pub async fn new() -> Result<World> {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("COLONY_LOG").unwrap_or_else(|_| "info".into()))
+            .with_test_writer()
+            .try_init();
+        let id = Uuid::new_v4().simple().to_string()[..12].to_string();
+        let nats = Nats::start(&id)?;
+        let db_name = format!("test_{id}");
+        admin_exec(format!("CREATE DATABASE {db_name}")).await?;
+        let admin = admin_url();
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        let mut settings = Settings::from_env();
+        settings.nats_url = nats.url.clone();
+        settings.database_url = format!("{base}/{db_name}");
+        settings.http_addr = format!("127.0.0.1:{}", free_port()).parse()?;
+        settings.worker_id = Some(format!("test-{id}"));
+        settings.container_labels = vec![format!("colony.test={id}")];
+        settings.worker_slots = 2;
+        settings.prewarm = 0;
+        settings.ack_wait_ms = 2_000;
+        settings.heartbeat_ms = 250;
+        settings.stale_after_ms = 1_000;
+        settings.retry_min_ms = 100;
+        settings.drain_timeout_ms = 2_000;
+        settings.db_pool = 8;
+        Ok(World {
+            id,
+            nats,
+            db_name,
+            settings,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.settings.http_addr)
+    }
+
+    /// Start `role` in-process with these settings.
+    pub async fn start(&self, role: Role) -> Result<Running> {
+        self.start_with(role, self.settings.clone()).await
+    }
+
+    pub async fn start_with(&self, role: Role, settings: Settings) -> Result<Running> {
+        let token = CancellationToken::new();
+        let task = tokio::spawn(colony::serve(role, settings, token.clone()));
+        let running = Running { token, task };
+        if matches!(role, Role::All | Role::Ingress) {
+            self.wait_healthy().await?;
+        }
+        Ok(running)
+    }
+
+    pub async fn wait_healthy(&self) -> Result<()> {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(format!("{}/healthz", self.url())).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("Colony did not become healthy within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn db(&self) -> Result<tokio_postgres::Client> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.settings.database_url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    pub async fn nats_client(&self) -> Result<async_nats::Client> {
+        Ok(async_nats::connect(&self.nats.url).await?)
+    }
+
+    /// POST a JSON body to /v1/tasks; returns (status, body).
+    pub async fn post_task(
+        &self,
+        body: &str,
+        key: Option<&str>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}/v1/tasks", self.url()))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await?))
+    }
+
+    /// Submit a shell command and return the task id.
+    pub async fn submit_shell(&self, command: &str, extra: serde_json::Value) -> Result<Uuid> {
+        let mut body = serde_json::json!({"role": "shell", "input": {"command": command}});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let (status, v) = self.post_task(&body.to_string(), None).await?;
+        if status != 202 {
+            bail!("submit answered {status}: {v}");
+        }
+        Ok(Uuid::parse_str(v["id"].as_str().context("no id")?)?)
+    }
+
+    pub async fn get_task(&self, id: Uuid) -> Result<TaskView> {
+        let resp = reqwest::get(format!("{}/v1/tasks/{id}", self.url())).await?;
+        Ok(resp.json().await?)
+    }
+
+    /// Poll Postgres until `pred` holds for the task (bounded).
+    pub async fn wait_for(
+        &self,
+        id: Uuid,
+        secs: u64,
+        pred: impl Fn(&TaskView) -> bool,
+    ) -> Result<TaskView> {
+        let store = store::Store::connect(&self.settings.database_url, 1)?;
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(t) = store.get_task(id).await? {
+                if pred(&t.view) {
+                    return Ok(t.view);
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "task {id} is {} after {secs} s: {:?}",
+                        t.view.state,
+                        t.view.error
+                    );
+                }
+            } else if Instant::now() > deadline {
+                bail!("task {id} never appeared");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_final(&self, id: Uuid, secs: u64) -> Result<TaskView> {
+        self.wait_for(id, secs, |t| t.state.is_final()).await
+    }
+
+    /// Ids of the containers this test created.
+    pub fn containers(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--no-trunc",
+                "--filter",
+                &format!("label=colony.test={}", self.id),
+            ])
+            .output();
+        match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The path of the `colony` binary next to this test's target directory.
+    pub fn colony_bin() -> Result<PathBuf> {
+        let exe = std::env::current_exe()?;
+        let dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .context("test binary has no target dir")?;
+        let bin = dir.join("colony");
+        if !bin.exists() {
+            bail!(
+                "{} is missing; run `cargo build -p colony` first (ops/test does)",
+                bin.display()
+            );
+        }
+        Ok(bin)
+    }
+
+    /// Run `colony <role>` as a separate process with these settings.
+    pub fn spawn_process(&self, role: &str, worker_id: &str) -> Result<Child> {
+        let s = &self.settings;
+        Ok(Command::new(Self::colony_bin()?)
+            .arg(role)
+            .env("COLONY_NATS_URL", &s.nats_url)
+            .env("COLONY_DATABASE_URL", &s.database_url)
+            .env("COLONY_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("COLONY_WORKER_ID", worker_id)
+            .env("COLONY_CONTAINER_LABELS", s.container_labels.join(","))
+            .env("COLONY_WORKER_SLOTS", s.worker_slots.to_string())
+            .env("COLONY_ACK_WAIT_MS", s.ack_wait_ms.to_string())
+            .env("COLONY_HEARTBEAT_MS", s.heartbeat_ms.to_string())
+            .env("COLONY_STALE_AFTER_MS", s.stale_after_ms.to_string())
+            .env("COLONY_RETRY_MIN_MS", s.retry_min_ms.to_string())
+            .env("COLONY_PREWARM", "0")
+            .env("COLONY_SOCKET_DIR", &s.socket_dir)
+            .env("COLONY_AGENT_IMAGE", &s.agent_image)
+            .env("COLONY_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for c in self.containers() {
+            let _ = Command::new("docker").args(["rm", "-f", "-v", &c]).output();
+        }
+        let name = self.db_name.clone();
+        // Drop runs outside any runtime's async context: use a thread with
+        // its own runtime.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                let _ = rt.block_on(admin_exec(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )));
+            }
+        })
+        .join();
+    }
+}
+
+/// Colony running in-process.
+pub struct Running {
+    pub token: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Graceful shutdown, as on SIGTERM; returns serve's result.
+    pub async fn stop(self) -> Result<()> {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .context("Colony did not stop within 30 s")??
+    }
+}

@@ -1,0 +1,8 @@
+//! Cross-service tests on real NATS, Postgres and Docker (see the harness in
+//! `colony_tests`). One binary, so the workspace links once.
+
+mod failures;
+mod flow;
+mod input;
+mod sandbox;
+mod schema;

@@ -1,0 +1,110 @@
+//! The database: migrations racing, and the state machine enforced by the store.
+
+use colony_tests::World;
+use store::tasks::{Finish, NewTask};
+use store::Store;
+use subjects::TaskState;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_migrating_at_once_apply_each_migration_once() {
+    let w = World::new().await.expect("world");
+    let a = Store::connect(&w.settings.database_url, 2).expect("a");
+    let b = Store::connect(&w.settings.database_url, 2).expect("b");
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    let (ra, rb) = (ra.expect("a migrates"), rb.expect("b migrates"));
+    assert_eq!(
+        ra.len() + rb.len(),
+        1,
+        "exactly one of them applied 0001: {ra:?} {rb:?}"
+    );
+    let db = w.db().await.expect("db");
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM schema_migrations", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1);
+    assert!(a.migrate().await.expect("again").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_refuses_illegal_transitions_and_stale_finishes() {
+    let w = World::new().await.expect("world");
+    let s = Store::connect(&w.settings.database_url, 2).expect("store");
+    s.migrate().await.expect("migrate");
+    let created = s
+        .create_task(&NewTask {
+            tenant: "t".into(),
+            role: "shell".into(),
+            goal_id: None,
+            input: serde_json::json!({"command": "true"}),
+            max_attempts: 2,
+            timeout_secs: 5,
+            idempotency_key: None,
+        })
+        .await
+        .expect("create");
+    assert_eq!(created.outbox.len(), 2, "work message and queued event");
+    let id = created.task.id;
+    let item: subjects::WorkItem =
+        serde_json::from_slice(&created.outbox[0].payload).expect("work item");
+
+    let store::tasks::Claim::Claimed { running, .. } = s
+        .claim(&item, "w1", std::time::Duration::from_secs(10))
+        .await
+        .expect("claim")
+    else {
+        panic!("a queued task is claimed");
+    };
+    // A second delivery of the same message while w1's heartbeat is fresh.
+    assert!(matches!(
+        s.claim(&item, "w2", std::time::Duration::from_secs(10))
+            .await
+            .expect("claim again"),
+        store::tasks::Claim::Busy { .. }
+    ));
+    let done = s
+        .finish(
+            &running,
+            Finish::Done {
+                result: serde_json::json!({"ok": true}),
+            },
+        )
+        .await
+        .expect("finish")
+        .expect("the holder finishes");
+    assert_eq!(done.task.state, TaskState::Done);
+    // Finishing twice (a redelivered result) changes nothing.
+    assert!(s
+        .finish(
+            &running,
+            Finish::Fail {
+                error: "late".into()
+            }
+        )
+        .await
+        .expect("finish")
+        .is_none());
+    // A stale message after the task is done is acknowledged and ignored.
+    assert!(matches!(
+        s.claim(&item, "w2", std::time::Duration::from_secs(10))
+            .await
+            .expect("claim"),
+        store::tasks::Claim::Stale {
+            state: TaskState::Done
+        }
+    ));
+    // done → cancelled is illegal and says so.
+    let err = s.cancel(id, "late cancel").await.expect_err("illegal");
+    assert_eq!(err.to_string(), "a task cannot go from done to cancelled");
+    let db = w.db().await.expect("db");
+    let dones: i64 = db
+        .query_one(
+            "SELECT count(*) FROM events WHERE task_id = $1 AND to_state = 'done'",
+            &[&id],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(dones, 1);
+}
