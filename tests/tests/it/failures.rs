@@ -98,10 +98,18 @@ async fn a_container_dying_mid_run_fails_the_attempt_and_the_retry_succeeds() {
     w.wait_for(id, 60, |t| t.state == TaskState::Running)
         .await
         .expect("running");
-    // Give agentd a moment to start the command, then kill the container.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let containers = w.containers();
-    assert!(!containers.is_empty());
+    // The row says running before the container exists: wait for it, give
+    // agentd a moment to start the command, then kill the container.
+    let mut containers = Vec::new();
+    for _ in 0..600 {
+        containers = w.containers();
+        if !containers.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!containers.is_empty(), "the worker started a container");
+    tokio::time::sleep(Duration::from_millis(500)).await;
     for c in &containers {
         let _ = std::process::Command::new("docker")
             .args(["kill", c])
