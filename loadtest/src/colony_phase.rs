@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
@@ -18,7 +18,22 @@ use tokio::task::JoinSet;
 use crate::stats::{Sample, Summary};
 use crate::{Args, Cleanup, BENCH_LABEL_KEY, BENCH_LABEL_VALUE};
 
-type Verdict = (Instant, Result<(), String>);
+/// When the result arrived (monotonic and wall clock), and what it said.
+type Verdict = (Instant, SystemTime, Result<(), String>);
+
+/// A finished task's wall-clock ends, for the stage breakdown.
+struct Trace {
+    id: uuid::Uuid,
+    submitted: SystemTime,
+    seen: SystemTime,
+}
+
+const STAGES: [&str; 4] = [
+    "POST→row insert",
+    "insert→claim (commit, relay, fetch)",
+    "claim→finish (claim commit, run)",
+    "finish→result seen (commit, relay)",
+];
 
 /// A task's result, or the driver waiting for it (the result may arrive
 /// before the POST's answer does).
@@ -64,7 +79,7 @@ pub async fn run(
         let board = board.clone();
         tokio::spawn(async move {
             while let Some(msg) = results.next().await {
-                let at = Instant::now();
+                let (at, wall) = (Instant::now(), SystemTime::now());
                 let view: TaskView = match serde_json::from_slice(&msg.payload) {
                     Ok(v) => v,
                     Err(e) => {
@@ -75,7 +90,7 @@ pub async fn run(
                 if !view.state.is_final() {
                     continue;
                 }
-                let verdict = (at, judge(&view));
+                let verdict = (at, wall, judge(&view));
                 let mut b = board.lock().expect("board");
                 match b.remove(&view.id) {
                     Some(Slot::Waiting(tx)) => {
@@ -118,7 +133,7 @@ pub async fn run(
     let item_timeout = Duration::from_secs(args.task_timeout_secs);
     let warm_started = Instant::now();
     let warm = drive(&ctx, args.warmup, args.concurrency, item_timeout).await?;
-    if let Some(Err(e)) = warm.iter().find(|s| s.is_err()) {
+    if let Some((Err(e), _)) = warm.iter().find(|s| s.0.is_err()) {
         bail!("colony: a warm-up task failed: {e}");
     }
     eprintln!(
@@ -126,9 +141,58 @@ pub async fn run(
         warm.len(),
         warm_started.elapsed().as_secs_f64()
     );
-    let samples = drive(&ctx, args.tasks, args.concurrency, item_timeout).await?;
+    let measured = drive(&ctx, args.tasks, args.concurrency, item_timeout).await?;
     listener.abort();
-    Ok(Summary::of("colony", &samples))
+    let (samples, traces): (Vec<Sample>, Vec<Option<Trace>>) = measured.into_iter().unzip();
+    let mut summary = Summary::of("colony", &samples);
+    let traces: Vec<Trace> = traces.into_iter().flatten().collect();
+    summary.stages = match stages(&settings.database_url, &traces).await {
+        Ok(rows) => crate::stats::stage_line("colony stages", &STAGES, &rows),
+        Err(e) => {
+            tracing::warn!(error = format!("{e:#}"), "no stage breakdown");
+            None
+        }
+    };
+    Ok(summary)
+}
+
+/// Stage durations (ms) of each traced task, from the timestamps Colony
+/// stored (`tasks.created_at`, `runs.started_at`, `runs.finished_at`: each
+/// taken just before its statement) and the two ends seen here. Best effort:
+/// it reads the store's tables, whose shape is the store's business.
+async fn stages(database_url: &str, traces: &[Trace]) -> anyhow::Result<Vec<Vec<f64>>> {
+    let pool = crate::floor::pg_pool(database_url, 1)?;
+    let db = pool.get().await?;
+    let ids: Vec<uuid::Uuid> = traces.iter().map(|t| t.id).collect();
+    let rows = db
+        .query(
+            "SELECT t.id, t.created_at, r.started_at, r.finished_at
+             FROM tasks t JOIN runs r ON r.task_id = t.id AND r.attempt = t.attempt
+             WHERE t.id = ANY($1) AND r.finished_at IS NOT NULL",
+            &[&ids],
+        )
+        .await
+        .context("cannot read the task timestamps")?;
+    let mut at: HashMap<uuid::Uuid, [SystemTime; 3]> = HashMap::with_capacity(rows.len());
+    for r in rows {
+        at.insert(r.try_get(0)?, [r.try_get(1)?, r.try_get(2)?, r.try_get(3)?]);
+    }
+    let ms = |a: SystemTime, b: SystemTime| match b.duration_since(a) {
+        Ok(d) => d.as_secs_f64() * 1e3,
+        Err(e) => -e.duration().as_secs_f64() * 1e3,
+    };
+    Ok(traces
+        .iter()
+        .filter_map(|t| {
+            let [created, claimed, finished] = at.get(&t.id)?;
+            Some(vec![
+                ms(t.submitted, *created),
+                ms(*created, *claimed),
+                ms(*claimed, *finished),
+                ms(*finished, t.seen),
+            ])
+        })
+        .collect())
 }
 
 /// Done with exit code 0, or why not.
@@ -192,7 +256,7 @@ async fn drive(
     n: usize,
     concurrency: usize,
     item_timeout: Duration,
-) -> anyhow::Result<Vec<Sample>> {
+) -> anyhow::Result<Vec<(Sample, Option<Trace>)>> {
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut set = JoinSet::new();
     for _ in 0..n {
@@ -211,8 +275,27 @@ async fn drive(
     Ok(out)
 }
 
-async fn one(ctx: &Ctx, item_timeout: Duration) -> Sample {
-    let start = Instant::now();
+async fn one(ctx: &Ctx, item_timeout: Duration) -> (Sample, Option<Trace>) {
+    let (start, submitted) = (Instant::now(), SystemTime::now());
+    let (id, verdict) = match submit(ctx, item_timeout).await {
+        Ok(r) => r,
+        Err(e) => return (Err(e), None),
+    };
+    match verdict {
+        (end, seen, Ok(())) => (
+            Ok((start, end)),
+            Some(Trace {
+                id,
+                submitted,
+                seen,
+            }),
+        ),
+        (_, _, Err(e)) => (Err(e), None),
+    }
+}
+
+/// POST one task and wait for its result.
+async fn submit(ctx: &Ctx, item_timeout: Duration) -> Result<(uuid::Uuid, Verdict), String> {
     let resp = ctx
         .http
         .post(format!("{}/v1/tasks", ctx.base))
@@ -233,7 +316,7 @@ async fn one(ctx: &Ctx, item_timeout: Duration) -> Sample {
     let rx = {
         let mut b = ctx.board.lock().expect("board");
         match b.remove(&id) {
-            Some(Slot::Arrived((end, verdict))) => return verdict.map(|()| (start, end)),
+            Some(Slot::Arrived(v)) => return Ok((id, v)),
             Some(Slot::Waiting(_)) => return Err(format!("task {id} was submitted twice")),
             None => {
                 let (tx, rx) = oneshot::channel();
@@ -243,7 +326,7 @@ async fn one(ctx: &Ctx, item_timeout: Duration) -> Sample {
         }
     };
     match tokio::time::timeout(item_timeout, rx).await {
-        Ok(Ok((end, verdict))) => verdict.map(|()| (start, end)),
+        Ok(Ok(v)) => Ok((id, v)),
         Ok(Err(_)) => Err(format!("task {id}: the result listener stopped")),
         Err(_) => {
             ctx.board.lock().expect("board").remove(&id);

@@ -47,7 +47,25 @@ struct Item {
     input: Value,
 }
 
-type Waiters = Arc<Mutex<HashMap<Uuid, oneshot::Sender<Result<Instant, String>>>>>;
+/// When each step of an item ended, as seen by its consumer.
+struct Steps {
+    received: Instant,
+    inserted: Instant,
+    called: Instant,
+    published: Instant,
+    updated: Instant,
+}
+
+type Waiters = Arc<Mutex<HashMap<Uuid, oneshot::Sender<Result<Steps, String>>>>>;
+
+const STAGES: [&str; 6] = [
+    "publish+ack",
+    "ack→fetched",
+    "insert",
+    "agent call",
+    "publish result",
+    "update",
+];
 
 /// Everything a consumer needs.
 #[derive(Clone)]
@@ -111,7 +129,7 @@ pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Sum
     let item_timeout = Duration::from_secs(args.task_timeout_secs);
     let measured = async {
         let warm = drive(&ctx, args.warmup, args.concurrency, item_timeout).await?;
-        if let Some(Err(e)) = warm.iter().find(|s| s.is_err()) {
+        if let Some((Err(e), _)) = warm.iter().find(|s| s.0.is_err()) {
             bail!("floor: a warm-up item failed: {e}");
         }
         drive(&ctx, args.tasks, args.concurrency, item_timeout).await
@@ -137,8 +155,11 @@ pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Sum
     for s in [WORK_STREAM, RESULT_STREAM] {
         let _ = js.delete_stream(s).await;
     }
-    let samples = measured?;
-    Ok(Summary::of("floor", &samples))
+    let (samples, stages): (Vec<Sample>, Vec<Vec<f64>>) = measured?.into_iter().unzip();
+    let stages: Vec<Vec<f64>> = stages.into_iter().filter(|s| !s.is_empty()).collect();
+    let mut summary = Summary::of("floor", &samples);
+    summary.stages = crate::stats::stage_line("floor stages", &STAGES, &stages);
+    Ok(summary)
 }
 
 async fn prepare_streams(js: &jetstream::Context) -> anyhow::Result<PullConsumer> {
@@ -220,13 +241,14 @@ async fn prepare_table(pool: &Pool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keep `concurrency` items in flight until `n` are finished.
+/// Keep `concurrency` items in flight until `n` are finished. Each item
+/// comes with its stage durations (ms; empty when it failed).
 async fn drive(
     ctx: &Ctx,
     n: usize,
     concurrency: usize,
     item_timeout: Duration,
-) -> anyhow::Result<Vec<Sample>> {
+) -> anyhow::Result<Vec<(Sample, Vec<f64>)>> {
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut set = JoinSet::new();
     for _ in 0..n {
@@ -245,7 +267,7 @@ async fn drive(
     Ok(out)
 }
 
-async fn one(ctx: &Ctx, item_timeout: Duration) -> Sample {
+async fn one(ctx: &Ctx, item_timeout: Duration) -> (Sample, Vec<f64>) {
     let id = Uuid::now_v7();
     let (tx, rx) = oneshot::channel();
     ctx.waiters.lock().expect("waiters").insert(id, tx);
@@ -266,20 +288,44 @@ async fn one(ctx: &Ctx, item_timeout: Duration) -> Sample {
             .map_err(|e| e.to_string())
     }
     .await;
+    let acked = Instant::now();
     if let Err(e) = published {
         ctx.waiters.lock().expect("waiters").remove(&id);
-        return Err(format!("publish failed: {e}"));
+        return (Err(format!("publish failed: {e}")), Vec::new());
     }
     match tokio::time::timeout(item_timeout, rx).await {
-        Ok(Ok(Ok(end))) => Ok((start, end)),
-        Ok(Ok(Err(e))) => Err(e),
-        Ok(Err(_)) => Err(format!("item {id}: its consumer went away")),
+        Ok(Ok(Ok(s))) => {
+            let ms = |a: Instant, b: Instant| {
+                if b >= a {
+                    (b - a).as_secs_f64() * 1e3
+                } else {
+                    -((a - b).as_secs_f64() * 1e3)
+                }
+            };
+            let stages = vec![
+                ms(start, acked),
+                ms(acked, s.received),
+                ms(s.received, s.inserted),
+                ms(s.inserted, s.called),
+                ms(s.called, s.published),
+                ms(s.published, s.updated),
+            ];
+            (Ok((start, s.updated)), stages)
+        }
+        Ok(Ok(Err(e))) => (Err(e), Vec::new()),
+        Ok(Err(_)) => (
+            Err(format!("item {id}: its consumer went away")),
+            Vec::new(),
+        ),
         Err(_) => {
             ctx.waiters.lock().expect("waiters").remove(&id);
-            Err(format!(
-                "item {id}: not finished within {} s",
-                item_timeout.as_secs()
-            ))
+            (
+                Err(format!(
+                    "item {id}: not finished within {} s",
+                    item_timeout.as_secs()
+                )),
+                Vec::new(),
+            )
         }
     }
 }
@@ -318,11 +364,12 @@ async fn consume(
                     break;
                 }
                 Some(Ok(msg)) => {
+                    let received = Instant::now();
                     let item: Result<Item, _> = serde_json::from_slice(&msg.payload);
                     match item {
                         Ok(item) => {
                             let id = item.id;
-                            let r = process(&ctx, &container, item).await;
+                            let r = process(&ctx, &container, item, received).await;
                             let waiter = ctx.waiters.lock().expect("waiters").remove(&id);
                             if let Some(w) = waiter {
                                 let _ = w.send(r.map_err(|e| format!("item {id}: {e:#}")));
@@ -341,7 +388,12 @@ async fn consume(
 }
 
 /// The chain: commit, run, publish, commit. Returns when the last commit is done.
-async fn process(ctx: &Ctx, c: &runtime::Container, item: Item) -> anyhow::Result<Instant> {
+async fn process(
+    ctx: &Ctx,
+    c: &runtime::Container,
+    item: Item,
+    received: Instant,
+) -> anyhow::Result<Steps> {
     {
         let db = ctx.pool.get().await?;
         let st = db
@@ -349,6 +401,7 @@ async fn process(ctx: &Ctx, c: &runtime::Container, item: Item) -> anyhow::Resul
             .await?;
         db.execute(&st, &[&item.id]).await?;
     }
+    let inserted = Instant::now();
 
     let req = AgentRequest::Run(RunRequest {
         v: subjects::VERSION,
@@ -372,6 +425,7 @@ async fn process(ctx: &Ctx, c: &runtime::Container, item: Item) -> anyhow::Resul
     if output.get("exit_code").and_then(Value::as_i64) != Some(0) {
         bail!("the command did not exit 0: {output}");
     }
+    let called = Instant::now();
 
     let payload = serde_json::to_vec(&json!({"id": item.id, "state": "done", "result": output}))
         .expect("results serialise");
@@ -388,6 +442,7 @@ async fn process(ctx: &Ctx, c: &runtime::Container, item: Item) -> anyhow::Resul
         )
         .await?
         .await?;
+    let published = Instant::now();
 
     let db = ctx.pool.get().await?;
     let st = db
@@ -396,9 +451,15 @@ async fn process(ctx: &Ctx, c: &runtime::Container, item: Item) -> anyhow::Resul
         )
         .await?;
     let n = db.execute(&st, &[&item.id, &output]).await?;
-    let end = Instant::now();
+    let updated = Instant::now();
     if n != 1 {
         bail!("the floor_items row is missing");
     }
-    Ok(end)
+    Ok(Steps {
+        received,
+        inserted,
+        called,
+        published,
+        updated,
+    })
 }

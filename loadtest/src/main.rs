@@ -172,6 +172,9 @@ async fn run(
 ) -> anyhow::Result<(Summary, Summary)> {
     let floor = floor::run(args, &settings).await?;
     println!("{floor}");
+    if let Some(s) = &floor.stages {
+        println!("{s}");
+    }
     if floor.ok == 0 {
         bail!(
             "no floor item succeeded; first error: {}",
@@ -180,6 +183,9 @@ async fn run(
     }
     let colony = colony_phase::run(args, settings, cleanup).await?;
     println!("{colony}");
+    if let Some(s) = &colony.stages {
+        println!("{s}");
+    }
     Ok((floor, colony))
 }
 

@@ -19,6 +19,8 @@ pub struct Summary {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Where the time went, when the phase could tell.
+    pub stages: Option<String>,
 }
 
 impl Summary {
@@ -56,6 +58,7 @@ impl Summary {
             p50_ms: percentile(&lat, 50.0),
             p99_ms: percentile(&lat, 99.0),
             max_ms: lat.last().copied().unwrap_or(f64::NAN),
+            stages: None,
         }
     }
 }
@@ -84,6 +87,27 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Per-stage medians: `rows[i][j]` is stage `j` of item `i` in ms.
+pub fn stage_line(title: &str, names: &[&str], rows: &[Vec<f64>]) -> Option<String> {
+    if rows.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(j, name)| {
+            let mut col: Vec<f64> = rows.iter().filter_map(|r| r.get(j).copied()).collect();
+            col.sort_by(f64::total_cmp);
+            format!("{name} {:.2}", percentile(&col, 50.0))
+        })
+        .collect();
+    Some(format!(
+        "{title} (p50 ms, {} tasks): {}",
+        rows.len(),
+        parts.join(", ")
+    ))
 }
 
 #[cfg(test)]
