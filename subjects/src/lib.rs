@@ -137,6 +137,16 @@ pub mod consumer {
     }
 }
 
+/// Container labels: how a worker (and `ops/down`) recognises Colony's
+/// containers and decides whether one may be adopted or reused.
+pub mod label {
+    pub const MANAGED: &str = "colony.managed";
+    pub const ROLE: &str = "colony.role";
+    pub const AGENT: &str = "colony.agent";
+    pub const WORKER: &str = "colony.worker";
+    pub const CONFIG_HASH: &str = "colony.config-hash";
+}
+
 /// Header names.
 pub mod header {
     /// JetStream's de-duplication id; every Colony publish sets it.

@@ -122,13 +122,7 @@ pub struct Runtime {
     idle: Mutex<HashMap<String, Vec<Container>>>,
 }
 
-pub mod label {
-    pub const MANAGED: &str = "colony.managed";
-    pub const ROLE: &str = "colony.role";
-    pub const AGENT: &str = "colony.agent";
-    pub const WORKER: &str = "colony.worker";
-    pub const CONFIG_HASH: &str = "colony.config-hash";
-}
+pub use subjects::label;
 
 impl Runtime {
     /// Connect to the local engine and check that the agent image exists.
