@@ -115,26 +115,5 @@ async fn handle(
 }
 
 async fn dead_letter(js: &jetstream::Context, msg: &jetstream::Message, reason: &str) {
-    tracing::warn!(subject = %msg.subject, %reason, "intake message refused");
-    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
-    match relay::dead_letter(
-        js,
-        subject::DLQ_INTAKE,
-        &msg.subject,
-        &format!("intake-{seq}"),
-        msg.payload.clone(),
-        reason,
-    )
-    .await
-    {
-        Ok(()) => {
-            let _ = msg.ack_with(AckKind::Term).await;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "could not dead-letter an intake message; it will be redelivered");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                .await;
-        }
-    }
+    relay::dead_letter_message(js, subject::DLQ_INTAKE, msg, reason).await;
 }

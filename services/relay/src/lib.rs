@@ -210,3 +210,28 @@ pub async fn dead_letter(
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+/// Dead-letter a JetStream message that cannot be processed to
+/// `colony.dlq.<source>`, then terminate it so it is not redelivered; if the
+/// DLQ publish fails, Nak it so that nothing is lost.
+pub async fn dead_letter_message(
+    js: &jetstream::Context,
+    source: &str,
+    msg: &jetstream::Message,
+    reason: &str,
+) {
+    tracing::warn!(subject = %msg.subject, %reason, source, "dead-lettering message");
+    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+    let id = format!("{source}-{seq}");
+    match dead_letter(js, source, &msg.subject, &id, msg.payload.clone(), reason).await {
+        Ok(()) => {
+            let _ = msg.ack_with(jetstream::AckKind::Term).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not dead-letter; the message will be redelivered");
+            let _ = msg
+                .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+        }
+    }
+}

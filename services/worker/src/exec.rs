@@ -381,26 +381,5 @@ async fn publish_output(
 /// Send a message that cannot be processed to `colony.dlq.work` with the
 /// reason, then terminate it so it is not redelivered.
 async fn dead_letter(shared: &Shared, msg: &Message, reason: &str) {
-    tracing::warn!(subject = %msg.subject, %reason, "dead-lettering work message");
-    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
-    match relay::dead_letter(
-        &shared.js,
-        subject::DLQ_WORK,
-        &msg.subject,
-        &format!("work-{seq}"),
-        msg.payload.clone(),
-        reason,
-    )
-    .await
-    {
-        Ok(()) => {
-            let _ = msg.ack_with(AckKind::Term).await;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "could not dead-letter; the message will be redelivered");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                .await;
-        }
-    }
+    relay::dead_letter_message(&shared.js, subject::DLQ_WORK, msg, reason).await;
 }
