@@ -135,10 +135,24 @@ async fn fast_path(
     let _ = deleter.await;
 }
 
+/// How long published row ids are gathered before they are deleted.
+const DELETE_WINDOW: Duration = Duration::from_millis(20);
+
 async fn delete_sent(store: Store, mut rx: mpsc::UnboundedReceiver<Vec<Uuid>>) {
     while let Some(mut ids) = rx.recv().await {
-        while let Ok(more) = rx.try_recv() {
-            ids.extend(more);
+        // Gather what else is acknowledged within a short window: one
+        // delete for many rows costs about what one row does.
+        let window = tokio::time::sleep(DELETE_WINDOW);
+        tokio::pin!(window);
+        loop {
+            tokio::select! {
+                biased;
+                more = rx.recv() => match more {
+                    Some(more) => ids.extend(more),
+                    None => break,
+                },
+                _ = &mut window => break,
+            }
         }
         if let Err(e) = store.delete_sent(&ids).await {
             // Harmless: the rows are published again after their claim runs

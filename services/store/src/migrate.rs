@@ -10,11 +10,18 @@ use sha2::{Digest, Sha256};
 use crate::{Error, Result, Store};
 
 /// (version, file name, SQL), in order.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_init.sql",
-    include_str!("../../../sql/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "0001_init.sql",
+        include_str!("../../../sql/0001_init.sql"),
+    ),
+    (
+        2,
+        "0002_lean_writes.sql",
+        include_str!("../../../sql/0002_lean_writes.sql"),
+    ),
+];
 
 /// Arbitrary but fixed: the advisory lock that serialises migrators.
 const LOCK_KEY: i64 = 0x636f_6c6f_6e79; // "colony"

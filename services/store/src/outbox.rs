@@ -120,13 +120,21 @@ impl Store {
     }
 
     /// Forget rows that were published.
+    ///
+    /// The delete commits without waiting for the WAL flush
+    /// (`synchronous_commit` off for this transaction only): a delete lost
+    /// in a database crash only means the rows are published again, and the
+    /// server drops those duplicates by `Nats-Msg-Id`.
     pub async fn delete_sent(&self, ids: &[Uuid]) -> Result<u64> {
         if ids.is_empty() {
             return Ok(0);
         }
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached("DELETE FROM outbox WHERE id = ANY($1)")
+            .prepare_cached(
+                "WITH s AS (SELECT set_config('synchronous_commit', 'off', true))
+                 DELETE FROM outbox WHERE id = ANY($1) AND EXISTS (SELECT 1 FROM s)",
+            )
             .await?;
         Ok(client.execute(&stmt, &[&ids]).await?)
     }

@@ -19,7 +19,8 @@ use uuid::Uuid;
 use crate::outbox::{insert_for_u, Columns};
 use crate::{state, Error, OutboxMsg, Result, Store};
 
-const COLS: &str = "id, tenant, role, goal_id, input, state, attempt, max_attempts, timeout_secs, \
+const COLS: &str =
+    "id, tenant, role, goal_id, input, state::text, attempt, max_attempts, timeout_secs, \
                     result, error, created_at, updated_at, dispatch_id, worker_id, \
                     extract(epoch FROM now() - heartbeat_at)::float8";
 
@@ -248,6 +249,16 @@ impl Store {
     /// Create a queued task with its work message, or return the task an
     /// earlier call with the same idempotency key created.
     pub async fn create_task(&self, new: &NewTask) -> Result<Created> {
+        // The schema does not check these (see sql/0002_lean_writes.sql).
+        let limit = |n: u32, what: &str| match i32::try_from(n) {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(Error::Invalid(format!(
+                "{what} must be between 1 and {}, not {n}",
+                i32::MAX
+            ))),
+        };
+        let max_attempts = limit(new.max_attempts, "max_attempts")?;
+        let timeout_secs = limit(new.timeout_secs, "timeout_secs")?;
         let now = OffsetDateTime::now_utc();
         let task = TaskView {
             v: subjects::VERSION,
@@ -294,8 +305,8 @@ impl Store {
                     &task.role,
                     &task.goal_id,
                     &task.input,
-                    &(new.max_attempts as i32),
-                    &(new.timeout_secs as i32),
+                    &max_attempts,
+                    &timeout_secs,
                     &new.idempotency_key,
                     &dispatch,
                     &now,
@@ -551,14 +562,14 @@ impl Store {
         let client = self.client().await?;
         let sql = format!(
             "WITH u AS (
-                 UPDATE tasks SET state = $5, result = $6, error = $7, worker_id = NULL, heartbeat_at = NULL,
+                 UPDATE tasks SET state = $5::text::task_state, result = $6, error = $7, worker_id = NULL, heartbeat_at = NULL,
                         updated_at = $8, attempt = attempt + $9::int, dispatch_id = COALESCE($10, dispatch_id)
                  WHERE id = $1 AND state = 'running' AND attempt = $2 AND worker_id = $3
                  RETURNING id),
-             r AS (UPDATE runs SET state = $11, error = $7, finished_at = $8
+             r AS (UPDATE runs SET state = $11::text::run_state, error = $7, finished_at = $8
                    WHERE id = $4 AND EXISTS (SELECT 1 FROM u)),
              e AS (INSERT INTO events (task_id, attempt, from_state, to_state, reason, at)
-                   SELECT id, $2, 'running', $5, $12, $8 FROM u),
+                   SELECT id, $2, 'running', $5::text, $12, $8 FROM u),
              o AS ({})
              SELECT count(*) FROM u",
             insert_for_u(13)
@@ -662,7 +673,7 @@ impl Store {
         task.error = Some(reason.to_string());
         task.updated_at = now;
         tx.execute(
-            "UPDATE tasks SET state = $2, error = $3, worker_id = NULL, heartbeat_at = NULL, updated_at = $4 WHERE id = $1",
+            "UPDATE tasks SET state = $2::text::task_state, error = $3, worker_id = NULL, heartbeat_at = NULL, updated_at = $4 WHERE id = $1",
             &[&id, &to.as_str(), &reason, &now],
         )
         .await?;
@@ -672,7 +683,7 @@ impl Store {
             "failed"
         };
         tx.execute(
-            "UPDATE runs SET state = $2, error = $3, finished_at = $4 WHERE task_id = $1 AND state = 'running'",
+            "UPDATE runs SET state = $2::text::run_state, error = $3, finished_at = $4 WHERE task_id = $1 AND state = 'running'",
             &[&id, &run_state, &reason, &now],
         )
         .await?;

@@ -116,7 +116,8 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: Message) {
             to: TaskState::Running,
             reason: None,
         },
-    );
+    )
+    .await;
 
     let outcome = {
         let work = execute(&shared, &running, &cancel);
@@ -333,19 +334,22 @@ fn event_headers(running: &Running, msg_id: String) -> HeaderMap {
     h
 }
 
-/// Announce something about a run without waiting (the history of states is
-/// in Postgres; the stream is the live feed).
-fn publish_event(shared: &Arc<Shared>, running: &Running, id_suffix: &str, body: EventBody) {
+/// Announce something about a run without waiting for the server's
+/// acknowledgement: EVENTS stores it like any other message on its subjects,
+/// but nothing here depends on it (the history of states is in Postgres; the
+/// stream is the live feed).
+async fn publish_event(shared: &Shared, running: &Running, id_suffix: &str, body: EventBody) {
     let ev = event(running, body);
     let subj = subject::events(ev.goal_id, ev.task_id, ev.body.kind());
     let headers = event_headers(running, format!("{}-{id_suffix}", running.run_id));
     let payload = serde_json::to_vec(&ev).expect("events serialise");
-    let js = shared.js.clone();
-    tokio::spawn(async move {
-        if let Ok(ack) = js.publish_with_headers(subj, headers, payload.into()).await {
-            let _ = ack.await;
-        }
-    });
+    if let Err(e) = shared
+        .nats
+        .publish_with_headers(subj, headers, payload.into())
+        .await
+    {
+        tracing::debug!(task = %running.task.id, error = %e, "event not published");
+    }
 }
 
 /// Publish a run's output chunks in order as events.

@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     pub cfg: Config,
     pub store: Store,
     pub js: jetstream::Context,
+    /// Core NATS, for what needs no acknowledgement.
+    pub nats: async_nats::Client,
     pub relay: Relay,
     pub runtime: Arc<runtime::Runtime>,
     /// Task id → the token that cancels its run.
@@ -128,6 +130,7 @@ pub async fn run(
         cfg: cfg.clone(),
         store,
         js: js.clone(),
+        nats: nats.clone(),
         relay,
         runtime,
         inflight: Mutex::new(HashMap::new()),

@@ -11,7 +11,7 @@ use uuid::Uuid;
 async fn runs(w: &World, id: Uuid) -> Vec<(i32, String, Option<String>)> {
     let db = w.db().await.expect("db");
     db.query(
-        "SELECT attempt, state, error FROM runs WHERE task_id = $1 ORDER BY started_at",
+        "SELECT attempt, state::text, error FROM runs WHERE task_id = $1 ORDER BY started_at",
         &[&id],
     )
     .await
@@ -175,7 +175,7 @@ async fn graceful_shutdown_hands_work_back_and_the_next_start_finishes_it() {
     colony.stop().await.expect("graceful stop");
     let db = w.db().await.expect("db");
     let state: String = db
-        .query_one("SELECT state FROM tasks WHERE id = $1", &[&id])
+        .query_one("SELECT state::text FROM tasks WHERE id = $1", &[&id])
         .await
         .expect("task")
         .get(0);

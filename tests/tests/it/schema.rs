@@ -12,10 +12,14 @@ async fn two_processes_migrating_at_once_apply_each_migration_once() {
     let b = Store::connect(&w.settings.database_url, 2).expect("b");
     let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
     let (ra, rb) = (ra.expect("a migrates"), rb.expect("b migrates"));
+    let mut applied: Vec<_> = ra.iter().chain(rb.iter()).cloned().collect();
+    applied.sort();
+    let before = applied.len();
+    applied.dedup();
     assert_eq!(
-        ra.len() + rb.len(),
-        1,
-        "exactly one of them applied 0001: {ra:?} {rb:?}"
+        applied.len(),
+        before,
+        "no migration applied twice: {ra:?} {rb:?}"
     );
     let db = w.db().await.expect("db");
     let n: i64 = db
@@ -23,7 +27,12 @@ async fn two_processes_migrating_at_once_apply_each_migration_once() {
         .await
         .expect("count")
         .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(
+        n as usize,
+        applied.len(),
+        "every applied migration recorded once"
+    );
+    assert!(n >= 2, "0001 and 0002 at least: {applied:?}");
     assert!(a.migrate().await.expect("again").is_empty());
 }
 
@@ -107,4 +116,55 @@ async fn the_store_refuses_illegal_transitions_and_stale_finishes() {
         .expect("count")
         .get(0);
     assert_eq!(dones, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_refuses_unknown_states_and_the_store_refuses_zero_limits() {
+    let w = World::new().await.expect("world");
+    let s = Store::connect(&w.settings.database_url, 2).expect("store");
+    s.migrate().await.expect("migrate");
+    let new = |max_attempts, timeout_secs| NewTask {
+        tenant: "t".into(),
+        role: "shell".into(),
+        goal_id: None,
+        input: serde_json::json!({"command": "true"}),
+        max_attempts,
+        timeout_secs,
+        idempotency_key: None,
+    };
+    let err = s.create_task(&new(0, 5)).await.expect_err("0 attempts");
+    assert_eq!(
+        err.to_string(),
+        "max_attempts must be between 1 and 2147483647, not 0"
+    );
+    let err = s
+        .create_task(&new(1, u32::MAX))
+        .await
+        .expect_err("timeout too large");
+    assert!(
+        err.to_string()
+            .starts_with("timeout_secs must be between 1"),
+        "{err}"
+    );
+    let created = s.create_task(&new(1, 5)).await.expect("create");
+    let db = w.db().await.expect("db");
+    let err = db
+        .execute(
+            "UPDATE tasks SET state = 'sleeping' WHERE id = $1",
+            &[&created.task.id],
+        )
+        .await
+        .expect_err("not a state");
+    assert!(
+        err.as_db_error().is_some_and(|e| e
+            .message()
+            .contains("invalid input value for enum task_state")),
+        "{err:?}"
+    );
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM tasks", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1, "nothing half-written by the refused creates");
 }
