@@ -411,6 +411,7 @@ async fn process(
         timeout_ms: 10_000,
         max_output_bytes: 64 * 1024,
         fresh_workspace: true,
+        agent: None,
     });
     let frame = tokio::time::timeout(
         Duration::from_secs(15),

@@ -16,6 +16,7 @@
 //! only the names of the states live here because they are on the wire.
 
 pub mod agent;
+pub mod gateway;
 pub mod messages;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -105,6 +106,8 @@ pub mod subject {
     /// Event kinds (the last token of an event subject).
     pub const EVENT_STATE: &str = "state";
     pub const EVENT_OUTPUT: &str = "output";
+    /// A step of an agent run (message delta, tool call, tool result, usage).
+    pub const EVENT_AGENT: &str = "agent";
 
     /// DLQ sources.
     pub const DLQ_INTAKE: &str = "intake";
@@ -116,6 +119,14 @@ pub mod subject {
             .strip_prefix("colony.intake.")
             .filter(|t| super::is_token(t))
     }
+}
+
+/// JetStream key-value buckets.
+pub mod kv {
+    /// Container leases: key = container name, value = the worker driving
+    /// it. A worker creates a lease before it drives a container, so two
+    /// workers never drive one; a lease whose worker is gone expires.
+    pub const LEASES: &str = "colony_leases";
 }
 
 /// Stream names.

@@ -202,6 +202,8 @@ pub enum EventBody {
     },
     /// A chunk of a run's output as it happened.
     Output { stream: OutputStream, data: String },
+    /// A step of an agent run as it happened.
+    Agent { event: crate::agent::AgentEvent },
 }
 
 impl EventBody {
@@ -210,6 +212,7 @@ impl EventBody {
         match self {
             EventBody::State { .. } => crate::subject::EVENT_STATE,
             EventBody::Output { .. } => crate::subject::EVENT_OUTPUT,
+            EventBody::Agent { .. } => crate::subject::EVENT_AGENT,
         }
     }
 }

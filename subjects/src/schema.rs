@@ -5,7 +5,8 @@
 
 use schemars::{schema_for, Schema};
 
-use crate::agent::{AgentFrame, AgentRequest};
+use crate::agent::{AgentFrame, AgentInput, AgentOutput, AgentRequest};
+use crate::gateway::{ActionRequest, ActionResponse, FetchRequest, FetchResponse};
 use crate::messages::*;
 
 /// (file name, schema) for every message type.
@@ -21,6 +22,12 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("api_error.v1.json", schema_for!(ApiError)),
         ("agent_request.v1.json", schema_for!(AgentRequest)),
         ("agent_frame.v1.json", schema_for!(AgentFrame)),
+        ("agent_input.v1.json", schema_for!(AgentInput)),
+        ("agent_output.v1.json", schema_for!(AgentOutput)),
+        ("action_request.v1.json", schema_for!(ActionRequest)),
+        ("action_response.v1.json", schema_for!(ActionResponse)),
+        ("fetch_request.v1.json", schema_for!(FetchRequest)),
+        ("fetch_response.v1.json", schema_for!(FetchResponse)),
     ]
 }
 

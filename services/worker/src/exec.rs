@@ -203,6 +203,7 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
         timeout_ms: limit.as_millis() as u64,
         max_output_bytes: shared.cfg.max_output_bytes,
         fresh_workspace: true,
+        agent: None,
     });
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let publisher = tokio::spawn(publish_output(shared.clone(), running.clone(), out_rx));
@@ -238,7 +239,7 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
                 shared.runtime.release(container).await;
                 Outcome::Invalid(reason)
             }
-            RunErrorKind::Timeout => {
+            RunErrorKind::Timeout | RunErrorKind::Gateway => {
                 shared.runtime.release(container).await;
                 Outcome::Failed(reason)
             }
