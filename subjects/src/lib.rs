@@ -102,6 +102,9 @@ pub mod subject {
 
     /// Control commands.
     pub const CTL_CANCEL: &str = "cancel";
+    /// Broadcast (on [`ctl_broadcast`]) with an employee id as the payload:
+    /// every worker removes that employee's containers.
+    pub const CTL_OFFBOARD: &str = "offboard";
 
     /// Event kinds (the last token of an event subject).
     pub const EVENT_STATE: &str = "state";
