@@ -82,19 +82,21 @@ pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Sum
     let pool = pg_pool(&settings.database_url, settings.db_pool)?;
     prepare_table(&pool).await?;
 
-    let rt = runtime::Runtime::connect(runtime::Config {
-        image: settings.agent_image.clone(),
-        socket_dir: settings.socket_dir.clone(),
-        worker_id: "loadtest-floor".to_string(),
-        labels: [(BENCH_LABEL_KEY.to_string(), BENCH_LABEL_VALUE.to_string())].into(),
-        limits: runtime::Limits::default(),
-        max_idle: args.slots,
-        ready_timeout: Duration::from_secs(15),
-    })
-    .await
-    .context("floor: cannot reach Docker")?;
+    let mut cfg = runtime::Config::new(
+        settings.agent_image.clone(),
+        settings.socket_dir.clone(),
+        "loadtest-floor".to_string(),
+    );
+    cfg.labels = [(BENCH_LABEL_KEY.to_string(), BENCH_LABEL_VALUE.to_string())].into();
+    cfg.max_idle = args.slots;
+    cfg.max_active = args.slots;
+    cfg.ready_timeout = Duration::from_secs(15);
+    let rt = runtime::Runtime::connect(cfg)
+        .await
+        .context("floor: cannot reach Docker")?;
     let started = Instant::now();
-    let acquired = futures_util::future::join_all((0..args.slots).map(|_| rt.acquire(ROLE))).await;
+    let want = runtime::Want::role(ROLE);
+    let acquired = futures_util::future::join_all((0..args.slots).map(|_| rt.acquire(&want))).await;
     let mut containers = Vec::new();
     let mut error = None;
     for a in acquired {
@@ -415,7 +417,7 @@ async fn process(
     });
     let frame = tokio::time::timeout(
         Duration::from_secs(15),
-        runtime::agent::call(&c.agent_socket, &req, |_, _| {}),
+        runtime::agent::call(&c.agent_socket, &req, |_| {}),
     )
     .await
     .context("no answer from agentd within 15 s")??;

@@ -283,6 +283,16 @@ impl World {
 
     /// Run `colony <role>` as a separate process with these settings.
     pub fn spawn_process(&self, role: &str, worker_id: &str) -> Result<Child> {
+        self.spawn_process_env(role, worker_id, &[])
+    }
+
+    /// As [`World::spawn_process`], with extra environment (it wins).
+    pub fn spawn_process_env(
+        &self,
+        role: &str,
+        worker_id: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Child> {
         let s = &self.settings;
         Ok(Command::new(Self::colony_bin()?)
             .arg(role)
@@ -300,6 +310,7 @@ impl World {
             .env("COLONY_SOCKET_DIR", &s.socket_dir)
             .env("COLONY_AGENT_IMAGE", &s.agent_image)
             .env("COLONY_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .spawn()?)
     }

@@ -64,6 +64,17 @@ pub struct Settings {
     /// Idle containers kept per pool (default: the worker's slots).
     #[arg(long, env = "COLONY_MAX_IDLE")]
     pub max_idle: Option<usize>,
+    /// Containers (busy and idle) one worker may have at once; at the cap the
+    /// oldest idle one is evicted to make room.
+    #[arg(long, env = "COLONY_MAX_CONTAINERS", default_value_t = 16)]
+    pub max_containers: usize,
+    /// Idle containers unused this long are removed (beyond the warm minimum).
+    #[arg(long, env = "COLONY_IDLE_TTL_SECS", default_value_t = 600)]
+    pub idle_ttl_secs: u64,
+    /// Container leases in NATS KV expire this long after a worker stops
+    /// renewing them; then its containers are orphans any worker may remove.
+    #[arg(long, env = "COLONY_LEASE_TTL_MS", default_value_t = 15_000)]
+    pub lease_ttl_ms: u64,
     /// Extra container labels, `key=value,key=value`.
     #[arg(long, env = "COLONY_CONTAINER_LABELS", value_delimiter = ',')]
     pub container_labels: Vec<String>,
@@ -135,15 +146,16 @@ impl Settings {
     }
 
     pub fn worker_config(&self) -> anyhow::Result<worker::Config> {
-        let rt = runtime::Config {
-            image: self.agent_image.clone(),
-            socket_dir: self.socket_dir.clone(),
-            worker_id: self.worker_id(),
-            labels: self.labels()?,
-            limits: runtime::Limits::default(),
-            max_idle: self.max_idle.unwrap_or(self.worker_slots).max(1),
-            ready_timeout: Duration::from_secs(15),
-        };
+        let mut rt = runtime::Config::new(
+            self.agent_image.clone(),
+            self.socket_dir.clone(),
+            self.worker_id(),
+        );
+        rt.labels = self.labels()?;
+        rt.max_idle = self.max_idle.unwrap_or(self.worker_slots).max(1);
+        rt.max_active = self.max_containers.max(self.worker_slots).max(1);
+        rt.idle_ttl = Duration::from_secs(self.idle_ttl_secs.max(1));
+        rt.ready_timeout = Duration::from_secs(15);
         let mut w = worker::Config::new(self.worker_id(), rt);
         w.pools = self.pools.clone();
         w.slots = self.worker_slots.max(1);
@@ -153,6 +165,7 @@ impl Settings {
         w.retry_min_delay = Duration::from_millis(self.retry_min_ms);
         w.drain_timeout = Duration::from_millis(self.drain_timeout_ms);
         w.prewarm = self.prewarm;
+        w.lease_ttl = Duration::from_millis(self.lease_ttl_ms.max(1000));
         Ok(w)
     }
 

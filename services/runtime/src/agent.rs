@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use subjects::agent::{AgentFrame, AgentRequest};
+use subjects::agent::{AgentEvent, AgentFrame, AgentRequest};
 use subjects::OutputStream;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -24,12 +24,19 @@ pub enum AgentError {
     Protocol(String),
 }
 
-/// Send `req` and return its final frame, passing every output chunk to
-/// `on_output` as it arrives.
+/// What a run reports before its final frame.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Progress {
+    Output(OutputStream, String),
+    Event(AgentEvent),
+}
+
+/// Send `req` and return its final frame, passing every output chunk and
+/// agent event to `on_progress` as it arrives.
 pub async fn call(
     socket: &Path,
     req: &AgentRequest,
-    mut on_output: impl FnMut(OutputStream, String),
+    mut on_progress: impl FnMut(Progress),
 ) -> Result<AgentFrame, AgentError> {
     let stream = UnixStream::connect(socket)
         .await
@@ -49,7 +56,8 @@ pub async fn call(
         let frame: AgentFrame = serde_json::from_str(&text)
             .map_err(|e| AgentError::Protocol(format!("{e}: {text:.200}")))?;
         match frame {
-            AgentFrame::Output { stream, data } => on_output(stream, data),
+            AgentFrame::Output { stream, data } => on_progress(Progress::Output(stream, data)),
+            AgentFrame::Event { event } => on_progress(Progress::Event(event)),
             other => return Ok(other),
         }
     }
@@ -58,7 +66,7 @@ pub async fn call(
 /// True when agentd answers a ping on `socket`.
 pub async fn ping(socket: &Path) -> bool {
     matches!(
-        call(socket, &AgentRequest::Ping, |_, _| {}).await,
+        call(socket, &AgentRequest::Ping, |_| {}).await,
         Ok(AgentFrame::Pong { .. })
     )
 }

@@ -1,20 +1,26 @@
 //! Containers for runs: the hardened spec, the pool, and agentd's socket.
 //!
-//! A worker asks [`Runtime::acquire`] for a container of a role. The pool
-//! hands back an idle one created from the same image and configuration (the
-//! config hash matches) or creates one with bollard, hardened by default (see
-//! [`spec`]), and waits until agentd answers on its socket. After a run the
-//! worker gives the container back with [`Runtime::release`], or throws it
-//! away with [`Runtime::discard`] when the run went wrong.
+//! A worker asks [`Runtime::acquire`] for a container that fits a [`Want`]
+//! (role, employee, image, limits). The pool hands back an idle one with the
+//! same config hash (image id, role, employee and limits all match) or
+//! creates one with bollard, hardened by default (see [`spec`]), and waits
+//! until agentd answers on its socket. After a run the worker gives the
+//! container back with [`Runtime::release`], or throws it away with
+//! [`Runtime::discard`] when the run went wrong.
+//!
+//! The pool is bounded: at most `max_active` containers exist per worker
+//! (busy and idle); at the cap, the oldest idle container of another
+//! configuration is evicted to make room, and if none is idle `acquire`
+//! waits for a release. [`Runtime::reap_idle`] removes containers idle for
+//! longer than `idle_ttl`, keeping each role's warm minimum.
 //!
 //! Containers carry labels (`colony.role`, `colony.agent`, `colony.worker`,
-//! `colony.config-hash`) so that a restarted worker adopts its idle
-//! containers and removes what it cannot use ([`Runtime::adopt`]).
-//!
-//! Not here: leases across workers and warm-pool sizing per role (they come
-//! with roles and employees).
+//! `colony.config-hash`, `colony.employee`) and, when the runtime has
+//! [`lease::Leases`], a lease in NATS KV. A restarted worker adopts its
+//! containers and removes orphans ([`Runtime::adopt`]).
 
 pub mod agent;
+pub mod lease;
 pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,7 +33,7 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
-use subjects::agent::{AGENT_SOCKET, SOCKET_DIR};
+use subjects::agent::{AGENT_SOCKET, GATEWAY_SOCKET, SOCKET_DIR};
 
 pub use spec::Limits;
 
@@ -45,6 +51,8 @@ pub enum Error {
         secs: u64,
         detail: String,
     },
+    #[error("container lease: {0}")]
+    Lease(String),
     #[error("cannot prepare the socket directory {path}: {source}")]
     SocketDir {
         path: PathBuf,
@@ -56,19 +64,67 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The agent image (tag or id).
+    /// The agent image (tag or id) when a [`Want`] names none.
     pub image: String,
     /// Host directory holding one socket directory per container.
     pub socket_dir: PathBuf,
     /// Written into `colony.worker`; adoption looks for it.
     pub worker_id: String,
-    /// Extra labels on every container (tests mark theirs).
+    /// Extra labels on every container (tests mark theirs); adoption and
+    /// orphan removal only look at containers that carry them all.
     pub labels: BTreeMap<String, String>,
+    /// Limits when a [`Want`] names none.
     pub limits: Limits,
-    /// Idle containers kept per role and configuration.
+    /// Idle containers kept per configuration.
     pub max_idle: usize,
+    /// Containers (busy and idle) this worker may have at once.
+    pub max_active: usize,
+    /// Idle containers unused for longer than this are removed by
+    /// [`Runtime::reap_idle`] (beyond each role's warm minimum).
+    pub idle_ttl: Duration,
     /// How long a new container may take to answer on its socket.
     pub ready_timeout: Duration,
+}
+
+impl Config {
+    pub fn new(image: String, socket_dir: PathBuf, worker_id: String) -> Config {
+        Config {
+            image,
+            socket_dir,
+            worker_id,
+            labels: BTreeMap::new(),
+            limits: Limits::default(),
+            max_idle: 4,
+            max_active: 16,
+            idle_ttl: Duration::from_secs(600),
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a run needs from a container.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Want {
+    pub role: String,
+    /// An employee's containers are its own: they mount its workspace
+    /// volume and are never shared with another employee.
+    pub employee: Option<uuid::Uuid>,
+    /// The image, when not the runtime's default.
+    pub image: Option<String>,
+    /// The limits, when not the runtime's default.
+    pub limits: Option<Limits>,
+}
+
+impl Want {
+    /// A container of `role` with the runtime's defaults.
+    pub fn role(role: &str) -> Want {
+        Want {
+            role: role.to_string(),
+            employee: None,
+            image: None,
+            limits: None,
+        }
+    }
 }
 
 /// A container this worker holds.
@@ -77,17 +133,39 @@ pub struct Container {
     pub id: String,
     pub name: String,
     pub role: String,
+    pub employee: Option<uuid::Uuid>,
     pub config_hash: String,
     /// Host path of its `agent.sock`.
     pub agent_socket: PathBuf,
-    /// How it was obtained (for logs and metrics).
+    /// Host path of its `gateway.sock` (served by the worker).
+    pub gateway_socket: PathBuf,
+    /// How this acquire obtained it (for logs and metrics).
     pub source: Source,
+    /// How it came into this pool.
+    origin: Origin,
+    /// Runs it was handed out for.
+    uses: u32,
+    idle_since: Instant,
+}
+
+/// How an acquire was served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Created ahead of demand and not used before.
+    Warm,
+    /// Used by an earlier run of the same configuration.
+    Reuse,
+    /// Created for this acquire.
+    Cold,
+    /// Found running after a restart and not used since.
+    Adopted,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    Warm,
-    Cold,
+enum Origin {
+    Prewarmed,
+    Created,
     Adopted,
 }
 
@@ -115,43 +193,95 @@ impl std::fmt::Display for Exit {
     }
 }
 
+/// A snapshot of the pool, for operators.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct PoolMetrics {
+    /// Containers handed out to runs right now.
+    pub active: usize,
+    /// Idle containers ready for a run.
+    pub warm: usize,
+    pub acquire_warm: u64,
+    pub acquire_reuse: u64,
+    pub acquire_cold: u64,
+    pub acquire_adopted: u64,
+    /// Idle containers removed to make room under `max_active`.
+    pub evicted: u64,
+    /// Idle containers removed by [`Runtime::reap_idle`].
+    pub reaped: u64,
+    /// Cold starts measured (create → agentd answers), and their spread.
+    pub cold_starts: u64,
+    pub cold_start_p50_ms: f64,
+    pub cold_start_p99_ms: f64,
+    pub cold_start_max_ms: f64,
+}
+
+/// Cold-start samples kept for the percentiles.
+const COLD_SAMPLES: usize = 1024;
+
+#[derive(Default)]
+struct Pool {
+    idle: HashMap<String, Vec<Container>>,
+    /// Containers handed out and not yet given back.
+    busy: HashMap<String, Container>,
+    /// Containers being created (they count against `max_active`).
+    creating: usize,
+    /// Employees whose containers go away instead of back to the pool.
+    offboarded: std::collections::HashSet<uuid::Uuid>,
+    m: PoolMetrics,
+    cold: std::collections::VecDeque<f64>,
+}
+
+impl Pool {
+    fn total(&self) -> usize {
+        self.idle.values().map(Vec::len).sum::<usize>() + self.busy.len() + self.creating
+    }
+}
+
 pub struct Runtime {
     docker: Docker,
     cfg: Config,
-    image_id: String,
-    idle: Mutex<HashMap<String, Vec<Container>>>,
+    default_image_id: String,
+    image_ids: Mutex<HashMap<String, String>>,
+    pool: Mutex<Pool>,
+    /// Signalled whenever a container is given back or removed.
+    freed: tokio::sync::Notify,
+    leases: Option<lease::Leases>,
 }
 
 pub use subjects::label;
 
+/// Label naming the employee a container belongs to.
+pub const EMPLOYEE_LABEL: &str = "colony.employee";
+
 impl Runtime {
     /// Connect to the local engine and check that the agent image exists.
     pub async fn connect(cfg: Config) -> Result<Arc<Runtime>> {
+        Self::connect_with(cfg, None).await
+    }
+
+    /// As [`Runtime::connect`], with container leases in NATS KV.
+    pub async fn connect_with(cfg: Config, leases: Option<lease::Leases>) -> Result<Arc<Runtime>> {
         let docker = Docker::connect_with_unix_defaults()
             .map_err(Error::Engine)?
             .negotiate_version()
             .await
             .map_err(Error::Engine)?;
-        let image_id = match docker.inspect_image(&cfg.image).await {
-            Ok(img) => img.id.unwrap_or_else(|| cfg.image.clone()),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
-                return Err(Error::ImageMissing {
-                    image: cfg.image.clone(),
-                })
-            }
-            Err(e) => return Err(Error::Engine(e)),
-        };
+        let default_image_id = image_id(&docker, &cfg.image).await?;
         std::fs::create_dir_all(&cfg.socket_dir).map_err(|source| Error::SocketDir {
             path: cfg.socket_dir.clone(),
             source,
         })?;
         Ok(Arc::new(Runtime {
             docker,
+            image_ids: Mutex::new(HashMap::from([(
+                cfg.image.clone(),
+                default_image_id.clone(),
+            )])),
+            default_image_id,
             cfg,
-            image_id,
-            idle: Mutex::new(HashMap::new()),
+            pool: Mutex::new(Pool::default()),
+            freed: tokio::sync::Notify::new(),
+            leases,
         }))
     }
 
@@ -163,42 +293,144 @@ impl Runtime {
         &self.cfg
     }
 
-    /// The hash that decides whether a container may be reused for `role`.
+    /// The hash that decides whether a container may be reused for `role`
+    /// with the default image and limits.
     pub fn config_hash(&self, role: &str) -> String {
-        spec::config_hash(&self.image_id, role, &self.cfg.limits)
+        spec::config_hash(&self.default_image_id, role, None, &self.cfg.limits)
     }
 
-    /// An idle container of `role` with the current configuration, or a new one.
-    pub async fn acquire(&self, role: &str) -> Result<Container> {
-        let hash = self.config_hash(role);
-        let warm = self
-            .idle
+    async fn resolve(&self, want: &Want) -> Result<(String, Limits, String)> {
+        let image = want.image.clone().unwrap_or_else(|| self.cfg.image.clone());
+        let cached = self
+            .image_ids
             .lock()
-            .expect("idle pool lock")
-            .get_mut(&hash)
-            .and_then(Vec::pop);
-        if let Some(mut c) = warm {
-            c.source = Source::Warm;
-            return Ok(c);
-        }
-        self.create(role, hash).await
+            .expect("image cache lock")
+            .get(&image)
+            .cloned();
+        let image_id = match cached {
+            Some(id) => id,
+            None => {
+                let id = image_id(&self.docker, &image).await?;
+                self.image_ids
+                    .lock()
+                    .expect("image cache lock")
+                    .insert(image.clone(), id.clone());
+                id
+            }
+        };
+        let limits = want
+            .limits
+            .clone()
+            .unwrap_or_else(|| self.cfg.limits.clone());
+        let hash = spec::config_hash(&image_id, &want.role, want.employee, &limits);
+        Ok((image_id, limits, hash))
     }
 
-    /// Create `n` containers of `role` ahead of demand.
-    pub async fn prewarm(&self, role: &str, n: usize) -> Result<()> {
+    /// An idle container that fits `want`, or a new one. At the
+    /// `max_active` cap the oldest idle container of another configuration
+    /// is removed to make room; with none idle, this waits for a release.
+    pub async fn acquire(&self, want: &Want) -> Result<Container> {
+        let (image_id, limits, hash) = self.resolve(want).await?;
+        loop {
+            let notified = self.freed.notified();
+            let next = self.take_or_reserve(&hash);
+            let evict = match next {
+                Next::Taken(c) => return Ok(c),
+                Next::Wait => {
+                    notified.await;
+                    continue;
+                }
+                Next::Create { evict } => evict,
+            };
+            if let Some(old) = evict {
+                tracing::info!(container = %old.name, role = %old.role, "evicting the oldest idle container to make room");
+                self.remove_container(&old).await;
+            }
+            let created = self.create(want, &image_id, &limits, hash.clone()).await;
+            let mut p = self.pool.lock().expect("pool lock");
+            p.creating -= 1;
+            return match created {
+                Ok(mut c) => {
+                    c.uses = 1;
+                    p.m.acquire_cold += 1;
+                    p.busy.insert(c.name.clone(), c.clone());
+                    Ok(c)
+                }
+                Err(e) => {
+                    drop(p);
+                    self.freed.notify_waiters();
+                    Err(e)
+                }
+            };
+        }
+    }
+
+    /// Under the pool lock: an idle container of `hash`, or room reserved
+    /// for a new one (evicting the oldest idle one at the cap), or wait.
+    fn take_or_reserve(&self, hash: &str) -> Next {
+        let mut p = self.pool.lock().expect("pool lock");
+        if let Some(mut c) = p.idle.get_mut(hash).and_then(Vec::pop) {
+            c.source = match (c.origin, c.uses) {
+                (_, n) if n > 0 => Source::Reuse,
+                (Origin::Adopted, _) => Source::Adopted,
+                (Origin::Prewarmed, _) => Source::Warm,
+                (Origin::Created, _) => Source::Reuse,
+            };
+            c.uses += 1;
+            match c.source {
+                Source::Warm => p.m.acquire_warm += 1,
+                Source::Reuse => p.m.acquire_reuse += 1,
+                Source::Adopted => p.m.acquire_adopted += 1,
+                Source::Cold => p.m.acquire_cold += 1,
+            }
+            p.busy.insert(c.name.clone(), c.clone());
+            return Next::Taken(c);
+        }
+        if p.total() < self.cfg.max_active {
+            p.creating += 1;
+            return Next::Create { evict: None };
+        }
+        match oldest_idle(&mut p.idle) {
+            Some(old) => {
+                p.m.evicted += 1;
+                p.creating += 1;
+                Next::Create { evict: Some(old) }
+            }
+            None => Next::Wait,
+        }
+    }
+
+    /// Create `n` containers that fit `want` ahead of demand (as far as
+    /// `max_active` allows).
+    pub async fn prewarm(&self, want: &Want, n: usize) -> Result<()> {
+        let (image_id, limits, hash) = self.resolve(want).await?;
         for _ in 0..n {
-            let c = self.create(role, self.config_hash(role)).await?;
-            self.release(c).await;
+            {
+                let mut p = self.pool.lock().expect("pool lock");
+                if p.total() >= self.cfg.max_active {
+                    return Ok(());
+                }
+                p.creating += 1;
+            }
+            let created = self.create(want, &image_id, &limits, hash.clone()).await;
+            let mut p = self.pool.lock().expect("pool lock");
+            p.creating -= 1;
+            let mut c = created?;
+            c.origin = Origin::Prewarmed;
+            p.idle.entry(c.config_hash.clone()).or_default().push(c);
         }
         Ok(())
     }
 
     /// Give a healthy container back to the pool.
-    pub async fn release(&self, c: Container) {
+    pub async fn release(&self, mut c: Container) {
         let surplus = {
-            let mut idle = self.idle.lock().expect("idle pool lock");
-            let list = idle.entry(c.config_hash.clone()).or_default();
-            if list.len() < self.cfg.max_idle {
+            let mut p = self.pool.lock().expect("pool lock");
+            p.busy.remove(&c.name);
+            let gone = c.employee.is_some_and(|e| p.offboarded.contains(&e));
+            let list = p.idle.entry(c.config_hash.clone()).or_default();
+            if !gone && list.len() < self.cfg.max_idle {
+                c.idle_since = Instant::now();
                 list.push(c);
                 None
             } else {
@@ -206,12 +438,19 @@ impl Runtime {
             }
         };
         if let Some(c) = surplus {
-            self.discard(&c).await;
+            self.remove_container(&c).await;
         }
+        self.freed.notify_waiters();
     }
 
-    /// Remove a container (and its socket directory) for good.
+    /// Remove a container (its socket directory and lease too) for good.
     pub async fn discard(&self, c: &Container) {
+        self.pool.lock().expect("pool lock").busy.remove(&c.name);
+        self.remove_container(c).await;
+        self.freed.notify_waiters();
+    }
+
+    async fn remove_container(&self, c: &Container) {
         self.remove(&c.id, &c.name).await;
     }
 
@@ -232,6 +471,9 @@ impl Runtime {
             }
         }
         let _ = std::fs::remove_dir_all(self.cfg.socket_dir.join(name));
+        if let Some(l) = &self.leases {
+            l.drop_lease(name).await;
+        }
     }
 
     /// How a container is doing (after its connection broke).
@@ -264,50 +506,79 @@ impl Runtime {
         last
     }
 
-    async fn create(&self, role: &str, hash: String) -> Result<Container> {
+    async fn create(
+        &self,
+        want: &Want,
+        image_id: &str,
+        limits: &Limits,
+        hash: String,
+    ) -> Result<Container> {
         let started = Instant::now();
+        let role = &want.role;
         let name = format!(
             "colony-{role}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
+        if let Some(l) = &self.leases {
+            l.take(&name)
+                .await
+                .map_err(|e| Error::Lease(e.to_string()))?;
+        }
         let dir = self.cfg.socket_dir.join(&name);
-        spec::prepare_socket_dir(&dir).map_err(|source| Error::SocketDir {
-            path: dir.clone(),
-            source,
-        })?;
+        if let Err(source) = spec::prepare_socket_dir(&dir) {
+            self.remove("", &name).await;
+            return Err(Error::SocketDir { path: dir, source });
+        }
         let mut labels: HashMap<String, String> = self.cfg.labels.clone().into_iter().collect();
         labels.insert(label::MANAGED.into(), "true".into());
-        labels.insert(label::ROLE.into(), role.into());
+        labels.insert(label::ROLE.into(), role.clone());
         labels.insert(label::AGENT.into(), "agentd".into());
         labels.insert(label::WORKER.into(), self.cfg.worker_id.clone());
         labels.insert(label::CONFIG_HASH.into(), hash.clone());
-        let body = spec::container_body(&self.image_id, &dir, labels, &self.cfg.limits);
+        let volume = want.employee.map(spec::workspace_volume);
+        if let Some(e) = want.employee {
+            labels.insert(EMPLOYEE_LABEL.into(), e.to_string());
+        }
+        let body = spec::container_body(image_id, &dir, labels, limits, volume.as_deref());
         let opts = CreateContainerOptionsBuilder::new().name(&name).build();
-        let created = self.docker.create_container(Some(opts), body).await;
-        let id = match created {
+        let id = match self.docker.create_container(Some(opts), body).await {
             Ok(r) => r.id,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                self.remove("", &name).await;
                 return Err(e.into());
             }
         };
         let c = Container {
             id: id.clone(),
             name: name.clone(),
-            role: role.to_string(),
+            role: role.clone(),
+            employee: want.employee,
             config_hash: hash,
             agent_socket: dir.join(AGENT_SOCKET),
+            gateway_socket: dir.join(GATEWAY_SOCKET),
             source: Source::Cold,
+            origin: Origin::Created,
+            uses: 0,
+            idle_since: Instant::now(),
         };
         if let Err(e) = self.docker.start_container(&id, None).await {
-            self.discard(&c).await;
+            self.remove_container(&c).await;
             return Err(e.into());
         }
         if let Err(e) = self.wait_ready(&c).await {
-            self.discard(&c).await;
+            self.remove_container(&c).await;
             return Err(e);
         }
-        tracing::debug!(container = %name, role, ms = started.elapsed().as_millis() as u64, "container ready");
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        {
+            let mut p = self.pool.lock().expect("pool lock");
+            p.m.cold_starts += 1;
+            if p.cold.len() == COLD_SAMPLES {
+                p.cold.pop_front();
+            }
+            p.cold.push_back(ms);
+        }
+        tracing::debug!(container = %name, role = %role, ms, "container ready");
         Ok(c)
     }
 
@@ -334,14 +605,20 @@ impl Runtime {
         }
     }
 
-    /// Containers labelled with this worker's id: keep the running ones
-    /// whose configuration still matches and whose agentd answers (they
-    /// become idle), remove the rest. Returns (adopted, removed).
+    /// After a restart: take back this worker's containers that still run
+    /// a current configuration and answer (they become idle), and remove the
+    /// rest together with orphans — containers of workers whose leases ran
+    /// out. Only containers carrying every label in `Config::labels` are
+    /// looked at. Returns (adopted, removed).
     pub async fn adopt(&self) -> Result<(usize, usize)> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{}={}", label::WORKER, self.cfg.worker_id)],
-        )]);
+        let mut wanted = vec![format!("{}=true", label::MANAGED)];
+        wanted.extend(self.cfg.labels.iter().map(|(k, v)| format!("{k}={v}")));
+        if self.leases.is_none() {
+            // Without leases nobody can tell a dead worker's containers from
+            // a live one's: look only at this worker's own.
+            wanted.push(format!("{}={}", label::WORKER, self.cfg.worker_id));
+        }
+        let filters = HashMap::from([("label".to_string(), wanted)]);
         let list = self
             .docker
             .list_containers(Some(
@@ -360,24 +637,62 @@ impl Runtime {
                 .and_then(|n| n.into_iter().next())
                 .map(|n| n.trim_start_matches('/').to_string())
                 .unwrap_or_else(|| id.clone());
+            let mine = labels.get(label::WORKER) == Some(&self.cfg.worker_id);
+            let holder = match &self.leases {
+                Some(l) => match l.holder(&name).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::warn!(container = %name, error = %e, "cannot read its lease; leaving it alone");
+                        continue;
+                    }
+                },
+                None => lease::Holder::Me,
+            };
+            match (&holder, mine) {
+                // Another worker drives it (or took it over): not ours.
+                (lease::Holder::Other(_), _) => continue,
+                // A live worker's container whose lease is being renewed.
+                (lease::Holder::Me, false) => continue,
+                // Ours, or an orphan.
+                _ => {}
+            }
+            if !mine {
+                tracing::info!(container = %name, worker = ?labels.get(label::WORKER), "removing an orphan (its worker's lease ran out)");
+                self.remove(&id, &name).await;
+                removed += 1;
+                continue;
+            }
             let role = labels.get(label::ROLE).cloned().unwrap_or_default();
             let hash = labels.get(label::CONFIG_HASH).cloned().unwrap_or_default();
+            let employee = labels
+                .get(EMPLOYEE_LABEL)
+                .and_then(|e| uuid::Uuid::parse_str(e).ok());
+            let dir = self.cfg.socket_dir.join(&name);
             let c = Container {
                 id: id.clone(),
                 name: name.clone(),
                 role: role.clone(),
+                employee,
                 config_hash: hash.clone(),
-                agent_socket: self.cfg.socket_dir.join(&name).join(AGENT_SOCKET),
+                agent_socket: dir.join(AGENT_SOCKET),
+                gateway_socket: dir.join(GATEWAY_SOCKET),
                 source: Source::Adopted,
+                origin: Origin::Adopted,
+                uses: 0,
+                idle_since: Instant::now(),
             };
             let usable = s.state.as_ref().map(|st| st.to_string()) == Some("running".into())
                 && !role.is_empty()
-                && hash == self.config_hash(&role)
-                && agent::ping(&c.agent_socket).await;
+                && agent::ping(&c.agent_socket).await
+                && match &self.leases {
+                    Some(l) => l.take(&name).await.is_ok(),
+                    None => true,
+                };
             let kept = usable && {
-                let mut idle = self.idle.lock().expect("idle pool lock");
-                let list = idle.entry(hash).or_default();
-                let room = list.len() < self.cfg.max_idle;
+                let mut p = self.pool.lock().expect("pool lock");
+                let room = p.total() < self.cfg.max_active;
+                let list = p.idle.entry(hash).or_default();
+                let room = room && list.len() < self.cfg.max_idle;
                 if room {
                     list.push(c.clone());
                 }
@@ -393,26 +708,190 @@ impl Runtime {
         Ok((adopted, removed))
     }
 
+    /// Keep the leases of every container this worker holds alive; drop
+    /// from the pool (without removing) any another worker holds now.
+    pub async fn refresh_leases(&self) {
+        let Some(l) = &self.leases else { return };
+        let names: Vec<String> = {
+            let p = self.pool.lock().expect("pool lock");
+            p.idle
+                .values()
+                .flatten()
+                .map(|c| c.name.clone())
+                .chain(p.busy.keys().cloned())
+                .collect()
+        };
+        let lost = l.refresh(&names).await;
+        if !lost.is_empty() {
+            tracing::warn!(containers = ?lost, "leases taken by another worker; letting those containers go");
+            let mut p = self.pool.lock().expect("pool lock");
+            for list in p.idle.values_mut() {
+                list.retain(|c| !lost.contains(&c.name));
+            }
+        }
+    }
+
+    /// Remove idle containers unused for longer than `idle_ttl`, keeping at
+    /// least `keep(role)` idle containers of each role. Returns how many went.
+    pub async fn reap_idle(&self, keep: impl Fn(&str) -> usize) -> usize {
+        let old: Vec<Container> = {
+            let mut p = self.pool.lock().expect("pool lock");
+            let mut per_role: HashMap<String, usize> = HashMap::new();
+            for c in p.idle.values().flatten() {
+                *per_role.entry(c.role.clone()).or_default() += 1;
+            }
+            let mut old = Vec::new();
+            let ttl = self.cfg.idle_ttl;
+            for list in p.idle.values_mut() {
+                // Oldest first (so the freshest stay as the warm minimum),
+                // which is also the LIFO order `acquire` pops from.
+                list.sort_by_key(|c| std::cmp::Reverse(c.idle_since.elapsed()));
+                let mut i = 0;
+                while i < list.len() {
+                    let c = &list[i];
+                    let left = per_role.get(&c.role).copied().unwrap_or(0);
+                    if c.idle_since.elapsed() > ttl && left > keep(&c.role) {
+                        *per_role.get_mut(&c.role).expect("counted") -= 1;
+                        old.push(list.remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            p.m.reaped += old.len() as u64;
+            old
+        };
+        for c in &old {
+            self.remove_container(c).await;
+        }
+        if !old.is_empty() {
+            self.freed.notify_waiters();
+        }
+        old.len()
+    }
+
+    /// An employee was let go: remove its idle containers and its workspace
+    /// volume now; its busy ones go when their runs end.
+    pub async fn offboard(&self, employee: uuid::Uuid) -> usize {
+        let idle: Vec<Container> = {
+            let mut p = self.pool.lock().expect("pool lock");
+            p.offboarded.insert(employee);
+            let mut out = Vec::new();
+            for list in p.idle.values_mut() {
+                let (theirs, rest): (Vec<_>, Vec<_>) =
+                    list.drain(..).partition(|c| c.employee == Some(employee));
+                *list = rest;
+                out.extend(theirs);
+            }
+            out
+        };
+        for c in &idle {
+            self.remove_container(c).await;
+        }
+        self.freed.notify_waiters();
+        idle.len()
+    }
+
+    /// Remove an employee's workspace volume (after its containers are gone).
+    pub async fn remove_workspace(&self, employee: uuid::Uuid) -> Result<()> {
+        let name = spec::workspace_volume(employee);
+        match self
+            .docker
+            .remove_volume(
+                &name,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Remove every idle container (shutdown of a pool that is not coming back).
     pub async fn drain_idle(&self) -> usize {
         let all: Vec<Container> = {
-            let mut idle = self.idle.lock().expect("idle pool lock");
-            idle.drain().flat_map(|(_, v)| v).collect()
+            let mut p = self.pool.lock().expect("pool lock");
+            p.idle.drain().flat_map(|(_, v)| v).collect()
         };
         for c in &all {
-            self.discard(c).await;
+            self.remove_container(c).await;
         }
         all.len()
     }
 
     /// Idle containers right now.
     pub fn idle_count(&self) -> usize {
-        self.idle
+        self.pool
             .lock()
-            .expect("idle pool lock")
+            .expect("pool lock")
+            .idle
             .values()
             .map(Vec::len)
             .sum()
+    }
+
+    /// Idle containers of `role` right now.
+    pub fn idle_of(&self, role: &str) -> usize {
+        self.pool
+            .lock()
+            .expect("pool lock")
+            .idle
+            .values()
+            .flatten()
+            .filter(|c| c.role == role)
+            .count()
+    }
+
+    pub fn metrics(&self) -> PoolMetrics {
+        let p = self.pool.lock().expect("pool lock");
+        let mut m = p.m.clone();
+        m.active = p.busy.len();
+        m.warm = p.idle.values().map(Vec::len).sum();
+        let mut cold: Vec<f64> = p.cold.iter().copied().collect();
+        cold.sort_by(f64::total_cmp);
+        let rank = |q: f64| -> f64 {
+            if cold.is_empty() {
+                return 0.0;
+            }
+            let i = ((q * cold.len() as f64).ceil() as usize).clamp(1, cold.len()) - 1;
+            cold[i]
+        };
+        m.cold_start_p50_ms = rank(0.50);
+        m.cold_start_p99_ms = rank(0.99);
+        m.cold_start_max_ms = cold.last().copied().unwrap_or(0.0);
+        m
+    }
+}
+
+enum Next {
+    Taken(Container),
+    Create { evict: Option<Container> },
+    Wait,
+}
+
+/// Take the idle container that has waited longest, of any configuration.
+fn oldest_idle(idle: &mut HashMap<String, Vec<Container>>) -> Option<Container> {
+    let (hash, i) = idle
+        .iter()
+        .flat_map(|(h, list)| list.iter().enumerate().map(move |(i, c)| (h, i, c)))
+        .max_by_key(|(_, _, c)| c.idle_since.elapsed())
+        .map(|(h, i, _)| (h.clone(), i))?;
+    idle.get_mut(&hash).map(|list| list.remove(i))
+}
+
+async fn image_id(docker: &Docker, image: &str) -> Result<String> {
+    match docker.inspect_image(image).await {
+        Ok(img) => Ok(img.id.unwrap_or_else(|| image.to_string())),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Err(Error::ImageMissing {
+            image: image.to_string(),
+        }),
+        Err(e) => Err(Error::Engine(e)),
     }
 }
 

@@ -44,33 +44,53 @@ impl Default for Limits {
 }
 
 /// Reuse a container only when all of this is the same.
-pub fn config_hash(image_id: &str, role: &str, limits: &Limits) -> String {
-    let text = format!("{image_id}\n{role}\n{limits:?}\n{USER}\n");
+pub fn config_hash(
+    image_id: &str,
+    role: &str,
+    employee: Option<uuid::Uuid>,
+    limits: &Limits,
+) -> String {
+    let employee = employee.map(|e| e.to_string()).unwrap_or_default();
+    let text = format!("{image_id}\n{role}\n{employee}\n{limits:?}\n{USER}\n");
     Sha256::digest(text.as_bytes())[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
 }
 
+/// The docker volume holding an employee's workspace across containers.
+pub fn workspace_volume(employee: uuid::Uuid) -> String {
+    format!("colony-ws-{}", employee.simple())
+}
+
+/// The container spec. `workspace_volume` (an employee's) is mounted at
+/// `/workspace` and outlives the container; without it `/workspace` is a
+/// tmpfs of `workspace_mb`. A new volume takes the image's `/workspace`
+/// ownership (65534, mode 0700) when first mounted.
 pub fn container_body(
     image: &str,
     socket_dir: &Path,
     labels: HashMap<String, String>,
     l: &Limits,
+    workspace_volume: Option<&str>,
 ) -> ContainerCreateBody {
-    let tmpfs = HashMap::from([
-        (
-            "/tmp".to_string(),
-            format!("rw,nosuid,nodev,noexec,size={}m", l.tmp_mb),
-        ),
-        (
-            WORKSPACE.to_string(),
-            format!(
-                "rw,nosuid,nodev,exec,size={}m,uid={UID},gid={UID},mode=0700",
-                l.workspace_mb
-            ),
-        ),
-    ]);
+    let mut tmpfs = HashMap::from([(
+        "/tmp".to_string(),
+        format!("rw,nosuid,nodev,noexec,size={}m", l.tmp_mb),
+    )]);
+    let mut binds = vec![format!("{}:{SOCKET_DIR}", socket_dir.display())];
+    match workspace_volume {
+        Some(v) => binds.push(format!("{v}:{WORKSPACE}:rw")),
+        None => {
+            tmpfs.insert(
+                WORKSPACE.to_string(),
+                format!(
+                    "rw,nosuid,nodev,exec,size={}m,uid={UID},gid={UID},mode=0700",
+                    l.workspace_mb
+                ),
+            );
+        }
+    }
     ContainerCreateBody {
         image: Some(image.to_string()),
         user: Some(USER.to_string()),
@@ -79,7 +99,7 @@ pub fn container_body(
         labels: Some(labels),
         stop_timeout: Some(5),
         host_config: Some(HostConfig {
-            binds: Some(vec![format!("{}:{SOCKET_DIR}", socket_dir.display())]),
+            binds: Some(binds),
             cap_drop: Some(vec!["ALL".to_string()]),
             security_opt: Some(vec!["no-new-privileges".to_string()]),
             readonly_rootfs: Some(true),
@@ -120,12 +140,14 @@ mod tests {
     #[test]
     fn hash_changes_with_anything_that_matters() {
         let l = Limits::default();
-        let base = config_hash("img1", "shell", &l);
-        assert_eq!(base, config_hash("img1", "shell", &l));
-        assert_ne!(base, config_hash("img2", "shell", &l));
-        assert_ne!(base, config_hash("img1", "other", &l));
+        let base = config_hash("img1", "shell", None, &l);
+        assert_eq!(base, config_hash("img1", "shell", None, &l));
+        assert_ne!(base, config_hash("img2", "shell", None, &l));
+        assert_ne!(base, config_hash("img1", "other", None, &l));
+        let e = uuid::Uuid::from_u128(7);
+        assert_ne!(base, config_hash("img1", "shell", Some(e), &l));
         let more = Limits { pids: 256, ..l };
-        assert_ne!(base, config_hash("img1", "shell", &more));
+        assert_ne!(base, config_hash("img1", "shell", None, &more));
     }
 
     #[test]
@@ -135,6 +157,7 @@ mod tests {
             Path::new("/s/c1"),
             HashMap::new(),
             &Limits::default(),
+            None,
         );
         let h = body.host_config.expect("host config");
         assert_eq!(body.user.as_deref(), Some(USER));
@@ -145,5 +168,34 @@ mod tests {
         assert_eq!(h.binds, Some(vec![format!("/s/c1:{SOCKET_DIR}")]));
         assert!(h.privileged.is_none());
         assert!(h.cap_add.is_none());
+        assert!(h.tmpfs.expect("tmpfs").contains_key(WORKSPACE));
+    }
+
+    #[test]
+    fn an_employee_workspace_is_a_volume_and_the_rest_stays_hardened() {
+        let v = workspace_volume(uuid::Uuid::from_u128(1));
+        let body = container_body(
+            "img",
+            Path::new("/s/c1"),
+            HashMap::new(),
+            &Limits::default(),
+            Some(&v),
+        );
+        let h = body.host_config.expect("host config");
+        assert_eq!(
+            h.binds,
+            Some(vec![
+                format!("/s/c1:{SOCKET_DIR}"),
+                format!("{v}:{WORKSPACE}:rw")
+            ])
+        );
+        let tmpfs = h.tmpfs.expect("tmpfs");
+        assert!(
+            !tmpfs.contains_key(WORKSPACE),
+            "the volume replaces the tmpfs"
+        );
+        assert!(tmpfs.contains_key("/tmp"));
+        assert_eq!(h.readonly_rootfs, Some(true));
+        assert_eq!(h.network_mode.as_deref(), Some("none"));
     }
 }

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{AckKind, Message};
 use async_nats::HeaderMap;
 use backon::{BackoffBuilder, ExponentialBuilder};
+use runtime::agent::Progress;
 use store::tasks::{Claim, Finish, Running};
 use subjects::agent::{AgentFrame, AgentRequest, RunErrorKind, RunRequest};
-use subjects::{header, subject, Event, EventBody, OutputStream, TaskState, WorkItem};
+use subjects::{header, subject, Event, EventBody, TaskState, WorkItem};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -184,11 +185,12 @@ enum Outcome {
 
 async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationToken) -> Outcome {
     let started = Instant::now();
+    let want = runtime::Want::role(&running.task.role);
     let container = tokio::select! {
         biased;
         _ = cancel.cancelled() => return Outcome::Cancelled,
         _ = shared.hand_back.cancelled() => return Outcome::HandBack,
-        c = shared.runtime.acquire(&running.task.role) => match c {
+        c = shared.runtime.acquire(&want) => match c {
             Ok(c) => c,
             Err(e) => return Outcome::Failed(format!("no container could be started: {e}")),
         },
@@ -207,8 +209,8 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
     });
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let publisher = tokio::spawn(publish_output(shared.clone(), running.clone(), out_rx));
-    let call = runtime::agent::call(&container.agent_socket, &req, |stream, data| {
-        let _ = out_tx.send((stream, data));
+    let call = runtime::agent::call(&container.agent_socket, &req, |progress| {
+        let _ = out_tx.send(progress);
     });
     // Dropping `call` closes the socket, which agentd takes as a cancel.
     let result = tokio::select! {
@@ -353,17 +355,21 @@ async fn publish_event(shared: &Shared, running: &Running, id_suffix: &str, body
     }
 }
 
-/// Publish a run's output chunks in order as events.
+/// Publish a run's output chunks and agent events in order as events.
 async fn publish_output(
     shared: Arc<Shared>,
     running: Running,
-    mut rx: mpsc::UnboundedReceiver<(OutputStream, String)>,
+    mut rx: mpsc::UnboundedReceiver<Progress>,
 ) {
     let mut acks = Vec::new();
     let mut seq = 0u64;
-    while let Some((stream, data)) = rx.recv().await {
+    while let Some(progress) = rx.recv().await {
         seq += 1;
-        let ev = event(&running, EventBody::Output { stream, data });
+        let body = match progress {
+            Progress::Output(stream, data) => EventBody::Output { stream, data },
+            Progress::Event(event) => EventBody::Agent { event },
+        };
+        let ev = event(&running, body);
         let subj = subject::events(ev.goal_id, ev.task_id, ev.body.kind());
         let headers = event_headers(&running, format!("{}-out-{seq}", running.run_id));
         let payload = serde_json::to_vec(&ev).expect("events serialise");

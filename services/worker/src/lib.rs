@@ -62,8 +62,11 @@ pub struct Config {
     pub max_output_bytes: usize,
     /// On shutdown, how long runs may go on before they are handed back.
     pub drain_timeout: Duration,
-    /// Containers created per pool at start.
+    /// Containers created per pool at start (the warm minimum idle reaping
+    /// keeps).
     pub prewarm: usize,
+    /// Container leases expire this long after their last renewal.
+    pub lease_ttl: Duration,
     pub runtime: runtime::Config,
 }
 
@@ -82,6 +85,7 @@ impl Config {
             max_output_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(10),
             prewarm: 1,
+            lease_ttl: Duration::from_secs(15),
             runtime,
         }
     }
@@ -111,7 +115,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let js = jetstream::new(nats.clone());
-    let runtime = runtime::Runtime::connect(cfg.runtime.clone()).await?;
+    let leases = runtime::lease::Leases::open(&js, &cfg.worker_id, cfg.lease_ttl)
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
+    let runtime = runtime::Runtime::connect_with(cfg.runtime.clone(), Some(leases)).await?;
     match runtime.adopt().await {
         Ok((adopted, removed)) => {
             tracing::info!(adopted, removed, "containers from an earlier run")
@@ -119,8 +126,9 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "could not list earlier containers"),
     }
     for pool in &cfg.pools {
+        let want = runtime::Want::role(pool);
         if let Err(e) = runtime
-            .prewarm(pool, cfg.prewarm.saturating_sub(runtime.idle_count()))
+            .prewarm(&want, cfg.prewarm.saturating_sub(runtime.idle_of(pool)))
             .await
         {
             tracing::warn!(pool, error = %e, "prewarm failed; containers will be created on demand");
@@ -154,6 +162,7 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(cfg.slots));
     let background = CancellationToken::new();
     tokio::spawn(heartbeats(shared.clone(), background.clone()));
+    tokio::spawn(upkeep(shared.clone(), background.clone()));
     tokio::spawn(control(shared.clone(), nats, background.clone()));
     let pulls: Vec<_> = consumers
         .into_iter()
@@ -275,6 +284,37 @@ async fn heartbeats(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// Keep container leases alive and reap idle containers past their TTL.
+async fn upkeep(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = (shared.cfg.lease_ttl / 3).min(shared.cfg.runtime.idle_ttl / 2);
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        shared.runtime.refresh_leases().await;
+        let warm = shared.cfg.prewarm;
+        let pools = &shared.cfg.pools;
+        let reaped = shared
+            .runtime
+            .reap_idle(|role| {
+                if pools.iter().any(|p| p == role) {
+                    warm
+                } else {
+                    0
+                }
+            })
+            .await;
+        if reaped > 0 {
+            tracing::info!(reaped, "removed containers idle past their TTL");
+        }
+    }
+}
+
 /// Cancel commands for this worker (and broadcast ones), over core NATS.
 async fn control(shared: Arc<Shared>, nats: async_nats::Client, stop: CancellationToken) {
     let mine = nats
@@ -283,29 +323,40 @@ async fn control(shared: Arc<Shared>, nats: async_nats::Client, stop: Cancellati
     let all = nats
         .subscribe(subject::ctl_broadcast(subject::CTL_CANCEL))
         .await;
-    let (Ok(mine), Ok(all)) = (mine, all) else {
+    let offboard = nats
+        .subscribe(subject::ctl_broadcast(subject::CTL_OFFBOARD))
+        .await;
+    let (Ok(mine), Ok(all), Ok(offboard)) = (mine, all, offboard) else {
         tracing::warn!(
             "cannot subscribe to control subjects; cancel reaches runs only when they finish"
         );
         return;
     };
-    let mut msgs = futures_util::stream::select(mine, all);
+    let mut msgs = futures_util::stream::select(futures_util::stream::select(mine, all), offboard);
     loop {
         let msg = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
             m = msgs.next() => match m { Some(m) => m, None => return },
         };
-        if !msg.subject.ends_with(subject::CTL_CANCEL) {
-            continue;
-        }
         let Some(id) = std::str::from_utf8(&msg.payload)
             .ok()
             .and_then(|s| Uuid::parse_str(s.trim()).ok())
         else {
-            tracing::warn!(subject = %msg.subject, "cancel command without a task id");
+            tracing::warn!(subject = %msg.subject, "control command without an id");
             continue;
         };
+        if msg.subject.ends_with(subject::CTL_OFFBOARD) {
+            let removed = shared.runtime.offboard(id).await;
+            if let Err(e) = shared.runtime.remove_workspace(id).await {
+                tracing::debug!(employee = %id, error = %e, "workspace volume not removed (a run may still use it)");
+            }
+            tracing::info!(employee = %id, removed, "employee offboarded: containers removed");
+            continue;
+        }
+        if !msg.subject.ends_with(subject::CTL_CANCEL) {
+            continue;
+        }
         if let Some(token) = shared.inflight.lock().expect("inflight lock").get(&id) {
             tracing::info!(task = %id, "cancelling run");
             token.cancel();

@@ -4,5 +4,6 @@
 mod failures;
 mod flow;
 mod input;
+mod pool;
 mod sandbox;
 mod schema;
