@@ -11,6 +11,8 @@
 
 mod colony_phase;
 mod floor;
+mod gateway_phase;
+mod pool_phase;
 mod stats;
 
 use std::collections::HashMap;
@@ -56,6 +58,14 @@ pub struct Args {
     /// One task must finish within this.
     #[arg(long, default_value_t = 60)]
     pub task_timeout_secs: u64,
+    /// Cold starts (and ten times as many warm acquires) measured in the
+    /// pool phase, against as many plain `docker run`s; 0 skips the phase.
+    #[arg(long, default_value_t = 20)]
+    pub pool_samples: usize,
+    /// Chat completions sent directly and through the gateway each in the
+    /// gateway phase; 0 skips the phase.
+    #[arg(long, default_value_t = 500)]
+    pub gateway_calls: usize,
 }
 
 /// What must be undone however the run ends.
@@ -164,12 +174,19 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Both phases, floor first; each prints its line as soon as it is done.
+/// The pool phase, then the task phases (floor first); each prints its
+/// lines as soon as it is done.
 async fn run(
     args: &Args,
     settings: colony::Settings,
     cleanup: &mut Cleanup,
 ) -> anyhow::Result<(Summary, Summary)> {
+    if args.pool_samples > 0 {
+        println!("{}", pool_phase::run(args, &settings).await?);
+    }
+    if args.gateway_calls > 0 {
+        println!("{}", gateway_phase::run(args, &settings).await?);
+    }
     let floor = floor::run(args, &settings).await?;
     println!("{floor}");
     if let Some(s) = &floor.stages {

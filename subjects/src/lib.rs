@@ -21,6 +21,7 @@ pub mod messages;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod schema;
+pub mod status;
 
 pub use messages::*;
 
@@ -130,6 +131,9 @@ pub mod kv {
     /// it. A worker creates a lease before it drives a container, so two
     /// workers never drive one; a lease whose worker is gone expires.
     pub const LEASES: &str = "colony_leases";
+    /// Worker registry: key = worker id, value = its
+    /// [`crate::status::WorkerStatus`], refreshed while it lives.
+    pub const WORKERS: &str = "colony_workers";
 }
 
 /// Stream names.

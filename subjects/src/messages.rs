@@ -104,6 +104,10 @@ pub struct TaskSubmission {
     /// `Nats-Msg-Id` header is used when this is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The employee (a hired instance of `role`) who does the work; it must
+    /// be active and of that role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub employee_id: Option<Uuid>,
 }
 
 /// The input of the built-in `shell` role.
@@ -144,6 +148,9 @@ pub struct WorkItem {
     pub goal_id: Option<Uuid>,
     pub input: Value,
     pub timeout_secs: u32,
+    /// The employee doing the work, for a task submitted to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub employee_id: Option<Uuid>,
 }
 
 /// A task as a client sees it: the body of `GET /v1/tasks/{id}` and of the
@@ -172,6 +179,9 @@ pub struct TaskView {
     #[serde(with = "time::serde::rfc3339")]
     #[schemars(with = "String")]
     pub updated_at: OffsetDateTime,
+    /// The employee doing the work, for a task submitted to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub employee_id: Option<Uuid>,
 }
 
 /// Published on `colony.events.<goal>.<task>.<kind>`.

@@ -8,6 +8,7 @@ use schemars::{schema_for, Schema};
 use crate::agent::{AgentFrame, AgentInput, AgentOutput, AgentRequest};
 use crate::gateway::{ActionRequest, ActionResponse, FetchRequest, FetchResponse};
 use crate::messages::*;
+use crate::status::WorkerStatus;
 
 /// (file name, schema) for every message type.
 pub fn all() -> Vec<(&'static str, Schema)> {
@@ -28,6 +29,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("action_response.v1.json", schema_for!(ActionResponse)),
         ("fetch_request.v1.json", schema_for!(FetchRequest)),
         ("fetch_response.v1.json", schema_for!(FetchResponse)),
+        ("worker_status.v1.json", schema_for!(WorkerStatus)),
     ]
 }
 

@@ -321,6 +321,8 @@ impl Drop for World {
         for c in self.containers() {
             let _ = Command::new("docker").args(["rm", "-f", "-v", &c]).output();
         }
+        let _ =
+            std::fs::remove_dir_all(std::env::temp_dir().join(format!("colony-test-{}", self.id)));
         let name = self.db_name.clone();
         // Drop runs outside any runtime's async context: use a thread with
         // its own runtime.
@@ -335,6 +337,75 @@ impl Drop for World {
             }
         })
         .join();
+    }
+}
+
+impl World {
+    /// Give this world its own role templates and scripted-provider scripts
+    /// (written under a directory removed with the world's temp files).
+    pub fn use_roles(&mut self, roles: &[(&str, &str)], scripts_json: &str) -> Result<PathBuf> {
+        let dir = std::env::temp_dir().join(format!("colony-test-{}", self.id));
+        let roles_dir = dir.join("roles");
+        std::fs::create_dir_all(&roles_dir)?;
+        for (name, yaml) in roles {
+            std::fs::write(roles_dir.join(format!("{name}.yaml")), yaml)?;
+        }
+        let scripts = dir.join("scripts.json");
+        std::fs::write(&scripts, scripts_json)?;
+        self.settings.roles_dir = Some(roles_dir);
+        self.settings.scripts = Some(scripts);
+        Ok(dir)
+    }
+
+    /// Hire an employee over HTTP; returns its id.
+    pub async fn hire(&self, name: &str, role: &str) -> Result<Uuid> {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/employees", self.url()))
+            .json(&serde_json::json!({"name": name, "role": role}))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let v: serde_json::Value = resp.json().await?;
+        if status != 201 {
+            bail!("hire answered {status}: {v}");
+        }
+        Ok(Uuid::parse_str(v["id"].as_str().context("no id")?)?)
+    }
+
+    /// Submit a task body over HTTP; returns its id.
+    pub async fn submit(&self, body: serde_json::Value) -> Result<Uuid> {
+        let (status, v) = self.post_task(&body.to_string(), None).await?;
+        if status != 202 {
+            bail!("submit answered {status}: {v}");
+        }
+        Ok(Uuid::parse_str(v["id"].as_str().context("no id")?)?)
+    }
+
+    /// Remove an employee's workspace volume (tests clean up after
+    /// themselves; offboarding does it in production).
+    pub fn remove_workspace(&self, employee: Uuid) {
+        let _ = Command::new("docker")
+            .args([
+                "volume",
+                "rm",
+                "-f",
+                &runtime::spec::workspace_volume(employee),
+            ])
+            .output();
+    }
+
+    /// `docker inspect` of every container this test created, as text.
+    pub fn inspect_all(&self) -> String {
+        let ids = self.containers();
+        if ids.is_empty() {
+            return String::new();
+        }
+        Command::new("docker")
+            .arg("inspect")
+            .args(&ids)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
     }
 }
 

@@ -4,34 +4,47 @@
 //! `/run/colony/agent.sock` and runs the worker's requests in `/workspace`
 //! using the protocol of [`subjects::agent`]. This module owns the command
 //! line, the runtime (one thread, so a fork bomb in a run cannot starve
-//! agentd of threads) and the shutdown signals; [`server`] owns the socket.
+//! agentd of threads) and the shutdown signals; [`server`] owns the socket
+//! and [`proxy`] the egress proxy.
 
+mod agent;
+#[cfg(test)]
+mod agent_tests;
+mod chat;
+mod files;
+mod gateway;
 mod group;
 mod output;
+mod proxy;
 mod run;
 mod server;
 mod shell;
 #[cfg(test)]
 mod testutil;
+mod tools;
 mod workspace;
 
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use subjects::agent::{AGENT_SOCKET, SOCKET_DIR, WORKSPACE};
+use subjects::agent::{AGENT_SOCKET, GATEWAY_SOCKET, PROXY_ADDR, SOCKET_DIR, WORKSPACE};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// agentd's version, reported in `pong`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 const USAGE: &str = "\
-usage: agentd [--socket PATH] [--workspace DIR]
+usage: agentd [--socket PATH] [--workspace DIR] [--gateway PATH] [--proxy ADDR|off]
 
   --socket PATH     unix socket to serve (env AGENTD_SOCKET; default /run/colony/agent.sock)
   --workspace DIR   directory runs work in (env AGENTD_WORKSPACE; default /workspace)
+  --gateway PATH    the worker's gateway socket (env AGENTD_GATEWAY; default /run/colony/gateway.sock)
+  --proxy ADDR|off  where to serve the egress proxy, piped to the gateway; port 0 picks one,
+                    off serves none (env AGENTD_PROXY; default 127.0.0.1:3128)
   --help            print this and exit
   --version         print the version and exit";
 
@@ -46,6 +59,9 @@ pub fn log(args: fmt::Arguments<'_>) {
 struct Config {
     socket: PathBuf,
     workspace: PathBuf,
+    gateway: PathBuf,
+    /// `None`: no egress proxy.
+    proxy: Option<SocketAddr>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -68,6 +84,17 @@ fn parse_args(
         workspace: env("AGENTD_WORKSPACE")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(WORKSPACE)),
+        gateway: env("AGENTD_GATEWAY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(SOCKET_DIR).join(GATEWAY_SOCKET)),
+        proxy: match env("AGENTD_PROXY") {
+            Some(value) => parse_proxy(&value)?,
+            None => Some(
+                PROXY_ADDR
+                    .parse()
+                    .map_err(|err| format!("{PROXY_ADDR}: {err}"))?,
+            ),
+        },
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -78,20 +105,35 @@ fn parse_args(
             Some((flag, value)) if flag.starts_with("--") => (flag, Some(OsString::from(value))),
             _ => (text, None),
         };
-        let slot = match flag {
+        match flag {
             "--help" | "-h" => return Ok(Command::Help),
             "--version" | "-V" => return Ok(Command::Version),
-            "--socket" => &mut config.socket,
-            "--workspace" => &mut config.workspace,
+            "--socket" | "--workspace" | "--gateway" | "--proxy" => {}
             _ => return Err(format!("unknown argument {text:?}")),
-        };
+        }
         let value = inline
             .or_else(|| args.next())
             .filter(|value| !value.is_empty())
             .ok_or_else(|| format!("{flag} needs a value"))?;
-        *slot = PathBuf::from(value);
+        match flag {
+            "--socket" => config.socket = PathBuf::from(value),
+            "--workspace" => config.workspace = PathBuf::from(value),
+            "--gateway" => config.gateway = PathBuf::from(value),
+            _ => config.proxy = parse_proxy(&value)?,
+        }
     }
     Ok(Command::Serve(config))
+}
+
+/// `off`, or the proxy's `ip:port`.
+fn parse_proxy(value: &std::ffi::OsStr) -> Result<Option<SocketAddr>, String> {
+    let text = value.to_str().unwrap_or_default();
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| format!("the proxy address must be ip:port or off, not {value:?}"))
 }
 
 fn main() -> ExitCode {
@@ -133,11 +175,30 @@ fn main() -> ExitCode {
 async fn serve(config: Config) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let server = server::Server::bind(&config.socket, config.workspace.clone())?;
+    let proxy_url = match config.proxy {
+        None => None,
+        Some(addr) => {
+            let listener = proxy::bind(addr).await?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(proxy::serve(listener, config.gateway.as_path().into()));
+            Some(format!("http://{addr}"))
+        }
+    };
+    let settings = run::Settings {
+        workspace: config.workspace.clone(),
+        gateway: config.gateway.clone(),
+        proxy_url,
+    };
+    let proxy = settings
+        .proxy_url
+        .clone()
+        .unwrap_or_else(|| "off".to_owned());
+    let server = server::Server::bind(&config.socket, settings)?;
     log(format_args!(
-        "{VERSION} listening on {} (workspace {})",
+        "{VERSION} listening on {} (workspace {}, gateway {}, egress proxy {proxy})",
         config.socket.display(),
-        config.workspace.display()
+        config.workspace.display(),
+        config.gateway.display(),
     ));
     server
         .serve(async move {
@@ -159,15 +220,24 @@ mod tests {
         list.iter().map(OsString::from).collect()
     }
 
+    fn config(socket: &str, workspace: &str) -> Config {
+        Config {
+            socket: PathBuf::from(socket),
+            workspace: PathBuf::from(workspace),
+            gateway: PathBuf::from("/run/colony/gateway.sock"),
+            proxy: Some("127.0.0.1:3128".parse().expect("addr")),
+        }
+    }
+
     #[test]
     fn defaults_come_from_the_contract() {
         let parsed = parse_args(args(&[]), |_| None);
         assert_eq!(
             parsed,
-            Ok(Command::Serve(Config {
-                socket: PathBuf::from("/run/colony/agent.sock"),
-                workspace: PathBuf::from("/workspace"),
-            }))
+            Ok(Command::Serve(config(
+                "/run/colony/agent.sock",
+                "/workspace"
+            )))
         );
     }
 
@@ -176,21 +246,34 @@ mod tests {
         let env = |name: &str| match name {
             "AGENTD_SOCKET" => Some(OsString::from("/env/sock")),
             "AGENTD_WORKSPACE" => Some(OsString::from("/env/ws")),
+            "AGENTD_GATEWAY" => Some(OsString::from("/env/gw.sock")),
+            "AGENTD_PROXY" => Some(OsString::from("off")),
             _ => None,
         };
         assert_eq!(
-            parse_args(args(&["--socket", "/flag/sock"]), env),
+            parse_args(
+                args(&["--socket", "/flag/sock", "--proxy=127.0.0.1:0"]),
+                env
+            ),
             Ok(Command::Serve(Config {
                 socket: PathBuf::from("/flag/sock"),
                 workspace: PathBuf::from("/env/ws"),
+                gateway: PathBuf::from("/env/gw.sock"),
+                proxy: Some("127.0.0.1:0".parse().expect("addr")),
+            }))
+        );
+        assert_eq!(
+            parse_args(args(&["--gateway", "/g"]), env),
+            Ok(Command::Serve(Config {
+                socket: PathBuf::from("/env/sock"),
+                workspace: PathBuf::from("/env/ws"),
+                gateway: PathBuf::from("/g"),
+                proxy: None,
             }))
         );
         assert_eq!(
             parse_args(args(&["--workspace=/w"]), |_| None),
-            Ok(Command::Serve(Config {
-                socket: PathBuf::from("/run/colony/agent.sock"),
-                workspace: PathBuf::from("/w"),
-            }))
+            Ok(Command::Serve(config("/run/colony/agent.sock", "/w")))
         );
     }
 
@@ -198,6 +281,8 @@ mod tests {
     fn bad_arguments_are_errors() {
         assert!(parse_args(args(&["--socket"]), |_| None).is_err());
         assert!(parse_args(args(&["--nope"]), |_| None).is_err());
+        assert!(parse_args(args(&["--proxy", "localhost"]), |_| None).is_err());
+        assert!(parse_args(args(&[]), |_| Some(OsString::from("nope"))).is_err());
         assert_eq!(parse_args(args(&["--help"]), |_| None), Ok(Command::Help));
     }
 }

@@ -55,6 +55,22 @@ pub fn truncation_marker(dropped: u64) -> String {
     format!("\n[… {dropped} bytes truncated]")
 }
 
+/// `text` cut to at most `limit` bytes (at a character boundary, so maybe
+/// fewer) with the cut marked; unchanged when it fits.
+pub fn bound_text(mut text: String, limit: usize) -> String {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut cut = limit;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let dropped = (text.len() - cut) as u64;
+    text.truncate(cut);
+    text.push_str(&truncation_marker(dropped));
+    text
+}
+
 /// Incremental UTF-8 decoding: holds back an incomplete character at the end
 /// of a chunk until the next one completes it; invalid bytes become U+FFFD.
 #[derive(Debug, Default)]
@@ -94,6 +110,11 @@ impl Utf8Chunks {
         }
         self.pending.drain(..start);
         text
+    }
+
+    /// Bytes held back (an incomplete character at the end so far).
+    pub fn pending(&self) -> usize {
+        self.pending.len()
     }
 
     /// Whatever is still held back (at end of stream), lossily.
@@ -151,6 +172,17 @@ mod tests {
         let mut capture = Capture::new(10);
         capture.push(b"a\xffb");
         assert_eq!(capture.finish().0, "a\u{FFFD}b");
+    }
+
+    #[test]
+    fn bound_text_cuts_at_a_character_boundary() {
+        assert_eq!(bound_text("short".to_owned(), 5), "short");
+        assert_eq!(
+            bound_text("abcdef".to_owned(), 4),
+            "abcd\n[… 2 bytes truncated]"
+        );
+        assert_eq!(bound_text("a€b".to_owned(), 2), "a\n[… 4 bytes truncated]");
+        assert_eq!(bound_text("abc".to_owned(), 0), "\n[… 3 bytes truncated]");
     }
 
     #[test]

@@ -1,16 +1,56 @@
 //! One run: checking a [`RunRequest`] against its role, then executing it.
 //!
-//! This module owns the role table (only `shell` today) and what every role
-//! shares: the [`RunError`] answer and emptying the workspace first. How a
-//! role actually runs is its own module's business ([`crate::shell`]).
+//! This module owns the role table (`shell`, and an agent run for any role
+//! when the request carries an [`subjects::agent::AgentSpec`]) and what every
+//! run shares: agentd's [`Settings`], the [`Cancel`] signal, the [`RunError`]
+//! answer and emptying the workspace first. How a role actually runs is its
+//! own module's business ([`crate::shell`], [`crate::agent`]).
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use serde_json::Value;
 use subjects::agent::{AgentFrame, RunErrorKind, RunRequest};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{shell, workspace};
+use crate::{agent, shell, workspace};
+
+/// What every run needs of agentd's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The directory runs work in.
+    pub workspace: PathBuf,
+    /// The worker's gateway socket (model calls, actions, fetches).
+    pub gateway: PathBuf,
+    /// The egress proxy's URL (`http://127.0.0.1:3128`), given to every
+    /// process as `HTTP_PROXY` and friends; `None` when the proxy is off.
+    pub proxy_url: Option<String>,
+}
+
+/// The run's cancel signal: fires when the client's side sends on (or drops)
+/// the paired sender, and stays fired.
+#[derive(Debug)]
+pub struct Cancel {
+    signal: oneshot::Receiver<()>,
+    fired: bool,
+}
+
+impl Cancel {
+    pub fn new(signal: oneshot::Receiver<()>) -> Cancel {
+        Cancel {
+            signal,
+            fired: false,
+        }
+    }
+
+    /// Completes once the run is cancelled (at once if it already is).
+    /// Cancel-safe.
+    pub async fn fired(&mut self) {
+        if !self.fired {
+            let _ = (&mut self.signal).await;
+            self.fired = true;
+        }
+    }
+}
 
 /// Why a run produced no result; sent as an [`AgentFrame::Error`].
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +81,13 @@ impl RunError {
         }
     }
 
+    pub fn gateway(reason: impl Into<String>) -> RunError {
+        RunError {
+            kind: RunErrorKind::Gateway,
+            reason: reason.into(),
+        }
+    }
+
     pub fn into_frame(self) -> AgentFrame {
         AgentFrame::Error {
             kind: self.kind,
@@ -59,25 +106,32 @@ pub struct Prepared {
 #[derive(Debug)]
 enum Role {
     Shell(shell::Shell),
+    Agent(Box<agent::Agent>),
 }
 
-/// Checks `request` without side effects: a known role, input that fits it,
-/// a usable timeout.
+/// Checks `request` without side effects: a known role (any role with an
+/// agent spec), input that fits it, a usable timeout.
 pub fn prepare(request: &RunRequest) -> Result<Prepared, RunError> {
     if request.timeout_ms == 0 {
         return Err(RunError::invalid_input(
             "timeout_ms must be at least 1 millisecond.",
         ));
     }
-    let role = match request.role.as_str() {
-        shell::ROLE => Role::Shell(shell::Shell::new(
+    let role = match (&request.agent, request.role.as_str()) {
+        (Some(spec), _) => Role::Agent(Box::new(agent::Agent::new(
+            spec,
+            &request.input,
+            request.timeout_ms,
+            request.max_output_bytes,
+        )?)),
+        (None, shell::ROLE) => Role::Shell(shell::Shell::new(
             &request.input,
             request.timeout_ms,
             request.max_output_bytes,
         )?),
-        other => {
+        (None, other) => {
             return Err(RunError::invalid_input(format!(
-                "agentd has no role {other:?}; the roles it runs are: {}.",
+                "agentd has no role {other:?}; the roles it runs are: {} (and any role with an agent spec).",
                 shell::ROLE
             )))
         }
@@ -88,30 +142,29 @@ pub fn prepare(request: &RunRequest) -> Result<Prepared, RunError> {
     })
 }
 
-/// Executes a prepared run in `workspace`, streaming bounded output frames
-/// to `frames`. Sending on (or dropping) `cancel` kills the run.
+/// Executes a prepared run in the workspace, streaming bounded output and
+/// event frames to `frames`. Sending on (or dropping) `cancel` stops the
+/// run: its processes are killed and its gateway calls aborted.
 pub async fn execute(
     prepared: Prepared,
-    workspace: &Path,
+    settings: &Settings,
     frames: mpsc::Sender<AgentFrame>,
     cancel: oneshot::Receiver<()>,
 ) -> Result<Value, RunError> {
+    let mut cancel = Cancel::new(cancel);
     if prepared.fresh_workspace {
-        workspace::empty(workspace).map_err(|err| {
+        workspace::empty(&settings.workspace).map_err(|err| {
             RunError::internal(format!(
                 "agentd could not empty the workspace {}: {err}",
-                workspace.display()
+                settings.workspace.display()
             ))
         })?;
     }
-    match prepared.role {
-        Role::Shell(shell) => {
-            let output = shell.run(workspace, frames, cancel).await?;
-            serde_json::to_value(output).map_err(|err| {
-                RunError::internal(format!("agentd could not encode the shell output: {err}"))
-            })
-        }
-    }
+    let output = match prepared.role {
+        Role::Shell(shell) => serde_json::to_value(shell.run(settings, frames, &mut cancel).await?),
+        Role::Agent(agent) => serde_json::to_value(agent.run(settings, frames, &mut cancel).await?),
+    };
+    output.map_err(|err| RunError::internal(format!("agentd could not encode the output: {err}")))
 }
 
 #[cfg(test)]
@@ -128,6 +181,7 @@ mod tests {
             timeout_ms,
             max_output_bytes: 1024,
             fresh_workspace: false,
+            agent: None,
         }
     }
 
@@ -151,7 +205,7 @@ mod tests {
         let reason = invalid_reason(&request("python", json!({"command": "true"}), 1000));
         assert_eq!(
             reason,
-            "agentd has no role \"python\"; the roles it runs are: shell."
+            "agentd has no role \"python\"; the roles it runs are: shell (and any role with an agent spec)."
         );
     }
 

@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::run::{self, RunError};
+use crate::run::{self, RunError, Settings};
 use crate::{log, VERSION};
 
 /// The longest request line accepted (a command travels inside it).
@@ -34,14 +34,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Server {
     listener: UnixListener,
     socket: PathBuf,
-    workspace: Arc<Path>,
+    settings: Arc<Settings>,
 }
 
 impl Server {
     /// Replaces a stale socket file at `socket`, binds it and opens it to
     /// every user (the directory is the container's own). Must be called
     /// within the tokio runtime.
-    pub fn bind(socket: &Path, workspace: PathBuf) -> io::Result<Server> {
+    pub fn bind(socket: &Path, settings: Settings) -> io::Result<Server> {
         let context = |what: &str, err: io::Error| {
             io::Error::new(
                 err.kind(),
@@ -59,7 +59,7 @@ impl Server {
         Ok(Server {
             listener,
             socket: socket.to_owned(),
-            workspace: workspace.into(),
+            settings: Arc::new(settings),
         })
     }
 
@@ -73,7 +73,7 @@ impl Server {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        tokio::spawn(handle(stream, self.workspace.clone()));
+                        tokio::spawn(handle(stream, self.settings.clone()));
                     }
                     Err(err) => {
                         log(format_args!("accept failed: {err}"));
@@ -87,7 +87,7 @@ impl Server {
 }
 
 /// One connection: read the request line, answer it, close.
-async fn handle(stream: UnixStream, workspace: Arc<Path>) {
+async fn handle(stream: UnixStream, settings: Arc<Settings>) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let line = match read_request_line(&mut reader).await {
@@ -107,7 +107,7 @@ async fn handle(stream: UnixStream, workspace: Arc<Path>) {
             agentd_version: VERSION.to_owned(),
         },
         Ok(AgentRequest::Run(request)) => {
-            return serve_run(request, reader, write, &workspace).await;
+            return serve_run(request, reader, write, &settings).await;
         }
         Err(err) => RunError::invalid_input(format!(
             "the request is not one JSON AgentRequest line ({err})."
@@ -148,7 +148,7 @@ async fn serve_run(
     request: RunRequest,
     mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     mut write: tokio::net::unix::OwnedWriteHalf,
-    workspace: &Arc<Path>,
+    settings: &Arc<Settings>,
 ) {
     let started = Instant::now();
     let mut connected = true;
@@ -158,12 +158,12 @@ async fn serve_run(
             let (frames_tx, mut frames) = mpsc::channel(FRAME_QUEUE);
             let (cancel_tx, cancel) = oneshot::channel();
             let mut cancel_tx = Some(cancel_tx);
-            let workspace = workspace.clone();
+            let settings = settings.clone();
             // Its own task, so the timeout holds even while a write to a slow
             // client is pending here.
             let mut task =
                 tokio::spawn(
-                    async move { run::execute(prepared, &workspace, frames_tx, cancel).await },
+                    async move { run::execute(prepared, &settings, frames_tx, cancel).await },
                 );
             let outcome = loop {
                 tokio::select! {
@@ -194,6 +194,12 @@ async fn serve_run(
 
     let elapsed = started.elapsed().as_millis();
     match &outcome {
+        Ok(output) if request.agent.is_some() => log(format_args!(
+            "run {:?} stopped ({}) after {} turns in {elapsed} ms",
+            request.run_id,
+            output.get("stop").unwrap_or(&serde_json::Value::Null),
+            output.get("turns").unwrap_or(&serde_json::Value::Null)
+        )),
         Ok(output) => log(format_args!(
             "run {:?} exit {} in {elapsed} ms",
             request.run_id,
@@ -250,6 +256,9 @@ mod tests {
     use tokio::io::{AsyncBufReadExt, Lines};
     use tokio::net::unix::OwnedReadHalf;
 
+    /// What the harness tells runs the egress proxy is (nothing listens).
+    const PROXY_URL: &str = "http://127.0.0.1:3128";
+
     struct Harness {
         _dir: TempDir,
         socket: PathBuf,
@@ -264,7 +273,12 @@ mod tests {
             let socket = dir.path().join("agent.sock");
             let workspace = dir.path().join("workspace");
             fs::create_dir(&workspace).expect("workspace");
-            let server = Server::bind(&socket, workspace.clone()).expect("bind");
+            let settings = Settings {
+                workspace: workspace.clone(),
+                gateway: dir.path().join("gateway.sock"),
+                proxy_url: Some(PROXY_URL.to_owned()),
+            };
+            let server = Server::bind(&socket, settings).expect("bind");
             let (stop, stopped) = oneshot::channel::<()>();
             let server = tokio::spawn(server.serve(async move {
                 let _ = stopped.await;
@@ -466,16 +480,18 @@ mod tests {
         std::env::set_var("AGENTD_TEST_LEAK", "leaked");
         let frames = harness
             .run(
-                "pwd; echo \"$HOME|$PATH|$TMPDIR|${AGENTD_TEST_LEAK:-}\"; read x || echo eof",
+                "pwd; echo \"$HOME|$PATH|$TMPDIR|${AGENTD_TEST_LEAK:-}\"; read x || echo eof; \
+                 echo \"$HTTP_PROXY|$HTTPS_PROXY|$http_proxy|$https_proxy\"",
                 10_000,
                 4096,
             )
             .await;
         let output = result(&frames);
         let ws = harness.workspace.display();
+        let proxy = PROXY_URL;
         assert_eq!(
             output.stdout,
-            format!("{ws}\n{ws}|/bin:/usr/bin|/tmp|\neof\n")
+            format!("{ws}\n{ws}|/bin:/usr/bin|/tmp|\neof\n{proxy}|{proxy}|{proxy}|{proxy}\n")
         );
         harness.stop().await;
     }

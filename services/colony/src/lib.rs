@@ -38,13 +38,9 @@ pub struct Settings {
     /// Stable across restarts, so that a restarted worker adopts its containers.
     #[arg(long, env = "COLONY_WORKER_ID")]
     pub worker_id: Option<String>,
-    /// Comma-separated pools (roles) the worker serves.
-    #[arg(
-        long,
-        env = "COLONY_POOLS",
-        default_value = "shell",
-        value_delimiter = ','
-    )]
+    /// Comma-separated pools (roles) the worker serves (default: `shell`
+    /// and every loaded role template).
+    #[arg(long, env = "COLONY_POOLS", value_delimiter = ',')]
     pub pools: Vec<String>,
     #[arg(long, env = "COLONY_WORKER_SLOTS", default_value_t = 4)]
     pub worker_slots: usize,
@@ -80,6 +76,52 @@ pub struct Settings {
     pub container_labels: Vec<String>,
     #[arg(long, env = "COLONY_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,
+    /// Directory of role templates (`<role>.yaml`); default `roles` when
+    /// that directory exists, else only the built-in shell role is known.
+    #[arg(long, env = "COLONY_ROLES_DIR")]
+    pub roles_dir: Option<PathBuf>,
+    /// Key of the credential vault: 32 bytes as 64 hex characters or base64
+    /// (`openssl rand -hex 32`). Without it the credential API answers 503.
+    #[arg(long, env = "COLONY_VAULT_KEY", hide_env_values = true)]
+    pub vault_key: Option<Secret>,
+    /// Base URL of an OpenAI-compatible provider (`https://api.openai.com/v1`,
+    /// a vLLM or Ollama server, …). Unset: agent runs use the scripted
+    /// provider Colony starts in-process, and every answer says so.
+    #[arg(long, env = "COLONY_MODEL_BASE_URL")]
+    pub model_base_url: Option<String>,
+    /// The provider's API key: only the worker's gateway holds it.
+    #[arg(long, env = "COLONY_MODEL_API_KEY", hide_env_values = true)]
+    pub model_api_key: Option<Secret>,
+    /// Role model name → provider model, `name=provider-model,…`.
+    #[arg(long, env = "COLONY_MODEL_MAP", value_delimiter = ',')]
+    pub model_map: Vec<String>,
+    /// Prices per million tokens, `model=input/output,…` in USD (e.g.
+    /// `gpt-4o-mini=0.15/0.6`); a model without a price costs 0.
+    #[arg(long, env = "COLONY_MODEL_PRICES", value_delimiter = ',')]
+    pub model_prices: Vec<String>,
+    /// Extra scripts (JSON) for the in-process scripted provider, added to
+    /// its built-in ones (demo, echo, tools, slow, broken).
+    #[arg(long, env = "COLONY_SCRIPTS")]
+    pub scripts: Option<PathBuf>,
+}
+
+/// A setting that must not be printed: `Debug` shows `***`, and it is
+/// parsed only after the command line so that no error echoes it.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
 }
 
 impl Settings {
@@ -122,15 +164,44 @@ impl Settings {
             _ => self.database_url.clone(),
         };
         format!(
-            "nats={} database={db} http={} image={} sockets={} worker={} pools={:?} slots={}",
+            "nats={} database={db} http={} image={} sockets={} worker={} pools={:?} slots={} roles={} vault={} model={}",
             self.nats_url,
             self.http_addr,
             self.agent_image,
             self.socket_dir.display(),
             self.worker_id(),
             self.pools,
-            self.worker_slots
+            self.worker_slots,
+            self.roles_dir
+                .as_deref()
+                .unwrap_or(std::path::Path::new("roles"))
+                .display(),
+            if self.vault_key.is_some() { "set" } else { "unset" },
+            self.model_base_url.as_deref().unwrap_or("scripted (in-process)")
         )
+    }
+
+    /// The role templates of `roles_dir`: every problem of every template
+    /// refuses the start, each on its own line.
+    pub fn load_roles(&self) -> anyhow::Result<roles::Roles> {
+        let dir = match &self.roles_dir {
+            Some(dir) => dir.clone(),
+            None if std::path::Path::new("roles").is_dir() => PathBuf::from("roles"),
+            None => {
+                tracing::warn!("no ./roles directory and no COLONY_ROLES_DIR: only the built-in shell role is known");
+                return Ok(roles::Roles::empty());
+            }
+        };
+        let loaded = roles::Roles::load_dir(&dir).map_err(|errors| {
+            anyhow::anyhow!(
+                "{} role template problem(s) in {}; fix them or point COLONY_ROLES_DIR elsewhere:\n{}",
+                errors.len(),
+                dir.display(),
+                roles::report(&errors)
+            )
+        })?;
+        tracing::info!(dir = %dir.display(), roles = ?loaded.names().collect::<Vec<_>>(), "role templates loaded");
+        Ok(loaded)
     }
 
     fn labels(&self) -> anyhow::Result<BTreeMap<String, String>> {
@@ -145,7 +216,60 @@ impl Settings {
             .collect()
     }
 
-    pub fn worker_config(&self) -> anyhow::Result<worker::Config> {
+    /// The pools a worker serves: as configured, or `shell` and every role.
+    pub fn pools(&self, roles: &roles::Roles) -> Vec<String> {
+        let mut pools: Vec<String> = self
+            .pools
+            .iter()
+            .filter(|p| !p.is_empty())
+            .cloned()
+            .collect();
+        if pools.is_empty() {
+            pools.push(roles::SHELL.to_string());
+            pools.extend(roles.names().map(str::to_string));
+        }
+        pools
+    }
+
+    /// The gateway's provider and prices; `base_url` is the provider to
+    /// use (the configured one, or the in-process scripted one).
+    pub fn gateway_config(&self, base_url: String) -> anyhow::Result<gateway::GatewayConfig> {
+        let mut c = gateway::GatewayConfig::default();
+        c.provider.base_url = base_url;
+        c.provider.api_key = self.model_api_key.as_ref().map(|k| k.0.clone());
+        for m in self.model_map.iter().filter(|m| !m.is_empty()) {
+            let (from, to) = m.split_once('=').with_context(|| {
+                format!("COLONY_MODEL_MAP entry {m:?} is not name=provider-model")
+            })?;
+            c.provider.models.insert(from.to_string(), to.to_string());
+        }
+        for p in self.model_prices.iter().filter(|p| !p.is_empty()) {
+            let parsed = p.split_once('=').and_then(|(model, price)| {
+                let (i, o) = price.split_once('/')?;
+                Some((model, i.parse::<f64>().ok()?, o.parse::<f64>().ok()?))
+            });
+            let Some((model, input, output)) = parsed.filter(|(_, i, o)| *i >= 0.0 && *o >= 0.0)
+            else {
+                anyhow::bail!(
+                    "COLONY_MODEL_PRICES entry {p:?} is not model=input/output in USD per million tokens"
+                );
+            };
+            c.prices.insert(
+                model.to_string(),
+                gateway::Price {
+                    input_usd_per_mtok: input,
+                    output_usd_per_mtok: output,
+                },
+            );
+        }
+        Ok(c)
+    }
+
+    pub fn worker_config(
+        &self,
+        roles: &roles::Roles,
+        model_base_url: String,
+    ) -> anyhow::Result<worker::Config> {
         let mut rt = runtime::Config::new(
             self.agent_image.clone(),
             self.socket_dir.clone(),
@@ -157,7 +281,9 @@ impl Settings {
         rt.idle_ttl = Duration::from_secs(self.idle_ttl_secs.max(1));
         rt.ready_timeout = Duration::from_secs(15);
         let mut w = worker::Config::new(self.worker_id(), rt);
-        w.pools = self.pools.clone();
+        w.pools = self.pools(roles);
+        w.roles = std::sync::Arc::new(roles.clone());
+        w.gateway = self.gateway_config(model_base_url)?;
         w.slots = self.worker_slots.max(1);
         w.ack_wait = Duration::from_millis(self.ack_wait_ms);
         w.heartbeat_interval = Duration::from_millis(self.heartbeat_ms);
@@ -169,13 +295,14 @@ impl Settings {
         Ok(w)
     }
 
-    pub fn ingress_config(&self) -> ingress::Config {
+    pub fn ingress_config(&self, roles: &roles::Roles) -> ingress::Config {
         let mut c = ingress::Config {
             http_addr: self.http_addr,
+            roles: roles.clone(),
             ..Default::default()
         };
         c.rules.max_body_bytes = self.max_body_bytes;
-        c.rules.roles = self.pools.clone();
+        c.rules.roles = roles.known();
         c
     }
 }
@@ -204,12 +331,22 @@ pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
 /// Connect, prepare streams and schema, and run `role` until `shutdown`.
 pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     tracing::info!(role = ?role, config = %s.redacted(), "starting");
+    let roles = s.load_roles()?;
+    let vault = s
+        .vault_key
+        .as_ref()
+        .map(|k| store::Vault::parse(&k.0))
+        .transpose()
+        .context("COLONY_VAULT_KEY is not usable")?;
     let nats = connect_nats(&s.nats_url).await?;
     let js = async_nats::jetstream::new(nats.clone());
     subjects::nats::ensure(&js, &subjects::nats::StreamSettings::default())
         .await
         .context("cannot create the JetStream streams")?;
-    let store = store::Store::connect(&s.database_url, s.db_pool)?;
+    let mut store = store::Store::connect(&s.database_url, s.db_pool)?;
+    if let Some(vault) = vault {
+        store = store.with_vault(vault);
+    }
     let applied = (|| store.migrate())
         .retry(ExponentialBuilder::default().with_max_times(8))
         .when(|e| matches!(e, store::Error::Pool(_)))
@@ -230,7 +367,7 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
     let mut services = tokio::task::JoinSet::new();
     if matches!(role, Role::All | Role::Ingress) {
         let (cfg, store, nats, relay, token) = (
-            s.ingress_config(),
+            s.ingress_config(&roles),
             store.clone(),
             nats.clone(),
             relay.clone(),
@@ -242,9 +379,36 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
                 .context("ingress")
         });
     }
+    // Without a configured provider, agent runs talk to the scripted one.
+    let mut scripted = None;
     if matches!(role, Role::All | Role::Worker) {
+        let base_url = match &s.model_base_url {
+            Some(url) => url.clone(),
+            None => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .context("cannot bind the scripted provider")?;
+                let mut scripts = scripted::Scripts::builtin();
+                if let Some(path) = &s.scripts {
+                    let text = std::fs::read_to_string(path).with_context(|| {
+                        format!("cannot read COLONY_SCRIPTS {}", path.display())
+                    })?;
+                    let extra = scripted::Scripts::from_json(&text).with_context(|| {
+                        format!("COLONY_SCRIPTS {} is not a script file", path.display())
+                    })?;
+                    scripts = scripts.with(extra);
+                }
+                let provider = scripted::serve(listener, scripts)
+                    .await
+                    .context("cannot start the scripted provider")?;
+                let url = provider.base_url();
+                tracing::warn!(%url, "no COLONY_MODEL_BASE_URL: agent runs use the SCRIPTED provider (a test double; every answer's model is scripted:<script>)");
+                scripted = Some(provider);
+                url
+            }
+        };
         let (cfg, store, nats, relay, token) = (
-            s.worker_config()?,
+            s.worker_config(&roles, base_url)?,
             store.clone(),
             nats.clone(),
             relay.clone(),
@@ -282,6 +446,9 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
         tracing::warn!("relay did not finish in 10 s; its rows stay in the outbox");
     }
     let _ = nats.flush().await;
+    if let Some(p) = scripted {
+        let _ = p.shutdown().await;
+    }
     tracing::info!("stopped");
     result
 }

@@ -8,8 +8,21 @@
 //!   ending with the final state.
 //! - `POST /v1/tasks/{id}/cancel` → cancels a task that is not final.
 //! - `GET /healthz` → 200 when Postgres and NATS answer.
+//! - Employees ([`employees`]): `POST /v1/employees` hires, `GET
+//!   /v1/employees[/{id}]` reads, `POST /v1/employees/{id}/pause|resume`,
+//!   `DELETE /v1/employees/{id}` offboards.
+//! - `GET /v1/audit` ([`audit`]): the audit trail, filtered.
+//! - Credentials ([`credentials`]): `POST|GET /v1/credentials`, `DELETE
+//!   /v1/credentials/{id}`; write-only.
 //!
 //! Every refusal is a JSON `{"error": "<one sentence>"}`.
+
+// A refusal is the `Response` itself, built at most once per request.
+#![allow(clippy::result_large_err)]
+
+mod audit;
+mod credentials;
+mod employees;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,16 +35,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use futures_util::{Stream, StreamExt};
 use relay::Relay;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use store::Store;
 use subjects::{stream, subject, ApiError, Event, EventBody, TaskAccepted, TaskView};
 use uuid::Uuid;
 
-use crate::validate::Rejection;
+use crate::validate::{EmployeeRefusal, Rejection};
 use crate::Config;
 
 #[derive(Clone)]
@@ -65,6 +79,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/events", get(events))
         .route("/v1/tasks/{id}/cancel", post(cancel))
+        .route("/v1/employees", post(employees::hire).get(employees::list))
+        .route(
+            "/v1/employees/{id}",
+            get(employees::get_one).delete(employees::offboard),
+        )
+        .route("/v1/employees/{id}/pause", post(employees::pause))
+        .route("/v1/employees/{id}/resume", post(employees::resume))
+        .route("/v1/audit", get(audit::query))
+        .route(
+            "/v1/credentials",
+            post(credentials::put).get(credentials::list),
+        )
+        .route("/v1/credentials/{id}", delete(credentials::remove))
         .fallback(|| async {
             refuse(
                 StatusCode::NOT_FOUND,
@@ -104,6 +131,65 @@ fn store_error(e: store::Error) -> Response {
             )
         }
     }
+}
+
+/// A store error on the employee, audit and credential routes: what the
+/// caller named is missing (404), conflicts (409) or is out of bounds (400);
+/// anything else is the database's fault (503).
+fn store_refusal(e: store::Error) -> Response {
+    match e {
+        store::Error::Missing(r) => refuse(StatusCode::NOT_FOUND, r),
+        store::Error::Conflict(r) => refuse(StatusCode::CONFLICT, r),
+        store::Error::Invalid(r) => refuse(StatusCode::BAD_REQUEST, r),
+        store::Error::NoVault => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        other => store_error(other),
+    }
+}
+
+/// The tenant a request acts for: `X-Colony-Tenant`, else the default.
+fn tenant(s: &AppState, h: &HeaderMap) -> Result<String, Response> {
+    let t = header_str(h, "x-colony-tenant")?.unwrap_or_else(|| s.0.cfg.default_tenant.clone());
+    if subjects::is_token(&t) {
+        Ok(t)
+    } else {
+        Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("tenant {t:?} is not valid; use 1-64 letters, digits, '-' or '_'"),
+        ))
+    }
+}
+
+/// Largest JSON body of the employee and credential routes.
+const MAX_JSON_BYTES: usize = 64 * 1024;
+
+/// Read a small JSON body as `T`; `what` names it in the refusal.
+async fn read_json<T: DeserializeOwned>(body: Body, what: &str) -> Result<T, Response> {
+    let bytes = axum::body::to_bytes(body, MAX_JSON_BYTES)
+        .await
+        .map_err(|_| {
+            refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the {what} is over the {MAX_JSON_BYTES}-byte limit"),
+            )
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let how = if e.is_syntax() || e.is_eof() {
+            "is not valid JSON"
+        } else {
+            "is not valid"
+        };
+        refuse(StatusCode::BAD_REQUEST, format!("the {what} {how}: {e}"))
+    })
+}
+
+/// A path segment that must be a UUID; `what` names it in the refusal.
+fn uuid_of(raw: &str, what: &str) -> Result<Uuid, Response> {
+    Uuid::parse_str(raw).map_err(|_| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("{raw:?} is not {what} id (a UUID)"),
+        )
+    })
 }
 
 fn task_id(raw: &str) -> Result<Uuid, Response> {
@@ -172,6 +258,11 @@ async fn submit(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Re
         Ok(n) => n,
         Err(r) => return r.into_response(),
     };
+    match crate::validate::check_employee(&s.0.store, &new).await {
+        Ok(()) => {}
+        Err(EmployeeRefusal::Refused(r)) => return r.into_response(),
+        Err(EmployeeRefusal::Store(e)) => return store_error(e),
+    }
     match s.0.store.create_task(&new).await {
         Ok(c) => {
             s.0.relay.send(c.outbox);

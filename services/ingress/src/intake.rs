@@ -15,6 +15,7 @@ use store::Store;
 use subjects::{header, stream, subject};
 use tokio_util::sync::CancellationToken;
 
+use crate::validate::EmployeeRefusal;
 use crate::{Error, Rules};
 
 pub async fn run(
@@ -98,6 +99,17 @@ async fn handle(
         Ok(n) => n,
         Err(r) => return dead_letter(js, &msg, &r.reason).await,
     };
+    match crate::validate::check_employee(store, &new).await {
+        Ok(()) => {}
+        Err(EmployeeRefusal::Refused(r)) => return dead_letter(js, &msg, &r.reason).await,
+        Err(EmployeeRefusal::Store(e)) => {
+            tracing::warn!(error = %e, "could not look up an intake message's employee; it will be redelivered");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                .await;
+            return;
+        }
+    }
     match store.create_task(&new).await {
         Ok(created) => {
             tracing::info!(task = %created.task.id, created = created.created, tenant = %new.tenant, "task submitted over NATS");

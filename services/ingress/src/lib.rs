@@ -7,6 +7,11 @@
 //! one is refused with one sentence — as a 4xx body over HTTP, or as the
 //! reason header of a `colony.dlq.intake` entry over NATS. Nothing is dropped
 //! without a trace.
+//!
+//! The HTTP API also manages the AI workforce: hiring, pausing and
+//! offboarding employees of the loaded role templates, reading the audit
+//! trail, and writing credentials into the vault (write-only: no route ever
+//! returns a credential's value).
 
 pub mod http;
 pub mod intake;
@@ -38,6 +43,8 @@ pub enum Error {
 pub struct Config {
     pub http_addr: SocketAddr,
     pub rules: Rules,
+    /// The role templates employees can be hired for.
+    pub roles: roles::Roles,
     /// Tenant of HTTP submissions without an `X-Colony-Tenant` header.
     pub default_tenant: String,
     /// Longest `?wait=` a client may ask for.
@@ -49,6 +56,7 @@ impl Default for Config {
         Self {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             rules: Rules::default(),
+            roles: roles::Roles::empty(),
             default_tenant: "default".to_string(),
             max_wait: Duration::from_secs(120),
         }

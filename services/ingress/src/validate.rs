@@ -1,9 +1,12 @@
 //! Turning a submission into a task to create, or a one-sentence refusal.
 //!
 //! The same checks, and the same sentences, serve the HTTP API (as a 4xx
-//! body) and the NATS intake (as the DLQ reason header).
+//! body) and the NATS intake (as the DLQ reason header). [`Rules::check`]
+//! needs nothing but the submission; [`check_employee`] then asks the store
+//! about the employee a task names.
 
 use store::tasks::NewTask;
+use store::{EmployeeState, Store};
 use subjects::{is_token, ShellInput, TaskSubmission};
 
 /// Limits and defaults for submissions.
@@ -122,6 +125,7 @@ impl Rules {
             max_attempts,
             timeout_secs,
             idempotency_key,
+            employee_id: sub.employee_id,
         })
     }
 
@@ -139,6 +143,53 @@ impl Rules {
             }
         }
         Ok(())
+    }
+}
+
+/// Why a task naming an employee cannot be created.
+#[derive(Debug)]
+pub enum EmployeeRefusal {
+    /// The employee is missing, not active, or of another role.
+    Refused(Rejection),
+    /// The store could not answer; try again later.
+    Store(store::Error),
+}
+
+/// The employee `task` names (if any) must exist in its tenant, be active,
+/// and be of the task's role.
+pub async fn check_employee(store: &Store, task: &NewTask) -> Result<(), EmployeeRefusal> {
+    let Some(id) = task.employee_id else {
+        return Ok(());
+    };
+    let employee = store
+        .employee(id)
+        .await
+        .map_err(EmployeeRefusal::Store)?
+        .filter(|e| e.tenant == task.tenant);
+    let refuse =
+        |status: u16, reason: String| Err(EmployeeRefusal::Refused(Rejection { status, reason }));
+    match employee {
+        None => refuse(
+            422,
+            format!("employee {id} does not exist; hire one with POST /v1/employees or leave employee_id out"),
+        ),
+        // A wrong role is for good; a pause is not: say the lasting problem.
+        Some(e) if e.role != task.role => refuse(
+            422,
+            format!(
+                "employee {id} is of role {}, not {}; submit with role {} or pick an employee of role {}",
+                e.role, task.role, e.role, task.role
+            ),
+        ),
+        Some(e) if e.state == EmployeeState::Paused => refuse(
+            409,
+            format!("employee {id} is paused; resume it with POST /v1/employees/{id}/resume or submit to another employee"),
+        ),
+        Some(e) if e.state == EmployeeState::Offboarded => refuse(
+            409,
+            format!("employee {id} is offboarded; submit to an active employee"),
+        ),
+        Some(_) => Ok(()),
     }
 }
 

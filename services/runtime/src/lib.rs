@@ -193,27 +193,9 @@ impl std::fmt::Display for Exit {
     }
 }
 
-/// A snapshot of the pool, for operators.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct PoolMetrics {
-    /// Containers handed out to runs right now.
-    pub active: usize,
-    /// Idle containers ready for a run.
-    pub warm: usize,
-    pub acquire_warm: u64,
-    pub acquire_reuse: u64,
-    pub acquire_cold: u64,
-    pub acquire_adopted: u64,
-    /// Idle containers removed to make room under `max_active`.
-    pub evicted: u64,
-    /// Idle containers removed by [`Runtime::reap_idle`].
-    pub reaped: u64,
-    /// Cold starts measured (create → agentd answers), and their spread.
-    pub cold_starts: u64,
-    pub cold_start_p50_ms: f64,
-    pub cold_start_p99_ms: f64,
-    pub cold_start_max_ms: f64,
-}
+/// A snapshot of the pool, for operators (it is on the wire in each
+/// worker's status entry).
+pub use subjects::status::PoolStatus as PoolMetrics;
 
 /// Cold-start samples kept for the percentiles.
 const COLD_SAMPLES: usize = 1024;

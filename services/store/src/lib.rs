@@ -6,21 +6,37 @@
 //! change is one guarded statement that also writes its history row and the
 //! outbox rows announcing it, so a change and its message cannot part.
 //!
+//! It also keeps what AI employees leave behind: the employees themselves
+//! ([`employees`]), their key/value [`memory`], the [`audit`] trail of
+//! their actions, the [`usage`] of their model calls, and the tenant's
+//! encrypted credentials ([`vault`]).
+//!
 //! It does not talk to NATS: the relay crate publishes what the outbox holds.
 
+pub mod audit;
+pub mod employees;
+pub mod memory;
 pub mod migrate;
+pub mod notes;
 pub mod outbox;
 pub mod state;
 pub mod tasks;
+pub mod usage;
+pub mod vault;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
+pub use audit::{AuditEntry, AuditFilter, NewAudit, Outcome};
+pub use employees::{Employee, EmployeeState, Hired, NewEmployee};
 pub use outbox::OutboxMsg;
 pub use state::IllegalTransition;
+pub use usage::{NewUsage, UsageTotals};
+pub use vault::{Credential, NewCredential, Vault};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -36,9 +52,17 @@ pub enum Error {
     /// for a different task).
     #[error("{0}")]
     Conflict(String),
-    /// Stored data or configuration is not what this code expects.
+    /// Stored data or configuration is not what this code expects, or the
+    /// caller's input breaks a bound the store keeps (memory sizes, …).
     #[error("{0}")]
     Invalid(String),
+    /// An employee, credential, … that the caller named does not exist;
+    /// the sentence says which.
+    #[error("{0}")]
+    Missing(String),
+    /// A credential operation without a vault key configured.
+    #[error("the credential vault is not configured; start Colony with COLONY_VAULT_KEY set to a 32-byte key (64 hex characters or base64)")]
+    NoVault,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -47,6 +71,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    vault: Option<Arc<Vault>>,
 }
 
 impl Store {
@@ -70,7 +95,18 @@ impl Store {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| Error::Invalid(format!("cannot build the connection pool: {e}")))?;
-        Ok(Store { pool })
+        Ok(Store { pool, vault: None })
+    }
+
+    /// This store, encrypting and decrypting credentials with `vault`.
+    pub fn with_vault(mut self, vault: Vault) -> Store {
+        self.vault = Some(Arc::new(vault));
+        self
+    }
+
+    /// True when credentials can be stored and read.
+    pub fn has_vault(&self) -> bool {
+        self.vault.is_some()
     }
 
     pub async fn ping(&self) -> Result<()> {

@@ -21,6 +21,16 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0002_lean_writes.sql",
         include_str!("../../../sql/0002_lean_writes.sql"),
     ),
+    (
+        3,
+        "0003_employees.sql",
+        include_str!("../../../sql/0003_employees.sql"),
+    ),
+    (
+        4,
+        "0004_notes_reviews.sql",
+        include_str!("../../../sql/0004_notes_reviews.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed: the advisory lock that serialises migrators.

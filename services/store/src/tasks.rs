@@ -22,7 +22,7 @@ use crate::{state, Error, OutboxMsg, Result, Store};
 const COLS: &str =
     "id, tenant, role, goal_id, input, state::text, attempt, max_attempts, timeout_secs, \
                     result, error, created_at, updated_at, dispatch_id, worker_id, \
-                    extract(epoch FROM now() - heartbeat_at)::float8";
+                    extract(epoch FROM now() - heartbeat_at)::float8, employee_id";
 
 /// A task as stored, with what only workers care about.
 #[derive(Clone, Debug)]
@@ -55,6 +55,7 @@ fn row_to_task(r: &Row) -> Result<TaskRow> {
             error: r.get(10),
             created_at: r.get(11),
             updated_at: r.get(12),
+            employee_id: r.get(16),
         },
         timeout_secs: n(8),
         dispatch_id: r.get(13),
@@ -86,6 +87,7 @@ pub fn work_msg(
         goal_id: task.goal_id,
         input: task.input.clone(),
         timeout_secs,
+        employee_id: task.employee_id,
     };
     OutboxMsg {
         id: dispatch_id,
@@ -135,6 +137,9 @@ pub struct NewTask {
     pub max_attempts: u32,
     pub timeout_secs: u32,
     pub idempotency_key: Option<String>,
+    /// The employee doing the work; ingress checks that it is active and
+    /// of `role` before it asks.
+    pub employee_id: Option<Uuid>,
 }
 
 #[derive(Debug)]
@@ -274,6 +279,7 @@ impl Store {
             error: None,
             created_at: now,
             updated_at: now,
+            employee_id: new.employee_id,
         };
         let dispatch = Uuid::now_v7();
         let outbox = vec![
@@ -285,8 +291,8 @@ impl Store {
         let sql = format!(
             "WITH u AS (
                  INSERT INTO tasks (id, tenant, role, goal_id, input, state, attempt, max_attempts,
-                                    timeout_secs, idempotency_key, dispatch_id, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, 'queued', 1, $6, $7, $8, $9, $10, $10)
+                                    timeout_secs, idempotency_key, dispatch_id, created_at, updated_at, employee_id)
+                 VALUES ($1, $2, $3, $4, $5, 'queued', 1, $6, $7, $8, $9, $10, $10, $16)
                  ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                  RETURNING id),
              e AS (INSERT INTO events (task_id, attempt, from_state, to_state, at)
@@ -315,6 +321,7 @@ impl Store {
                     &cols.payloads,
                     &cols.available,
                     &cols.claimed,
+                    &new.employee_id,
                 ],
             )
             .await?
@@ -342,6 +349,7 @@ impl Store {
         if existing.role != new.role
             || existing.input != new.input
             || existing.goal_id != new.goal_id
+            || existing.employee_id != new.employee_id
         {
             return Err(Error::Conflict(format!(
                 "idempotency key {key:?} was already used for a different task ({}); use a new key",

@@ -12,7 +12,7 @@ use async_nats::HeaderMap;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use runtime::agent::Progress;
 use store::tasks::{Claim, Finish, Running};
-use subjects::agent::{AgentFrame, AgentRequest, RunErrorKind, RunRequest};
+use subjects::agent::{AgentFrame, AgentInput, AgentRequest, AgentSpec, RunErrorKind, RunRequest};
 use subjects::{header, subject, Event, EventBody, TaskState, WorkItem};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -183,19 +183,146 @@ enum Outcome {
     HandBack,
 }
 
+/// What a run needs beyond the container: for an AI employee's role, the
+/// agent settings and the gateway context.
+struct Plan {
+    want: runtime::Want,
+    agent: Option<(AgentSpec, gateway::RunContext)>,
+}
+
+/// Tool output bytes given back to the model per call.
+const MAX_TOOL_OUTPUT_BYTES: usize = 16 * 1024;
+
+async fn plan(shared: &Shared, running: &Running) -> Result<Plan, Outcome> {
+    let task = &running.task;
+    if task.role == roles::SHELL {
+        return Ok(Plan {
+            want: runtime::Want::role(&task.role),
+            agent: None,
+        });
+    }
+    let Some(role) = shared.cfg.roles.get(&task.role) else {
+        return Err(Outcome::Invalid(format!(
+            "this worker has no role {:?}; known roles: {}",
+            task.role,
+            shared.cfg.roles.known().join(", ")
+        )));
+    };
+    let prompt: AgentInput = serde_json::from_value(task.input.clone()).map_err(|e| {
+        Outcome::Invalid(format!(
+            "the input of a {} task must be {{\"prompt\": \"...\"}} ({e})",
+            role.name
+        ))
+    })?;
+    drop(prompt);
+    let (mut quotas, mut memory, mut used_today) = (
+        role.quotas.clone(),
+        Default::default(),
+        gateway::DailyUsage::default(),
+    );
+    if let Some(e) = task.employee_id {
+        let store_err = |e: store::Error| Outcome::Failed(format!("cannot load the employee: {e}"));
+        let employee = shared.store.employee(e).await.map_err(store_err)?;
+        let Some(employee) = employee else {
+            return Err(Outcome::Invalid(format!("employee {e} does not exist")));
+        };
+        if employee.state == store::employees::EmployeeState::Offboarded {
+            return Err(Outcome::Invalid(format!(
+                "employee {} ({e}) was offboarded",
+                employee.name
+            )));
+        }
+        quotas = quotas.overridden_by(&employee.quotas);
+        memory = shared.store.memory_list(e).await.map_err(store_err)?;
+        let day_ago = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        let used = shared
+            .store
+            .employee_usage_since(e, day_ago)
+            .await
+            .map_err(store_err)?;
+        used_today = gateway::DailyUsage {
+            tokens: used.total_tokens,
+            cost_usd: used.cost_usd,
+        };
+    }
+    let limits = runtime::Limits {
+        memory_bytes: (role.limits.memory_mb as i64) << 20,
+        nano_cpus: (role.limits.cpus * 1e9) as i64,
+        pids: i64::from(role.limits.pids),
+        ..runtime::Limits::default()
+    };
+    let ctx = gateway::RunContext {
+        task_id: task.id,
+        run_id: running.run_id,
+        employee_id: task.employee_id,
+        tenant: task.tenant.clone(),
+        role: role.name.clone(),
+        allowed_actions: role.allowed_actions.iter().cloned().collect(),
+        egress: role.egress.clone(),
+        quotas: gateway::Quotas {
+            tokens_per_run: quotas.tokens_per_run,
+            cost_usd_per_run: quotas.cost_usd_per_run,
+            wall_secs_per_run: quotas.wall_secs_per_run.map(|s| s as f64),
+            tokens_per_day: quotas.tokens_per_day,
+            cost_usd_per_day: quotas.cost_usd_per_day,
+        },
+        used_today,
+    };
+    let spec = AgentSpec {
+        model: role.model.clone(),
+        system_prompt: role.system_prompt.clone(),
+        tools: role.agent_tools(),
+        max_turns: role.max_turns,
+        max_tool_output_bytes: MAX_TOOL_OUTPUT_BYTES,
+        memory,
+        stream: true,
+    };
+    Ok(Plan {
+        want: runtime::Want {
+            role: role.name.clone(),
+            employee: task.employee_id,
+            image: role.image.clone(),
+            limits: Some(limits),
+        },
+        agent: Some((spec, ctx)),
+    })
+}
+
 async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationToken) -> Outcome {
     let started = Instant::now();
-    let want = runtime::Want::role(&running.task.role);
+    let plan = match plan(shared, running).await {
+        Ok(p) => p,
+        Err(outcome) => return outcome,
+    };
     let container = tokio::select! {
         biased;
         _ = cancel.cancelled() => return Outcome::Cancelled,
         _ = shared.hand_back.cancelled() => return Outcome::HandBack,
-        c = shared.runtime.acquire(&want) => match c {
+        c = shared.runtime.acquire(&plan.want) => match c {
             Ok(c) => c,
             Err(e) => return Outcome::Failed(format!("no container could be started: {e}")),
         },
     };
     let acquired = started.elapsed();
+    // An agent run talks to the model, the actions and the allowlisted
+    // hosts through a gateway on the container's gateway.sock, for this run.
+    let (agent, meter) = match plan.agent {
+        None => (None, None),
+        Some((spec, ctx)) => match shared.gateway.serve(&container.gateway_socket) {
+            Ok(gw) => {
+                let meter = gw.begin_run(ctx);
+                (Some(spec), Some((gw, meter)))
+            }
+            Err(e) => {
+                shared.runtime.release(container).await;
+                return Outcome::Failed(format!("the gateway could not start: {e}"));
+            }
+        },
+    };
+    let exceeded = meter
+        .as_ref()
+        .map(|(_, m)| m.exceeded())
+        .unwrap_or_default();
     let limit = Duration::from_secs(u64::from(running.timeout_secs));
     let req = AgentRequest::Run(RunRequest {
         v: subjects::VERSION,
@@ -204,8 +331,9 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
         input: running.task.input.clone(),
         timeout_ms: limit.as_millis() as u64,
         max_output_bytes: shared.cfg.max_output_bytes,
-        fresh_workspace: true,
-        agent: None,
+        // An employee's workspace is its own and survives between tasks.
+        fresh_workspace: container.employee.is_none(),
+        agent,
     });
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let publisher = tokio::spawn(publish_output(shared.clone(), running.clone(), out_rx));
@@ -216,17 +344,34 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
     let result = tokio::select! {
         biased;
         _ = cancel.cancelled() => None,
-        _ = shared.hand_back.cancelled() => Some(Err(HandBack)),
+        _ = shared.hand_back.cancelled() => Some(Err(Stopped::HandBack)),
+        _ = exceeded.cancelled() => Some(Err(Stopped::Quota)),
         r = tokio::time::timeout(limit + GRACE, call) => Some(Ok(r)),
     };
     drop(out_tx);
     let _ = publisher.await;
+    // The quota reason wins over whatever the run said after it was stopped.
+    let quota = match meter {
+        Some((gw, meter)) => {
+            let reason = meter.exceeded_reason();
+            let totals = meter.finish().await;
+            gw.close().await;
+            tracing::debug!(task = %running.task.id, tokens = totals.tokens(), cost_usd = totals.cost_usd, calls = totals.calls, "agent run metered");
+            reason
+        }
+        None => None,
+    };
     tracing::debug!(task = %running.task.id, container = %container.name, source = ?container.source,
         acquire_ms = acquired.as_millis() as u64, total_ms = started.elapsed().as_millis() as u64, "run ended");
     let Some(result) = result else {
         shared.runtime.release(container).await;
         return Outcome::Cancelled;
     };
+    if let Some(reason) = quota {
+        // Retrying cannot help: the same limits apply to the next attempt.
+        shared.runtime.release(container).await;
+        return Outcome::Invalid(reason);
+    }
     let Ok(result) = result else {
         shared.runtime.release(container).await;
         return Outcome::HandBack;
@@ -276,7 +421,11 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
     }
 }
 
-struct HandBack;
+/// Why the worker stopped waiting for a run.
+enum Stopped {
+    HandBack,
+    Quota,
+}
 
 fn retry_or_fail(shared: &Shared, running: &Running, error: String) -> Finish {
     let (attempt, max) = (running.task.attempt, running.task.max_attempts);

@@ -17,7 +17,10 @@
 //! State the worker keeps is only what is in flight; everything else is in
 //! Postgres, NATS and the container labels.
 
+mod backend;
 mod exec;
+
+pub use backend::StoreBackend;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,6 +42,8 @@ pub enum Error {
     Runtime(#[from] runtime::Error),
     #[error("JetStream: {0}")]
     Nats(String),
+    #[error("gateway: {0}")]
+    Gateway(String),
 }
 
 #[derive(Clone, Debug)]
@@ -67,6 +72,13 @@ pub struct Config {
     pub prewarm: usize,
     /// Container leases expire this long after their last renewal.
     pub lease_ttl: Duration,
+    /// Role templates (the built-in `shell` needs none).
+    pub roles: Arc<roles::Roles>,
+    /// The model provider, prices and bounds of the gateway agent runs use.
+    pub gateway: gateway::GatewayConfig,
+    /// How often the worker writes its status (runs, pool metrics) to the
+    /// worker registry; an entry not refreshed for 3× this disappears.
+    pub status_interval: Duration,
     pub runtime: runtime::Config,
 }
 
@@ -86,6 +98,9 @@ impl Config {
             drain_timeout: Duration::from_secs(10),
             prewarm: 1,
             lease_ttl: Duration::from_secs(15),
+            status_interval: Duration::from_secs(5),
+            roles: Arc::new(roles::Roles::empty()),
+            gateway: gateway::GatewayConfig::default(),
             runtime,
         }
     }
@@ -100,6 +115,8 @@ pub(crate) struct Shared {
     pub nats: async_nats::Client,
     pub relay: Relay,
     pub runtime: Arc<runtime::Runtime>,
+    /// Serves each agent run's gateway.sock.
+    pub gateway: gateway::Gateway,
     /// Task id → the token that cancels its run.
     pub inflight: Mutex<HashMap<Uuid, CancellationToken>>,
     /// Cancelled at the end of the drain period: hand back what is left.
@@ -134,8 +151,16 @@ pub async fn run(
             tracing::warn!(pool, error = %e, "prewarm failed; containers will be created on demand");
         }
     }
+    let backend = backend::StoreBackend {
+        store: store.clone(),
+        relay: relay.clone(),
+        roles: cfg.roles.clone(),
+    };
+    let gateway = gateway::Gateway::new(cfg.gateway.clone(), Arc::new(backend))
+        .map_err(|e| Error::Gateway(e.to_string()))?;
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
+        gateway,
         store,
         js: js.clone(),
         nats: nats.clone(),
@@ -163,6 +188,16 @@ pub async fn run(
     let background = CancellationToken::new();
     tokio::spawn(heartbeats(shared.clone(), background.clone()));
     tokio::spawn(upkeep(shared.clone(), background.clone()));
+    let registry = match registry(&js, cfg.status_interval).await {
+        Ok(kv) => Some(kv),
+        Err(e) => {
+            tracing::warn!(error = %e, "no worker registry; status is not reported");
+            None
+        }
+    };
+    if let Some(kv) = &registry {
+        tokio::spawn(report(shared.clone(), kv.clone(), background.clone()));
+    }
     tokio::spawn(control(shared.clone(), nats, background.clone()));
     let pulls: Vec<_> = consumers
         .into_iter()
@@ -192,6 +227,9 @@ pub async fn run(
         tracker.wait().await;
     }
     background.cancel();
+    if let Some(kv) = &registry {
+        let _ = kv.purge(&cfg.worker_id).await;
+    }
     tracing::info!(worker = %cfg.worker_id, idle_containers = shared.runtime.idle_count(), "worker stopped; containers left for adoption");
     Ok(())
 }
@@ -280,6 +318,51 @@ async fn heartbeats(shared: Arc<Shared>, stop: CancellationToken) {
             .collect();
         if let Err(e) = shared.store.heartbeat(&shared.cfg.worker_id, &ids).await {
             tracing::warn!(error = %e, "heartbeat failed");
+        }
+    }
+}
+
+/// The worker registry bucket (created on first use).
+async fn registry(
+    js: &jetstream::Context,
+    interval: Duration,
+) -> Result<jetstream::kv::Store, String> {
+    if let Ok(kv) = js.get_key_value(subjects::kv::WORKERS).await {
+        return Ok(kv);
+    }
+    js.create_key_value(jetstream::kv::Config {
+        bucket: subjects::kv::WORKERS.to_string(),
+        description: "Colony workers: worker id → status".into(),
+        history: 1,
+        max_age: interval * 3,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Write this worker's status to the registry until `stop`.
+async fn report(shared: Arc<Shared>, kv: jetstream::kv::Store, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(shared.cfg.status_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let status = subjects::status::WorkerStatus {
+            v: subjects::VERSION,
+            worker_id: shared.cfg.worker_id.clone(),
+            pools: shared.cfg.pools.clone(),
+            slots: shared.cfg.slots,
+            running: shared.inflight.lock().expect("inflight lock").len(),
+            pool: shared.runtime.metrics(),
+            at: time::OffsetDateTime::now_utc(),
+        };
+        let body = serde_json::to_vec(&status).expect("status serialises");
+        if let Err(e) = kv.put(&shared.cfg.worker_id, body.into()).await {
+            tracing::debug!(error = %e, "status not written");
         }
     }
 }

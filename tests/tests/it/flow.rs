@@ -100,6 +100,7 @@ async fn nats_intake_submission_runs_and_a_repeated_msg_id_is_one_task() {
         max_attempts: None,
         timeout_secs: None,
         idempotency_key: None,
+        employee_id: None,
     };
     let payload = serde_json::to_vec(&sub).expect("json");
     for _ in 0..2 {

@@ -50,6 +50,7 @@ async fn the_store_refuses_illegal_transitions_and_stale_finishes() {
             max_attempts: 2,
             timeout_secs: 5,
             idempotency_key: None,
+            employee_id: None,
         })
         .await
         .expect("create");
@@ -131,6 +132,7 @@ async fn the_schema_refuses_unknown_states_and_the_store_refuses_zero_limits() {
         max_attempts,
         timeout_secs,
         idempotency_key: None,
+        employee_id: None,
     };
     let err = s.create_task(&new(0, 5)).await.expect_err("0 attempts");
     assert_eq!(

@@ -1,0 +1,171 @@
+//! The container pool: cold start and warm acquire, against a plain `docker
+//! run` of the same image measured in the same run.
+//!
+//! - Floor: create + start a container of the agent image with no options at
+//!   all, running `/bin/true`, until the engine reports it exited (what
+//!   `docker run --rm image /bin/true` does, without the CLI's own start-up).
+//! - Colony cold start: `Runtime::acquire` with nothing idle — create the
+//!   hardened container, start it, wait until agentd answers a ping.
+//! - Warm acquire: `Runtime::acquire` with an idle container of the same
+//!   configuration (then `release`, so the next acquire is warm again).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptions,
+};
+use futures_util::StreamExt;
+
+use crate::stats::percentile;
+use crate::{Args, BENCH_LABEL_KEY, BENCH_LABEL_VALUE};
+
+/// p50 and p99 of samples in ms.
+pub struct Spread {
+    pub p50: f64,
+    pub p99: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    pub fn of(mut ms: Vec<f64>) -> Spread {
+        ms.sort_by(f64::total_cmp);
+        Spread {
+            p50: percentile(&ms, 0.50),
+            p99: percentile(&ms, 0.99),
+            n: ms.len(),
+        }
+    }
+}
+
+pub struct PoolReport {
+    pub floor: Spread,
+    pub cold: Spread,
+    pub warm: Spread,
+}
+
+impl std::fmt::Display for PoolReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "pool: docker run floor p50 {:.1} ms, p99 {:.1} ms ({} runs); colony cold start p50 {:.1} ms, p99 {:.1} ms ({}); cold/floor p50 {:.2}",
+            self.floor.p50,
+            self.floor.p99,
+            self.floor.n,
+            self.cold.p50,
+            self.cold.p99,
+            self.cold.n,
+            self.cold.p50 / self.floor.p50
+        )?;
+        write!(
+            f,
+            "pool: warm acquire p50 {:.3} ms, p99 {:.3} ms ({} acquires)",
+            self.warm.p50, self.warm.p99, self.warm.n
+        )
+    }
+}
+
+pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<PoolReport> {
+    let n = args.pool_samples;
+    let mut cfg = runtime::Config::new(
+        settings.agent_image.clone(),
+        settings.socket_dir.clone(),
+        "loadtest-pool".to_string(),
+    );
+    cfg.labels = [(BENCH_LABEL_KEY.to_string(), BENCH_LABEL_VALUE.to_string())].into();
+    cfg.max_idle = 1;
+    cfg.max_active = 2;
+    cfg.ready_timeout = Duration::from_secs(30);
+    let rt = runtime::Runtime::connect(cfg)
+        .await
+        .context("pool: cannot reach Docker")?;
+    let docker = rt.docker().clone();
+
+    // One unmeasured round of each, so that neither side pays for a cold
+    // image cache.
+    docker_run(&docker, &settings.agent_image).await?;
+    let want = runtime::Want::role("bench-pool");
+    let c = rt.acquire(&want).await.context("pool: first acquire")?;
+    rt.discard(&c).await;
+
+    let mut floor = Vec::with_capacity(n);
+    let mut cold = Vec::with_capacity(n);
+    for _ in 0..n {
+        floor.push(docker_run(&docker, &settings.agent_image).await?);
+        let started = Instant::now();
+        let c = rt.acquire(&want).await.context("pool: cold acquire")?;
+        cold.push(started.elapsed().as_secs_f64() * 1e3);
+        if c.source != runtime::Source::Cold {
+            bail!("pool: expected a cold start, got {:?}", c.source);
+        }
+        rt.discard(&c).await;
+    }
+
+    let c = rt.acquire(&want).await.context("pool: warm-up acquire")?;
+    rt.release(c).await;
+    let mut warm = Vec::with_capacity(n * 10);
+    for _ in 0..n * 10 {
+        let started = Instant::now();
+        let c = rt.acquire(&want).await.context("pool: warm acquire")?;
+        warm.push(started.elapsed().as_secs_f64() * 1e3);
+        if c.source == runtime::Source::Cold {
+            bail!("pool: a warm acquire created a container");
+        }
+        rt.release(c).await;
+    }
+    rt.drain_idle().await;
+    Ok(PoolReport {
+        floor: Spread::of(floor),
+        cold: Spread::of(cold),
+        warm: Spread::of(warm),
+    })
+}
+
+/// Create, start and wait for a plain container of `image` running
+/// `/bin/true`; returns the ms from create to exit, then removes it.
+async fn docker_run(docker: &bollard::Docker, image: &str) -> anyhow::Result<f64> {
+    let name = format!(
+        "colony-bench-floor-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        entrypoint: Some(vec!["/bin/true".to_string()]),
+        labels: Some(HashMap::from([(
+            BENCH_LABEL_KEY.to_string(),
+            BENCH_LABEL_VALUE.to_string(),
+        )])),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let id = docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+            body,
+        )
+        .await
+        .context("pool floor: create")?
+        .id;
+    docker
+        .start_container(&id, None)
+        .await
+        .context("pool floor: start")?;
+    let mut wait = docker.wait_container(&id, None::<WaitContainerOptions>);
+    // A non-zero exit is an Err from wait_container; /bin/true exits 0.
+    let exited = tokio::time::timeout(Duration::from_secs(30), wait.next()).await;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let _ = docker
+        .remove_container(
+            &id,
+            Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+        )
+        .await;
+    match exited {
+        Ok(Some(Ok(_))) => Ok(ms),
+        Ok(Some(Err(e))) => bail!("pool floor: the plain container failed: {e}"),
+        Ok(None) => bail!("pool floor: no exit status"),
+        Err(_) => bail!("pool floor: the plain container did not exit within 30 s"),
+    }
+}

@@ -1,0 +1,187 @@
+//! What the gateway needs stored or looked up, as one object-safe trait.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use subjects::TaskSubmission;
+use uuid::Uuid;
+
+use crate::run::RunContext;
+
+/// A boxed future, as the [`Backend`] methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The `action` of audit records about the network (fetch and proxy).
+pub const EGRESS_ACTION: &str = "egress";
+
+/// Why a backend call failed. The sentence of every kind but
+/// [`Internal`](BackendError::Internal) goes to the caller as is; an internal
+/// one is logged and audited, and the caller gets a generic sentence.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The arguments do not make sense (unknown role, bad input): 422.
+    #[error("{0}")]
+    Invalid(String),
+    /// What the arguments point to does not exist: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// Not in this state (e.g. reviewing a task that is not in review): 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// Storage failed: 500.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Where the gateway keeps and finds things. The worker implements it over
+/// Postgres; the gateway only calls it (from many tasks at once).
+pub trait Backend: Send + Sync + 'static {
+    /// The value under `key` in the employee's memory.
+    fn memory_get<'a>(
+        &'a self,
+        employee_id: Uuid,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Value>, BackendError>>;
+
+    /// Stores `value` under `key` in the employee's memory (replacing it).
+    fn memory_set<'a>(
+        &'a self,
+        employee_id: Uuid,
+        key: &'a str,
+        value: Value,
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// The employee's whole memory.
+    fn memory_list(
+        &self,
+        employee_id: Uuid,
+    ) -> BoxFuture<'_, Result<BTreeMap<String, Value>, BackendError>>;
+
+    /// Keeps a note with the run's task history.
+    fn note<'a>(
+        &'a self,
+        run: &'a RunContext,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Creates a sub-task of `parent.task_id` in `parent.tenant`; answers
+    /// what the caller should see (at least `{"id": …}`).
+    fn create_task<'a>(
+        &'a self,
+        parent: &'a RunContext,
+        task: TaskSubmission,
+    ) -> BoxFuture<'a, Result<Value, BackendError>>;
+
+    /// Records `reviewer`'s review of `review.task_id`; answers what the
+    /// caller should see.
+    fn submit_review<'a>(
+        &'a self,
+        reviewer: &'a RunContext,
+        review: ReviewSubmission,
+    ) -> BoxFuture<'a, Result<Value, BackendError>>;
+
+    fn audit(&self, record: AuditRecord) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    fn record_usage(&self, record: UsageRecord) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Vault credentials of `tenant` for `url` (e.g. those whose URL prefix
+    /// matches), as header name and value. They are added to the outbound
+    /// request and never shown to the container.
+    fn credentials_for<'a>(
+        &'a self,
+        tenant: &'a str,
+        url: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, BackendError>>;
+}
+
+/// Whether a request was let through.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    /// Allowed, and done.
+    Allowed,
+    /// Refused: not allowed to the role, unknown, over quota, or a host
+    /// outside the allowlist.
+    Denied,
+    /// Allowed, but it did not work (bad arguments, storage, network).
+    Failed,
+}
+
+impl AuditOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditOutcome::Allowed => "allowed",
+            AuditOutcome::Denied => "denied",
+            AuditOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// One line of an employee's audit trail: one action or network request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AuditRecord {
+    pub at: SystemTime,
+    pub tenant: String,
+    pub employee_id: Option<Uuid>,
+    pub task_id: Uuid,
+    pub run_id: Uuid,
+    pub role: String,
+    /// The action's name (`memory.set`, `task.create`, …), or
+    /// [`EGRESS_ACTION`].
+    pub action: String,
+    /// What it acted on: the memory key, the created or reviewed task id,
+    /// `host:port` for egress.
+    pub target: Option<String>,
+    pub outcome: AuditOutcome,
+    /// One line: what happened, or why not.
+    pub detail: String,
+}
+
+/// One answered model call.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct UsageRecord {
+    pub at: SystemTime,
+    pub tenant: String,
+    pub employee_id: Option<Uuid>,
+    pub task_id: Uuid,
+    pub run_id: Uuid,
+    pub role: String,
+    /// The model the run asked for.
+    pub model: String,
+    /// The model the provider was asked for (after the mapping).
+    pub provider_model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    /// The provider reported no usage; the tokens are estimated from the
+    /// bytes sent and received (about four per token).
+    pub estimated: bool,
+    pub streamed: bool,
+    /// From the request's arrival to the answer's end.
+    pub duration: Duration,
+}
+
+/// The arguments of `review.submit`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewSubmission {
+    pub task_id: Uuid,
+    /// 1–10.
+    pub score: u8,
+    pub verdict: ReviewVerdict,
+    #[serde(default)]
+    pub comments: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewVerdict {
+    /// The work is done.
+    Approved,
+    /// The work goes back for rework.
+    Rejected,
+}

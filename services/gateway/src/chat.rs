@@ -1,0 +1,565 @@
+//! `POST /v1/chat/completions`: forwarded to the provider with its key,
+//! metered, and refused once the run is over quota.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::{ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::stream::{BoxStream, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::backend::UsageRecord;
+use crate::reply::{self, error, one_line};
+use crate::run::Run;
+use crate::{Inner, Shared};
+
+/// How long a streamed answer whose reader went away is still read, so that
+/// its usage is counted.
+const DRAIN_FOR: Duration = Duration::from_secs(60);
+/// Longest SSE line kept while looking for usage.
+const MAX_SSE_LINE: usize = 4 * 1024 * 1024;
+
+#[derive(Deserialize, Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub(crate) struct Usage {
+    #[serde(default)]
+    pub(crate) prompt_tokens: u64,
+    #[serde(default)]
+    pub(crate) completion_tokens: u64,
+}
+
+/// The one field of an answer (or a streamed chunk) the gateway reads.
+#[derive(Deserialize)]
+struct WithUsage {
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+pub(crate) async fn completions(State(shared): State<Arc<Shared>>, body: Body) -> Response {
+    let started = Instant::now();
+    let Some(run) = shared.current() else {
+        return reply::no_run();
+    };
+    if let Some(reason) = run.over_quota() {
+        return reply::over_quota(reason);
+    }
+    let gw = &shared.gw;
+    let bytes = match reply::read_body(body, gw.limits.max_request_bytes).await {
+        Ok(b) => b,
+        Err((status, sentence)) => return error(status, sentence),
+    };
+    let prepared = match prepare(gw, &bytes) {
+        Ok(p) => p,
+        Err(sentence) => return error(StatusCode::BAD_REQUEST, sentence),
+    };
+    let request_bytes = bytes.len() as u64;
+    let body = prepared.body.unwrap_or(bytes);
+
+    let mut upstream = gw
+        .provider
+        .post(gw.chat_url.clone())
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .body(body);
+    if let Some(auth) = &gw.auth {
+        upstream = upstream.header(AUTHORIZATION, auth.clone());
+    }
+    if prepared.stream {
+        upstream = upstream.header(ACCEPT, HeaderValue::from_static("text/event-stream"));
+    }
+    let resp = match upstream.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "the model provider could not be reached: {}",
+                    gw.scrub(&error_chain(&e.without_url()))
+                ),
+            )
+        }
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        return provider_refusal(gw, resp).await;
+    }
+
+    let call = Call {
+        run,
+        shared: shared.clone(),
+        model: prepared.model,
+        provider_model: prepared.provider_model,
+        request_bytes,
+        started,
+    };
+    let is_sse = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    if is_sse {
+        let stream = MeteredStream {
+            inner: Some(resp.bytes_stream().boxed()),
+            scan: SseScan::default(),
+            call: Some(call),
+        };
+        let mut out = Response::new(Body::from_stream(stream));
+        let headers = out.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return out;
+    }
+
+    let content_type = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    let answer = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "the model provider's answer broke off: {}",
+                    gw.scrub(&error_chain(&e.without_url()))
+                ),
+            )
+        }
+    };
+    let usage = serde_json::from_slice::<WithUsage>(&answer)
+        .ok()
+        .and_then(|w| w.usage);
+    call.finish(usage, answer.len() as u64, false);
+    reply::bytes_with(status, content_type, answer)
+}
+
+/// What the gateway needs of the request, and the body to send when it had
+/// to change it.
+struct Prepared {
+    model: String,
+    provider_model: String,
+    stream: bool,
+    /// `None`: send the request's bytes as they came.
+    body: Option<Bytes>,
+}
+
+/// Reads the top level of the request once (values stay raw, unparsed),
+/// maps the model and asks a stream for its usage.
+fn prepare(gw: &Inner, bytes: &[u8]) -> Result<Prepared, String> {
+    let mut top: BTreeMap<String, &RawValue> = serde_json::from_slice(bytes)
+        .map_err(|e| format!("the chat completion request is not a JSON object: {e}"))?;
+    let model: String = top
+        .get("model")
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .filter(|m: &String| !m.is_empty())
+        .ok_or("the chat completion request names no model (a non-empty string field \"model\")")?;
+    let stream = match top.get("stream") {
+        None => false,
+        Some(raw) => serde_json::from_str::<Option<bool>>(raw.get())
+            .map_err(|_| {
+                "the field \"stream\" of the chat completion request must be true or false"
+            })?
+            .unwrap_or(false),
+    };
+    let mapped = gw.models.get(&model);
+    if mapped.is_none() && !stream {
+        return Ok(Prepared {
+            provider_model: model.clone(),
+            model,
+            stream,
+            body: None,
+        });
+    }
+
+    let model_raw;
+    if let Some(pm) = mapped {
+        model_raw = serde_json::value::to_raw_value(pm).map_err(|e| e.to_string())?;
+        top.insert("model".into(), &model_raw);
+    }
+    let options_raw;
+    if stream {
+        let mut options =
+            match top.get("stream_options") {
+                None => serde_json::Map::new(),
+                Some(raw) => serde_json::from_str::<
+                    Option<serde_json::Map<String, serde_json::Value>>,
+                >(raw.get())
+                .map_err(|_| {
+                    "the field \"stream_options\" of the chat completion request must be an object"
+                })?
+                .unwrap_or_default(),
+            };
+        options.insert("include_usage".into(), serde_json::Value::Bool(true));
+        options_raw = serde_json::value::to_raw_value(&options).map_err(|e| e.to_string())?;
+        top.insert("stream_options".into(), &options_raw);
+    }
+    let body = serde_json::to_vec(&top).map_err(|e| e.to_string())?;
+    Ok(Prepared {
+        provider_model: mapped.cloned().unwrap_or_else(|| model.clone()),
+        model,
+        stream,
+        body: Some(Bytes::from(body)),
+    })
+}
+
+/// A provider's non-2xx answer: 4xx passes with its message in one
+/// sentence, anything else is 502.
+async fn provider_refusal(gw: &Inner, resp: reqwest::Response) -> Response {
+    let status = resp.status();
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= 64 * 1024 {
+            break;
+        }
+    }
+    let message = gw.scrub(&one_line(&provider_message(&body), 300));
+    let code = status.as_u16();
+    if status.is_client_error() {
+        let sentence = if message.is_empty() {
+            format!("the model provider refused the request with {code}")
+        } else {
+            format!("the model provider refused the request with {code}: {message}")
+        };
+        error(status, sentence)
+    } else {
+        let sentence = if message.is_empty() {
+            format!("the model provider failed with {code}")
+        } else {
+            format!("the model provider failed with {code}: {message}")
+        };
+        error(StatusCode::BAD_GATEWAY, sentence)
+    }
+}
+
+/// The message of an OpenAI-style error body (`{"error": {"message": …}}`,
+/// `{"error": "…"}`, `{"message": …}`, `{"detail": …}`), else its text.
+fn provider_message(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        let found = v
+            .pointer("/error/message")
+            .or_else(|| v.get("error").filter(|e| e.is_string()))
+            .or_else(|| v.get("message"))
+            .or_else(|| v.get("detail"));
+        if let Some(found) = found {
+            return match found.as_str() {
+                Some(s) => s.to_string(),
+                None => found.to_string(),
+            };
+        }
+    }
+    String::from_utf8_lossy(body).into_owned()
+}
+
+/// An error and its causes, joined by `: `.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    one_line(&out, 300)
+}
+
+impl Inner {
+    /// `text` with the provider key (should a provider echo it) cut out.
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        match &self.api_key {
+            Some(key) if text.contains(key.as_str()) => text.replace(key.as_str(), "[redacted]"),
+            _ => text.to_string(),
+        }
+    }
+}
+
+/// One model call, metered when its answer ends.
+struct Call {
+    run: Arc<Run>,
+    shared: Arc<Shared>,
+    model: String,
+    provider_model: String,
+    request_bytes: u64,
+    started: Instant,
+}
+
+impl Call {
+    /// Counts the call. Without usage from the provider the tokens are
+    /// estimated (four bytes a token), so that quotas still hold.
+    fn finish(self, usage: Option<Usage>, answer_bytes: u64, streamed: bool) {
+        let gw = &self.shared.gw;
+        let (usage, estimated) = match usage {
+            Some(u) => (u, false),
+            None => {
+                gw.warn_once(format!("usage:{}", self.provider_model), || {
+                    format!(
+                        "gateway: the provider reported no usage for model {}; tokens are estimated from bytes",
+                        self.provider_model
+                    )
+                });
+                (
+                    Usage {
+                        prompt_tokens: self.request_bytes.div_ceil(4),
+                        completion_tokens: answer_bytes.div_ceil(4),
+                    },
+                    true,
+                )
+            }
+        };
+        let cost = gw
+            .price(&self.provider_model, &self.model)
+            .cost(usage.prompt_tokens, usage.completion_tokens);
+        self.run
+            .meter(usage.prompt_tokens, usage.completion_tokens, cost);
+        let ctx = &self.run.ctx;
+        self.run.record_usage(
+            gw,
+            UsageRecord {
+                at: SystemTime::now(),
+                tenant: ctx.tenant.clone(),
+                employee_id: ctx.employee_id,
+                task_id: ctx.task_id,
+                run_id: ctx.run_id,
+                role: ctx.role.clone(),
+                model: self.model,
+                provider_model: self.provider_model,
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                cost_usd: cost,
+                estimated,
+                streamed,
+                duration: self.started.elapsed(),
+            },
+        );
+    }
+}
+
+/// Finds the `usage` object in a server-sent-event stream, line by line,
+/// across chunk boundaries, without parsing chunks that have none.
+#[derive(Default)]
+pub(crate) struct SseScan {
+    partial: Vec<u8>,
+    /// The current line grew past [`MAX_SSE_LINE`]; skip to its end.
+    skipping: bool,
+    pub(crate) usage: Option<Usage>,
+    /// Bytes of `data:` payloads (the estimate's basis without usage).
+    pub(crate) data_bytes: u64,
+}
+
+impl SseScan {
+    pub(crate) fn feed(&mut self, mut chunk: &[u8]) {
+        while let Some(i) = chunk.iter().position(|&b| b == b'\n') {
+            let (line, rest) = (&chunk[..i], &chunk[i + 1..]);
+            chunk = rest;
+            if self.skipping {
+                self.skipping = false;
+                continue;
+            }
+            if self.partial.is_empty() {
+                self.line(line);
+            } else {
+                let mut whole = std::mem::take(&mut self.partial);
+                whole.extend_from_slice(line);
+                self.line(&whole);
+                whole.clear();
+                self.partial = whole;
+            }
+        }
+        if !self.skipping && !chunk.is_empty() {
+            if self.partial.len() + chunk.len() > MAX_SSE_LINE {
+                self.partial.clear();
+                self.skipping = true;
+            } else {
+                self.partial.extend_from_slice(chunk);
+            }
+        }
+    }
+
+    /// The stream ended: a last line without its newline still counts.
+    pub(crate) fn end(&mut self) {
+        if !self.partial.is_empty() && !self.skipping {
+            let last = std::mem::take(&mut self.partial);
+            self.line(&last);
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        let data = data.strip_prefix(b" ").unwrap_or(data);
+        self.data_bytes += data.len() as u64;
+        if has_usage_object(data) {
+            if let Ok(WithUsage { usage: Some(u) }) = serde_json::from_slice(data) {
+                self.usage = Some(u);
+            }
+        }
+    }
+}
+
+/// True when `data` holds `"usage"` followed by `:` and an object (not
+/// `null`, which OpenAI sends in every chunk but the last).
+fn has_usage_object(data: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"usage\"";
+    let mut from = 0;
+    while let Some(i) = data[from..].windows(KEY.len()).position(|w| w == KEY) {
+        let after = &data[from + i + KEY.len()..];
+        let mut rest = after.iter().skip_while(|b| b.is_ascii_whitespace());
+        if rest.next() == Some(&b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+            return true;
+        }
+        from += i + KEY.len();
+    }
+    false
+}
+
+/// The provider's event stream, passed through chunk by chunk while its
+/// usage is picked out. When the reader goes away before the end, the rest
+/// is read in the background so that the call is still metered.
+struct MeteredStream {
+    inner: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
+    scan: SseScan,
+    call: Option<Call>,
+}
+
+impl MeteredStream {
+    fn done(&mut self) {
+        self.inner = None;
+        if let Some(call) = self.call.take() {
+            self.scan.end();
+            call.finish(self.scan.usage, self.scan.data_bytes, true);
+        }
+    }
+}
+
+impl Stream for MeteredStream {
+    type Item = reqwest::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.poll_next_unpin(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.scan.feed(&chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::warn!("gateway: the provider's stream broke off: {e}");
+                this.done();
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.done();
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl Drop for MeteredStream {
+    fn drop(&mut self) {
+        let (Some(mut inner), Some(call)) = (self.inner.take(), self.call.take()) else {
+            return;
+        };
+        let mut scan = std::mem::take(&mut self.scan);
+        let run = call.run.clone();
+        let drain = async move {
+            let _ = tokio::time::timeout(DRAIN_FOR, async {
+                while let Some(Ok(chunk)) = inner.next().await {
+                    scan.feed(&chunk);
+                }
+            })
+            .await;
+            scan.end();
+            call.finish(scan.usage, scan.data_bytes, true);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(_) => {
+                run.writes.spawn(drain);
+            }
+            Err(_) => tracing::warn!(
+                run = %run.ctx.run_id,
+                "gateway: a streamed answer was dropped outside the runtime; its usage is lost"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_found_across_chunk_boundaries_and_null_is_skipped() {
+        let stream = concat!(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n",
+            "data: {\"choices\":[],\"usage\": {\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}\r\n\r\n",
+            "data: [DONE]\n\n"
+        )
+        .as_bytes();
+        for split in 0..stream.len() {
+            let mut scan = SseScan::default();
+            scan.feed(&stream[..split]);
+            scan.feed(&stream[split..]);
+            scan.end();
+            assert_eq!(
+                scan.usage,
+                Some(Usage {
+                    prompt_tokens: 12,
+                    completion_tokens: 3
+                }),
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_last_line_without_newline_counts() {
+        let mut scan = SseScan::default();
+        scan.feed(b"data: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}");
+        assert_eq!(scan.usage, None);
+        scan.end();
+        assert_eq!(
+            scan.usage,
+            Some(Usage {
+                prompt_tokens: 1,
+                completion_tokens: 2
+            })
+        );
+    }
+
+    #[test]
+    fn usage_detection() {
+        assert!(has_usage_object(br#"{"usage" : {"prompt_tokens":1}}"#));
+        assert!(!has_usage_object(br#"{"usage":null}"#));
+        assert!(!has_usage_object(br#"{"content":"the \"usage\" word"}"#));
+        assert!(has_usage_object(br#"{"a":"usage","usage":{}}"#));
+    }
+
+    #[test]
+    fn provider_messages_are_found_in_the_usual_shapes() {
+        assert_eq!(
+            provider_message(br#"{"error":{"message":"bad model","type":"x"}}"#),
+            "bad model"
+        );
+        assert_eq!(provider_message(br#"{"error":"nope"}"#), "nope");
+        assert_eq!(provider_message(br#"{"detail":"missing"}"#), "missing");
+        assert_eq!(provider_message(b"plain text"), "plain text");
+    }
+}

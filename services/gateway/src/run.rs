@@ -1,0 +1,418 @@
+//! Runs: whose they are, what they may spend, and the meter that counts it.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::backend::{AuditOutcome, AuditRecord, UsageRecord};
+use crate::egress::EgressPolicy;
+use crate::{Inner, Shared};
+
+/// Locks, taking over a lock whose holder panicked (every critical section
+/// here leaves its data consistent).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Spend limits of a run; an absent field is unlimited. A limit is crossed
+/// when the figure goes above it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct Quotas {
+    /// Prompt plus completion tokens over the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_run: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd_per_run: Option<f64>,
+    /// Wall time from [`crate::ContainerGateway::begin_run`], in seconds
+    /// (fractions allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_secs_per_run: Option<f64>,
+    /// Tokens of the employee's day: [`RunContext::used_today`] plus this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd_per_day: Option<f64>,
+}
+
+/// What the employee (or, without one, the role in this tenant) had spent
+/// today before the run began.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct DailyUsage {
+    pub tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// Who a run is, and what it may do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunContext {
+    pub task_id: Uuid,
+    pub run_id: Uuid,
+    /// The AI employee doing the run; `None` for a role run without one
+    /// (which then has no memory).
+    pub employee_id: Option<Uuid>,
+    pub tenant: String,
+    pub role: String,
+    /// Platform actions the role allows (deny by default).
+    pub allowed_actions: BTreeSet<String>,
+    /// Hosts the run may reach: an exact host name or IP address, or
+    /// `*.suffix` for any name below `suffix` (not `suffix` itself).
+    pub egress: Vec<String>,
+    pub quotas: Quotas,
+    pub used_today: DailyUsage,
+}
+
+/// What a run has spent so far.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct RunTotals {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    /// Model calls answered.
+    pub calls: u64,
+}
+
+impl RunTotals {
+    pub fn tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// A run in progress, as the request handlers see it.
+pub(crate) struct Run {
+    pub(crate) ctx: RunContext,
+    pub(crate) egress: EgressPolicy,
+    totals: Mutex<RunTotals>,
+    exceeded: CancellationToken,
+    reason: OnceLock<String>,
+    /// Fires when the run ends (tunnels close, the wall timer stops).
+    pub(crate) ended: CancellationToken,
+    started: Instant,
+    /// Backend writes (usage, audit) still in flight.
+    pub(crate) writes: TaskTracker,
+}
+
+impl Run {
+    pub(crate) fn new(ctx: RunContext) -> Arc<Run> {
+        let run = Arc::new(Run {
+            egress: EgressPolicy::new(&ctx.egress),
+            ctx,
+            totals: Mutex::new(RunTotals::default()),
+            exceeded: CancellationToken::new(),
+            reason: OnceLock::new(),
+            ended: CancellationToken::new(),
+            started: Instant::now(),
+            writes: TaskTracker::new(),
+        });
+        // A day already over its quota stops the run before its first call.
+        if let Some(reason) = crossed(&run.ctx.quotas, &run.ctx.used_today, &RunTotals::default()) {
+            run.exceed(reason);
+        }
+        run
+    }
+
+    /// The reason the run is over quota, once it is.
+    pub(crate) fn over_quota(&self) -> Option<&str> {
+        self.reason.get().map(String::as_str)
+    }
+
+    pub(crate) fn exceed(&self, reason: String) {
+        if self.reason.set(reason).is_ok() {
+            tracing::info!(
+                task = %self.ctx.task_id,
+                run = %self.ctx.run_id,
+                "gateway: {}",
+                self.reason.get().map(String::as_str).unwrap_or_default()
+            );
+        }
+        self.exceeded.cancel();
+    }
+
+    pub(crate) fn end(&self) {
+        self.ended.cancel();
+        self.writes.close();
+    }
+
+    pub(crate) fn totals(&self) -> RunTotals {
+        *lock(&self.totals)
+    }
+
+    /// Adds one answered model call and fires `exceeded` when that crosses a
+    /// quota.
+    pub(crate) fn meter(&self, prompt_tokens: u64, completion_tokens: u64, cost_usd: f64) {
+        let crossed_now = {
+            let mut t = lock(&self.totals);
+            t.prompt_tokens += prompt_tokens;
+            t.completion_tokens += completion_tokens;
+            t.cost_usd += cost_usd;
+            t.calls += 1;
+            crossed(&self.ctx.quotas, &self.ctx.used_today, &t)
+        };
+        if let Some(reason) = crossed_now {
+            self.exceed(reason);
+        }
+    }
+
+    /// Writes an audit record in the background (the meter's
+    /// [`RunMeter::finish`] waits for it).
+    pub(crate) fn audit(
+        &self,
+        gw: &Inner,
+        action: &str,
+        target: Option<String>,
+        outcome: AuditOutcome,
+        detail: &str,
+    ) {
+        let record = AuditRecord {
+            at: SystemTime::now(),
+            tenant: self.ctx.tenant.clone(),
+            employee_id: self.ctx.employee_id,
+            task_id: self.ctx.task_id,
+            run_id: self.ctx.run_id,
+            role: self.ctx.role.clone(),
+            action: action.to_string(),
+            target,
+            outcome,
+            detail: crate::reply::one_line(detail, 500),
+        };
+        let backend = gw.backend.clone();
+        self.writes.spawn(async move {
+            if let Err(e) = backend.audit(record.clone()).await {
+                tracing::error!(
+                    run = %record.run_id,
+                    action = %record.action,
+                    outcome = record.outcome.as_str(),
+                    "gateway: could not write an audit record: {e}"
+                );
+            }
+        });
+    }
+
+    pub(crate) fn record_usage(&self, gw: &Inner, record: UsageRecord) {
+        let backend = gw.backend.clone();
+        self.writes.spawn(async move {
+            let run = record.run_id;
+            if let Err(e) = backend.record_usage(record).await {
+                tracing::error!(run = %run, "gateway: could not record usage: {e}");
+            }
+        });
+    }
+}
+
+/// The first quota `t` crosses, as the sentence the worker and the model
+/// see.
+fn crossed(q: &Quotas, today: &DailyUsage, t: &RunTotals) -> Option<String> {
+    let tokens = t.tokens();
+    if let Some(max) = q.tokens_per_run {
+        if tokens > max {
+            return Some(format!(
+                "quota_exceeded: tokens_per_run {tokens} > {max} (prompt {}, completion {})",
+                t.prompt_tokens, t.completion_tokens
+            ));
+        }
+    }
+    if let Some(max) = q.cost_usd_per_run {
+        if t.cost_usd > max {
+            return Some(format!(
+                "quota_exceeded: cost_usd_per_run {} > {} (prompt {} tokens, completion {} tokens)",
+                usd(t.cost_usd),
+                usd(max),
+                t.prompt_tokens,
+                t.completion_tokens
+            ));
+        }
+    }
+    if let Some(max) = q.tokens_per_day {
+        let day = today.tokens + tokens;
+        if day > max {
+            return Some(format!(
+                "quota_exceeded: tokens_per_day {day} > {max} ({} earlier today, {tokens} in this run)",
+                today.tokens
+            ));
+        }
+    }
+    if let Some(max) = q.cost_usd_per_day {
+        let day = today.cost_usd + t.cost_usd;
+        if day > max {
+            return Some(format!(
+                "quota_exceeded: cost_usd_per_day {} > {} ({} earlier today, {} in this run)",
+                usd(day),
+                usd(max),
+                usd(today.cost_usd),
+                usd(t.cost_usd)
+            ));
+        }
+    }
+    None
+}
+
+/// Dollars with up to six decimals, without trailing zeros.
+pub(crate) fn usd(x: f64) -> String {
+    let s = format!("{x:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() || s == "-" {
+        "0".into()
+    } else {
+        s.into()
+    }
+}
+
+/// The handle the worker keeps for a run: totals, and the token that fires
+/// when a quota is crossed. Dropping it (or [`finish`](RunMeter::finish))
+/// ends the run; requests after that get 409.
+pub struct RunMeter {
+    run: Arc<Run>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RunMeter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunMeter")
+            .field("run_id", &self.run.ctx.run_id)
+            .field("totals", &self.totals())
+            .field("exceeded", &self.exceeded_reason())
+            .finish()
+    }
+}
+
+impl RunMeter {
+    pub(crate) fn start(run: Arc<Run>, shared: Arc<Shared>) -> RunMeter {
+        // A limit too far off to represent is no limit; a negative or NaN one
+        // is already spent.
+        let deadline = run.ctx.quotas.wall_secs_per_run.and_then(|secs| {
+            let limit = if secs.is_nan() || secs <= 0.0 {
+                Duration::ZERO
+            } else {
+                Duration::try_from_secs_f64(secs).ok()?
+            };
+            Some((secs, run.started.checked_add(limit)?))
+        });
+        if let Some((secs, deadline)) = deadline {
+            let timer = run.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = timer.ended.cancelled() => {}
+                    _ = tokio::time::sleep_until(deadline.into()) => {
+                        let elapsed = timer.started.elapsed().as_secs_f64();
+                        timer.exceed(format!(
+                            "quota_exceeded: wall_secs_per_run {secs} reached (the run has been going for {elapsed:.3} s)"
+                        ));
+                    }
+                }
+            });
+        }
+        RunMeter { run, shared }
+    }
+
+    pub fn context(&self) -> &RunContext {
+        &self.run.ctx
+    }
+
+    pub fn run_id(&self) -> Uuid {
+        self.run.ctx.run_id
+    }
+
+    /// Tokens, cost and calls so far (usage is counted as each call's answer
+    /// ends).
+    pub fn totals(&self) -> RunTotals {
+        self.run.totals()
+    }
+
+    /// Fires once a quota is crossed: the worker should stop the run. The
+    /// call that crossed it got its answer; every later request gets 429.
+    pub fn exceeded(&self) -> CancellationToken {
+        self.run.exceeded.clone()
+    }
+
+    /// Why [`exceeded`](RunMeter::exceeded) fired, e.g.
+    /// `quota_exceeded: tokens_per_run 1234 > 1000 (prompt 900, completion 334)`.
+    pub fn exceeded_reason(&self) -> Option<String> {
+        self.run.over_quota().map(str::to_string)
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.run.started.elapsed()
+    }
+
+    /// Ends the run and waits until its usage and audit records are written
+    /// (a streamed answer whose reader went away is read to its end, at most
+    /// a minute, so that its usage counts). Returns the final totals.
+    pub async fn finish(self) -> RunTotals {
+        let run = self.run.clone();
+        drop(self);
+        run.writes.wait().await;
+        run.totals()
+    }
+}
+
+impl Drop for RunMeter {
+    fn drop(&mut self) {
+        self.shared.end(&self.run);
+        self.run.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn totals(p: u64, c: u64, cost: f64) -> RunTotals {
+        RunTotals {
+            prompt_tokens: p,
+            completion_tokens: c,
+            cost_usd: cost,
+            calls: 1,
+        }
+    }
+
+    #[test]
+    fn a_quota_is_crossed_only_above_its_limit() {
+        let q = Quotas {
+            tokens_per_run: Some(1000),
+            ..Quotas::default()
+        };
+        let today = DailyUsage::default();
+        assert_eq!(crossed(&q, &today, &totals(600, 400, 0.0)), None);
+        assert_eq!(
+            crossed(&q, &today, &totals(900, 334, 0.0)).as_deref(),
+            Some("quota_exceeded: tokens_per_run 1234 > 1000 (prompt 900, completion 334)")
+        );
+    }
+
+    #[test]
+    fn daily_quotas_count_what_was_used_earlier() {
+        let q = Quotas {
+            tokens_per_day: Some(5000),
+            cost_usd_per_day: Some(1.0),
+            ..Quotas::default()
+        };
+        let today = DailyUsage {
+            tokens: 4000,
+            cost_usd: 0.5,
+        };
+        assert_eq!(crossed(&q, &today, &totals(500, 500, 0.1)), None);
+        assert_eq!(
+            crossed(&q, &today, &totals(700, 500, 0.1)).as_deref(),
+            Some(
+                "quota_exceeded: tokens_per_day 5200 > 5000 (4000 earlier today, 1200 in this run)"
+            )
+        );
+        assert_eq!(
+            crossed(&q, &today, &totals(1, 1, 0.75)).as_deref(),
+            Some("quota_exceeded: cost_usd_per_day 1.25 > 1 (0.5 earlier today, 0.75 in this run)")
+        );
+    }
+
+    #[test]
+    fn dollars_are_short() {
+        assert_eq!(usd(0.0), "0");
+        assert_eq!(usd(1.0), "1");
+        assert_eq!(usd(0.0123), "0.0123");
+        assert_eq!(usd(0.00000049), "0");
+        assert_eq!(usd(12.5), "12.5");
+    }
+}

@@ -1,0 +1,547 @@
+//! One request → one reply, with no state: which script, which step, the
+//! text with its placeholders filled in, and the token counts.
+
+use serde_json::Value;
+
+use crate::script::{Reply, Scripts, ToolCall};
+
+/// The prefix of a `model` naming a script (`scripted:<name>`).
+pub const MODEL_PREFIX: &str = "scripted:";
+/// The model name that picks the default script.
+pub const MODEL: &str = "scripted";
+const MARKER_OPEN: &str = "[script:";
+
+/// What the provider needs of a chat-completions request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// One message of the conversation, reduced to what scripts look at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: String,
+    /// The text content (text parts joined; empty for `null`).
+    pub content: String,
+    /// `(id, function name, arguments)` of an assistant's tool calls.
+    pub tool_calls: Vec<(String, String, String)>,
+    /// The call a `tool` message answers.
+    pub tool_call_id: Option<String>,
+}
+
+/// A refused request: the HTTP status and the sentence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+}
+
+impl Refusal {
+    fn bad(message: impl Into<String>) -> Refusal {
+        Refusal {
+            status: 400,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses the request body leniently: only `model`, `messages`, `stream`
+/// and `stream_options.include_usage` matter; other fields are ignored.
+pub fn parse(body: &[u8]) -> Result<Request, Refusal> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|err| Refusal::bad(format!("The request body is not JSON: {err}.")))?;
+    let model = value
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Refusal::bad("The request needs a string \"model\"."))?
+        .to_owned();
+    let messages = value
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Refusal::bad("The request needs an array \"messages\"."))?
+        .iter()
+        .map(message)
+        .collect::<Result<Vec<_>, _>>()?;
+    let stream = value
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let include_usage = value
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(Request {
+        model,
+        messages,
+        stream,
+        include_usage,
+    })
+}
+
+fn message(value: &Value) -> Result<Message, Refusal> {
+    let role = value
+        .get("role")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Refusal::bad("Every message needs a string \"role\"."))?
+        .to_owned();
+    let tool_calls = value
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .map(|calls| {
+            calls
+                .iter()
+                .map(|call| {
+                    let text = |pointer: &str| {
+                        call.pointer(pointer)
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    (
+                        text("/id"),
+                        text("/function/name"),
+                        text("/function/arguments"),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Message {
+        role,
+        content: content_text(value.get("content")),
+        tool_calls,
+        tool_call_id: value
+            .get("tool_call_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    })
+}
+
+/// A message's content as text: a string, or the `text` of its parts.
+fn content_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|part| part.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => String::new(),
+    }
+}
+
+/// The script a request names: `model` = `scripted:<name>`, else a
+/// `[script:<name>]` marker in the first user message; `None` means the
+/// default.
+pub fn script_name(request: &Request) -> Option<String> {
+    if let Some(name) = request.model.strip_prefix(MODEL_PREFIX) {
+        return Some(name.to_owned());
+    }
+    let first_user = request.messages.iter().find(|m| m.role == "user")?;
+    marker(&first_user.content).map(|(name, _)| name.to_owned())
+}
+
+/// The first `[script:<name>]` in `text`: the name and the marker's byte range.
+fn marker(text: &str) -> Option<(&str, std::ops::Range<usize>)> {
+    let start = text.find(MARKER_OPEN)?;
+    let name_start = start + MARKER_OPEN.len();
+    let len = text[name_start..].find(']')?;
+    let name = &text[name_start..name_start + len];
+    (!name.is_empty()).then_some((name, start..name_start + len + 1))
+}
+
+/// Which step answers: the number of assistant messages already sent.
+pub fn step_index(request: &Request) -> usize {
+    request
+        .messages
+        .iter()
+        .filter(|m| m.role == "assistant")
+        .count()
+}
+
+/// The reply chosen for a request, placeholders filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Turn {
+    /// The script's name (the response's `model` is `scripted:<name>`).
+    pub script: String,
+    pub step: usize,
+    pub delay_ms: u64,
+    pub answer: Answer,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Message {
+        text: Option<String>,
+        /// `(id, name, arguments text)`.
+        tool_calls: Vec<(String, String, String)>,
+        usage: Usage,
+    },
+    Error {
+        status: u16,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// Plays `request` against `scripts`.
+pub fn play(scripts: &Scripts, request: &Request) -> Result<Turn, Refusal> {
+    let name = match script_name(request) {
+        Some(name) => name,
+        None => scripts.default_name().map(str::to_owned).ok_or_else(|| Refusal {
+            status: 404,
+            message: format!(
+                "There is no default script; name one with model \"{MODEL_PREFIX}<name>\" or a [script:<name>] marker."
+            ),
+        })?,
+    };
+    let script = scripts.get(&name).ok_or_else(|| Refusal {
+        status: 404,
+        message: format!(
+            "The model {:?} does not exist: there is no script named {name:?} (scripts: {}).",
+            format!("{MODEL_PREFIX}{name}"),
+            scripts.names().collect::<Vec<_>>().join(", ")
+        ),
+    })?;
+    let step = step_index(request);
+    let (delay_ms, text, calls) = match script.steps.get(step) {
+        None => (
+            0,
+            Some(format!("script {name} has no step {step}")),
+            &[][..],
+        ),
+        Some(found) => match &found.reply {
+            Reply::Error { status, message } => {
+                return Ok(Turn {
+                    script: name,
+                    step,
+                    delay_ms: found.delay_ms,
+                    answer: Answer::Error {
+                        status: *status,
+                        message: message.clone(),
+                    },
+                })
+            }
+            Reply::Message { text, tool_calls } => (
+                found.delay_ms,
+                text.as_deref().map(|text| fill(text, request)),
+                tool_calls.as_slice(),
+            ),
+        },
+    };
+    let tool_calls: Vec<(String, String, String)> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, call): (usize, &ToolCall)| {
+            (
+                format!("call_{step}_{i}"),
+                call.name.clone(),
+                call.arguments_text(),
+            )
+        })
+        .collect();
+    let completion_chars = text.as_deref().map_or(0, char_count)
+        + tool_calls
+            .iter()
+            .map(|(_, name, args)| char_count(name) + char_count(args))
+            .sum::<usize>();
+    let usage = Usage {
+        prompt_tokens: tokens(prompt_chars(request)),
+        completion_tokens: tokens(completion_chars),
+    };
+    Ok(Turn {
+        script: name,
+        step,
+        delay_ms,
+        answer: Answer::Message {
+            text,
+            tool_calls,
+            usage,
+        },
+    })
+}
+
+fn char_count(text: &str) -> usize {
+    text.chars().count()
+}
+
+/// Characters of every message's content and tool calls (name + arguments).
+fn prompt_chars(request: &Request) -> usize {
+    request
+        .messages
+        .iter()
+        .map(|m| {
+            char_count(&m.content)
+                + m.tool_calls
+                    .iter()
+                    .map(|(_, name, args)| char_count(name) + char_count(args))
+                    .sum::<usize>()
+        })
+        .sum()
+}
+
+/// One token per four characters, rounded up.
+fn tokens(chars: usize) -> u64 {
+    chars.div_ceil(4) as u64
+}
+
+/// Replaces `{prompt}`, `{last_tool}` and `{tool:<name>}` in `text`.
+fn fill(text: &str, request: &Request) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open..];
+        let Some(close) = after.find('}') else {
+            out.push_str(after);
+            return out;
+        };
+        let key = &after[1..close];
+        match placeholder(key, request) {
+            Some(value) => {
+                out.push_str(&value);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = &after[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn placeholder(key: &str, request: &Request) -> Option<String> {
+    let value = match key {
+        "prompt" => request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(|m| match marker(&m.content) {
+                Some((_, range)) => {
+                    let mut text = m.content.clone();
+                    text.replace_range(range, "");
+                    text.trim().to_owned()
+                }
+                None => m.content.trim().to_owned(),
+            }),
+        "last_tool" => request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "tool")
+            .map(|m| m.content.clone()),
+        _ => {
+            let function = key.strip_prefix("tool:")?;
+            let ids: Vec<&str> = request
+                .messages
+                .iter()
+                .flat_map(|m| m.tool_calls.iter())
+                .filter(|(_, name, _)| name == function)
+                .map(|(id, _, _)| id.as_str())
+                .collect();
+            request
+                .messages
+                .iter()
+                .rev()
+                .find(|m| {
+                    m.role == "tool"
+                        && m.tool_call_id
+                            .as_deref()
+                            .is_some_and(|id| ids.contains(&id))
+                })
+                .map(|m| m.content.clone())
+        }
+    };
+    Some(value.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::script::{Script, Step};
+    use serde_json::json;
+
+    fn request(value: Value) -> Request {
+        parse(value.to_string().as_bytes()).expect("a valid request")
+    }
+
+    fn scripts() -> Scripts {
+        let mut scripts = Scripts::builtin();
+        scripts.insert(
+            "two",
+            Script::new(vec![
+                Step::tool_calls(vec![
+                    ToolCall::new("shell", json!({"command": "ls"})),
+                    ToolCall::new("read_file", json!({"path": "a"})),
+                ]),
+                Step::text("shell: {tool:shell} | file: {tool:read_file} | last: {last_tool} | {unknown} {"),
+            ]),
+        );
+        scripts
+    }
+
+    fn text_of(turn: &Turn) -> &str {
+        match &turn.answer {
+            Answer::Message { text, .. } => text.as_deref().unwrap_or(""),
+            Answer::Error { .. } => panic!("an error: {turn:?}"),
+        }
+    }
+
+    #[test]
+    fn the_model_or_a_marker_picks_the_script() {
+        let scripts = scripts();
+        let by_model = request(json!({"model": "scripted:echo",
+            "messages": [{"role": "user", "content": "[script:two] hello"}]}));
+        assert_eq!(play(&scripts, &by_model).expect("turn").script, "echo");
+        let by_marker = request(json!({"model": "gpt-4o",
+            "messages": [{"role": "system", "content": "[script:demo]"},
+                         {"role": "user", "content": "please [script:echo] hello"}]}));
+        let turn = play(&scripts, &by_marker).expect("turn");
+        assert_eq!(turn.script, "echo");
+        assert_eq!(text_of(&turn), "please  hello");
+        let default = request(json!({"model": "scripted",
+            "messages": [{"role": "user", "content": "hi"}]}));
+        assert_eq!(play(&scripts, &default).expect("turn").script, "demo");
+    }
+
+    #[test]
+    fn unknown_scripts_and_a_missing_default_are_404() {
+        let unknown = request(json!({"model": "scripted:nope", "messages": []}));
+        let refusal = play(&scripts(), &unknown).expect_err("404");
+        assert_eq!(refusal.status, 404);
+        assert!(refusal.message.contains("\"nope\""), "{}", refusal.message);
+        let unnamed = request(json!({"model": "scripted", "messages": []}));
+        assert_eq!(
+            play(&Scripts::new(), &unnamed).expect_err("404").status,
+            404
+        );
+    }
+
+    #[test]
+    fn the_step_is_the_number_of_assistant_messages() {
+        let scripts = scripts();
+        let first = request(json!({"model": "scripted:two",
+            "messages": [{"role": "user", "content": "go"}]}));
+        let turn = play(&scripts, &first).expect("turn");
+        assert_eq!(turn.step, 0);
+        let Answer::Message {
+            text, tool_calls, ..
+        } = &turn.answer
+        else {
+            panic!("a message");
+        };
+        assert_eq!(text, &None);
+        assert_eq!(
+            tool_calls,
+            &vec![
+                (
+                    "call_0_0".to_owned(),
+                    "shell".to_owned(),
+                    r#"{"command":"ls"}"#.to_owned()
+                ),
+                (
+                    "call_0_1".to_owned(),
+                    "read_file".to_owned(),
+                    r#"{"path":"a"}"#.to_owned()
+                ),
+            ]
+        );
+
+        let second = request(json!({"model": "scripted:two", "messages": [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_0_0", "type": "function", "function": {"name": "shell", "arguments": "{}"}},
+                {"id": "call_0_1", "type": "function", "function": {"name": "read_file", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_0_0", "content": "exit 0"},
+            {"role": "tool", "tool_call_id": "call_0_1", "content": [{"type": "text", "text": "file text"}]}
+        ]}));
+        let turn = play(&scripts, &second).expect("turn");
+        assert_eq!(turn.step, 1);
+        assert_eq!(
+            text_of(&turn),
+            "shell: exit 0 | file: file text | last: file text | {unknown} {"
+        );
+
+        let mut third = second.clone();
+        third.messages.push(Message {
+            role: "assistant".to_owned(),
+            content: "done".to_owned(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        });
+        assert_eq!(
+            text_of(&play(&scripts, &third).expect("turn")),
+            "script two has no step 2"
+        );
+    }
+
+    #[test]
+    fn usage_counts_characters_over_four_rounded_up() {
+        let scripts = scripts();
+        // 5 + 3 chars of content + "shell" + "{}" = 15 chars → 4 tokens.
+        let req = request(json!({"model": "scripted:echo", "messages": [
+            {"role": "system", "content": "héllo"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "x", "function": {"name": "shell", "arguments": "{}"}}]},
+            {"role": "user", "content": "abc"}]}));
+        let Answer::Message { usage, text, .. } = play(&scripts, &req).expect("turn").answer else {
+            panic!("a message");
+        };
+        // echo is past its only step here (one assistant message).
+        assert_eq!(text.as_deref(), Some("script echo has no step 1"));
+        assert_eq!(
+            usage,
+            Usage {
+                prompt_tokens: 4,
+                completion_tokens: 7 // 25 chars
+            }
+        );
+    }
+
+    #[test]
+    fn error_steps_keep_their_status() {
+        let mut scripts = Scripts::new();
+        scripts.insert("q", Script::new(vec![Step::error(429, "quota").delayed(7)]));
+        let req = request(json!({"model": "scripted:q", "messages": []}));
+        let turn = play(&scripts, &req).expect("turn");
+        assert_eq!(turn.delay_ms, 7);
+        assert_eq!(
+            turn.answer,
+            Answer::Error {
+                status: 429,
+                message: "quota".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_requests_are_refused() {
+        for body in [
+            "nope",
+            r#"{"messages": []}"#,
+            r#"{"model": "scripted"}"#,
+            r#"{"model": "scripted", "messages": [{"content": "x"}]}"#,
+        ] {
+            assert_eq!(
+                parse(body.as_bytes()).expect_err(body).status,
+                400,
+                "{body}"
+            );
+        }
+        let req = parse(
+            br#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true},"temperature":0}"#,
+        )
+        .expect("valid");
+        assert!(req.stream && req.include_usage);
+    }
+}

@@ -1,0 +1,126 @@
+//! Model usage: one row per model call, and the sums quotas are checked
+//! against (per run, per task, per employee, and per employee since a time,
+//! for daily quotas).
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{Error, Result, Store};
+
+/// One model call.
+#[derive(Clone, Debug)]
+pub struct NewUsage {
+    /// When the call was answered.
+    pub at: OffsetDateTime,
+    pub tenant: String,
+    pub run_id: Option<Uuid>,
+    pub task_id: Option<Uuid>,
+    pub employee_id: Option<Uuid>,
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// Sums over some model calls.
+#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct UsageTotals {
+    pub calls: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub cost_usd: f64,
+}
+
+impl Store {
+    pub async fn insert_usage(&self, u: &NewUsage) -> Result<()> {
+        let tokens = |n: u64, what: &str| {
+            i64::try_from(n)
+                .map_err(|_| Error::Invalid(format!("{what} {n} is too large to store")))
+        };
+        let prompt = tokens(u.prompt_tokens, "prompt_tokens")?;
+        let completion = tokens(u.completion_tokens, "completion_tokens")?;
+        if !(u.cost_usd.is_finite() && u.cost_usd >= 0.0) {
+            return Err(Error::Invalid(format!(
+                "cost_usd {} is not a cost; give a finite number of dollars, 0 or more",
+                u.cost_usd
+            )));
+        }
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO usage (at, tenant, run_id, task_id, employee_id, model, prompt_tokens, completion_tokens, cost_usd)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .await?;
+        client
+            .execute(
+                &stmt,
+                &[
+                    &u.at,
+                    &u.tenant,
+                    &u.run_id,
+                    &u.task_id,
+                    &u.employee_id,
+                    &u.model,
+                    &prompt,
+                    &completion,
+                    &u.cost_usd,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn usage_of_run(&self, run_id: Uuid) -> Result<UsageTotals> {
+        self.usage_where("run_id = $1", run_id, None).await
+    }
+
+    pub async fn usage_of_task(&self, task_id: Uuid) -> Result<UsageTotals> {
+        self.usage_where("task_id = $1", task_id, None).await
+    }
+
+    /// Everything the employee ever used.
+    pub async fn usage_of_employee(&self, employee_id: Uuid) -> Result<UsageTotals> {
+        self.usage_where("employee_id = $1", employee_id, None)
+            .await
+    }
+
+    /// What the employee used from `since` on (for daily quotas: since the
+    /// start of the day, or 24 hours ago).
+    pub async fn employee_usage_since(
+        &self,
+        employee_id: Uuid,
+        since: OffsetDateTime,
+    ) -> Result<UsageTotals> {
+        self.usage_where("employee_id = $1", employee_id, Some(since))
+            .await
+    }
+
+    async fn usage_where(
+        &self,
+        cond: &'static str,
+        id: Uuid,
+        since: Option<OffsetDateTime>,
+    ) -> Result<UsageTotals> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT count(*), COALESCE(sum(prompt_tokens), 0)::bigint,
+                        COALESCE(sum(completion_tokens), 0)::bigint, COALESCE(sum(cost_usd), 0)::float8
+                 FROM usage WHERE {cond} AND ($2::timestamptz IS NULL OR at >= $2)"
+            ))
+            .await?;
+        let r = client.query_one(&stmt, &[&id, &since]).await?;
+        let n = |i: usize| r.get::<_, i64>(i).max(0) as u64;
+        let (prompt_tokens, completion_tokens) = (n(1), n(2));
+        Ok(UsageTotals {
+            calls: n(0),
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+            cost_usd: r.get(3),
+        })
+    }
+}
