@@ -265,7 +265,13 @@ impl Session<'_> {
     /// Runs one tool call (announcing it and its result) and returns what the
     /// model is told. Only the run's end (timeout, cancel) is an error.
     async fn tool(&mut self, call: &ToolCall) -> Result<String, RunError> {
-        let tool = self.agent.toolbox.find(&call.name);
+        // An action the role does not offer still goes to the gateway,
+        // which denies it and writes the denial to the audit trail.
+        let tool = self
+            .agent
+            .toolbox
+            .find(&call.name)
+            .or_else(|| Tool::platform_action(&call.name));
         let name = tool.map_or_else(|| call.name.clone(), Tool::name);
         self.emit(AgentEvent::ToolCall {
             call_id: call.id.clone(),

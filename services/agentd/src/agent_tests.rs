@@ -460,6 +460,31 @@ async fn a_tool_the_model_was_not_offered_is_refused_to_the_model() {
 }
 
 #[tokio::test]
+async fn an_action_the_role_does_not_offer_is_still_asked_of_the_gateway_which_denies_it() {
+    let steps = vec![
+        Step::tool_calls(vec![ToolCall::new(
+            "action_review_submit",
+            json!({"task_id": "00000000-0000-0000-0000-000000000000", "score": 9, "verdict": "approved", "comments": "x"}),
+        )]),
+        Step::text("after: {last_tool}"),
+    ];
+    let mut scripts = Scripts::new();
+    scripts.insert("deny", Script::new(steps));
+    let rig = Rig::start(scripts, GatewayOptions::default()).await;
+    let frames = rig
+        .run(&spec("scripted:deny", &["action.memory.set"]), "Go.")
+        .await;
+    let results = tool_results(&frames);
+    assert_eq!(results[0].0, "action.review.submit");
+    assert!(!results[0].1, "denied: {:?}", results[0]);
+    assert!(
+        rig.gateway()
+            .seen(|seen| seen.denied.iter().any(|a| a == "review.submit")),
+        "the gateway saw (and refused) the call"
+    );
+}
+
+#[tokio::test]
 async fn paths_outside_the_workspace_are_refused() {
     let steps = vec![
         Step::tool_calls(vec![

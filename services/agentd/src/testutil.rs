@@ -88,6 +88,8 @@ mod gateway {
     pub struct Seen {
         pub chats: Vec<Value>,
         pub actions: Vec<(String, Value)>,
+        /// Actions asked for and refused.
+        pub denied: Vec<String>,
         pub memory: BTreeMap<String, Value>,
         pub fetches: Vec<FetchRequest>,
         pub proxied: Vec<String>,
@@ -230,6 +232,7 @@ mod gateway {
         Json(request): Json<ActionRequest>,
     ) -> Response {
         if !shared.options.allowed_actions.contains(&name.as_str()) {
+            shared.seen.lock().expect("lock").denied.push(name.clone());
             return refuse(
                 StatusCode::FORBIDDEN,
                 format!("the role does not allow the action {name}."),

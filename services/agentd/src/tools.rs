@@ -41,6 +41,17 @@ impl Tool {
         })
     }
 
+    /// A platform action named by either spelling (`action.memory.set` or
+    /// `action_memory_set`), offered or not: the gateway is where actions
+    /// are allowed or denied, and audited either way.
+    pub fn platform_action(called: &str) -> Option<Tool> {
+        action::ALL
+            .iter()
+            .copied()
+            .map(Tool::Action)
+            .find(|tool| tool.function() == called || tool.name() == called)
+    }
+
     /// The contract name (`action.memory.set`).
     pub fn name(self) -> String {
         match self {

@@ -446,9 +446,8 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
         tracing::warn!("relay did not finish in 10 s; its rows stay in the outbox");
     }
     let _ = nats.flush().await;
-    if let Some(p) = scripted {
-        let _ = p.shutdown().await;
-    }
+    // Dropping the scripted provider aborts it, calls in flight included.
+    drop(scripted);
     tracing::info!("stopped");
     result
 }

@@ -1,6 +1,7 @@
 //! Cross-service tests on real NATS, Postgres and Docker (see the harness in
 //! `colony_tests`). One binary, so the workspace links once.
 
+mod agents;
 mod employees;
 mod failures;
 mod flow;

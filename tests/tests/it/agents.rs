@@ -1,0 +1,354 @@
+//! AI employees end to end on real NATS, Postgres and Docker, with the
+//! scripted model provider (the one test double): tools in the sandbox,
+//! memory, deny-by-default actions with an audit trail, metering and quotas,
+//! egress through the gateway's allowlist, and secrets that never enter the
+//! container.
+
+use std::sync::{Arc, Mutex};
+
+use colony::{Role, Secret};
+use colony_tests::World;
+use serde_json::{json, Value};
+use subjects::agent::AgentOutput;
+use subjects::{stream, subject, TaskState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+fn role_yaml(name: &str, actions: &str, egress: &str, quotas: &str) -> String {
+    format!(
+        "name: {name}
+description: a role for the integration tests
+model: scripted
+system_prompt: You are a test employee.
+tools: [shell, read_file, write_file, http_fetch]
+allowed_actions: [{actions}]
+egress: [{egress}]
+limits: {{ memory_mb: 256, cpus: 1.0, pids: 128, timeout_secs: 60 }}
+quotas: {{ {quotas} }}
+max_turns: 10
+"
+    )
+}
+
+/// A plain HTTP server on 127.0.0.1 that answers every request with
+/// `hello from the allowed host` and keeps each request's head.
+async fn allowed_host() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                seen.lock()
+                    .expect("heads")
+                    .push(String::from_utf8_lossy(&buf).into_owned());
+                let body = "hello from the allowed host";
+                let _ = sock
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    (port, heads)
+}
+
+fn output(task: &subjects::TaskView) -> AgentOutput {
+    serde_json::from_value(task.result.clone().expect("a result")).expect("an AgentOutput")
+}
+
+async fn audit(w: &World, employee: Uuid) -> Vec<Value> {
+    let v: Value = reqwest::get(format!("{}/v1/audit?employee={employee}", w.url()))
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    v.as_array()
+        .cloned()
+        .or_else(|| v["entries"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_employee_works_with_tools_keeps_its_workspace_and_memory_and_is_audited() {
+    let mut w = World::new().await.expect("world");
+    let scripts = json!({"scripts": {
+        "work": [
+            {"tool_calls": [{"name": "write_file", "arguments": {"path": "notes.txt", "content": "remember me\n"}}]},
+            {"tool_calls": [{"name": "shell", "arguments": {"command": "cat notes.txt; id -u"}}]},
+            {"tool_calls": [{"name": "action_memory_set", "arguments": {"key": "last", "value": "wrote notes.txt"}}]},
+            {"tool_calls": [{"name": "action_review_submit", "arguments": {"task_id": Uuid::nil(), "score": 9, "verdict": "approved", "comments": "self-praise"}}]},
+            {"text": "done: {tool:shell}"}
+        ],
+        "recall": [
+            {"tool_calls": [{"name": "shell", "arguments": {"command": "cat notes.txt"}}]},
+            {"text": "I found: {tool:shell}"}
+        ]
+    }});
+    w.use_roles(
+        &[(
+            "tester",
+            &role_yaml(
+                "tester",
+                "memory.get, memory.set, memory.list, note",
+                "",
+                "",
+            ),
+        )],
+        &scripts.to_string(),
+    )
+    .expect("roles");
+    let colony = w.start(Role::All).await.expect("colony");
+    let ada = w.hire("ada", "tester").await.expect("hire");
+
+    let id = w
+        .submit(json!({"role": "tester", "employee_id": ada, "input": {"prompt": "[script:work] take notes"}}))
+        .await
+        .expect("submit");
+    let task = w.wait_final(id, 120).await.expect("final");
+    assert_eq!(task.state, TaskState::Done, "{:?}", task.error);
+    let out = output(&task);
+    assert!(out.message.contains("remember me"), "{}", out.message);
+    assert!(
+        out.message.contains("65534"),
+        "the tool ran as nobody: {}",
+        out.message
+    );
+    assert_eq!(out.turns, 5);
+    assert!(out.usage.prompt_tokens > 0 && out.usage.completion_tokens > 0);
+
+    // Memory written through the allowed action; the denied one audited.
+    let store = store::Store::connect(&w.settings.database_url, 1).expect("store");
+    assert_eq!(
+        store.memory_get(ada, "last").await.expect("memory"),
+        Some(json!("wrote notes.txt"))
+    );
+    let trail = audit(&w, ada).await;
+    let has = |action: &str, outcome: &str| {
+        trail
+            .iter()
+            .any(|e| e["action"] == action && e["outcome"] == outcome)
+    };
+    assert!(has("memory.set", "allowed"), "{trail:#?}");
+    assert!(
+        has("review.submit", "denied"),
+        "deny by default: {trail:#?}"
+    );
+    let usage = store.usage_of_task(id).await.expect("usage");
+    assert_eq!(usage.calls, 5, "every model call is metered");
+    assert!(usage.total_tokens > 0);
+
+    // The run's steps are on the events stream.
+    let js = async_nats::jetstream::new(w.nats_client().await.expect("nats"));
+    let events = js.get_stream(stream::EVENTS).await.expect("events");
+    let last = events
+        .get_last_raw_message_by_subject(&subject::events(None, id, subject::EVENT_AGENT))
+        .await
+        .expect("an agent event");
+    let ev: subjects::Event = serde_json::from_slice(&last.payload).expect("event");
+    assert!(matches!(ev.body, subjects::EventBody::Agent { .. }));
+
+    // The next task of the same employee finds the workspace it left.
+    let id = w
+        .submit(json!({"role": "tester", "employee_id": ada, "input": {"prompt": "[script:recall] what did you write?"}}))
+        .await
+        .expect("submit");
+    let task = w.wait_final(id, 120).await.expect("final");
+    assert_eq!(task.state, TaskState::Done, "{:?}", task.error);
+    assert!(
+        output(&task).message.contains("remember me"),
+        "{}",
+        output(&task).message
+    );
+    colony.stop().await.expect("stop");
+    w.remove_workspace(ada);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_container_and_the_vault_credential_reaches_the_host() {
+    let (port, heads) = allowed_host().await;
+    let mut w = World::new().await.expect("world");
+    let scripts = json!({"scripts": {
+        "leak": [
+            {"tool_calls": [{"name": "shell", "arguments": {"command":
+                "env; tr '\\0' '\\n' < /proc/1/environ; ls -la /run/colony; grep -rs SECRET /etc /tmp /workspace /run/colony; echo END"}}]},
+            {"tool_calls": [{"name": "http_fetch", "arguments": {"url": format!("http://127.0.0.1:{port}/data")}}]},
+            {"text": "shell: {tool:shell} fetch: {tool:http_fetch}"}
+        ]
+    }});
+    w.use_roles(
+        &[("tester", &role_yaml("tester", "", "\"127.0.0.1\"", ""))],
+        &scripts.to_string(),
+    )
+    .expect("roles");
+    let model_key = "sk-colony-test-SECRET-model-1234";
+    let vault_value = "vault-SECRET-5678";
+    w.settings.model_api_key = Some(Secret(model_key.into()));
+    w.settings.vault_key = Some(Secret("ab".repeat(32)));
+    let colony = w.start(Role::All).await.expect("colony");
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/credentials", w.url()))
+        .json(
+            &json!({"name": "host-key", "url_prefix": format!("http://127.0.0.1:{port}/"),
+                      "header": "X-Api-Key", "value": vault_value}),
+        )
+        .send()
+        .await
+        .expect("credential");
+    assert_eq!(resp.status().as_u16(), 201);
+
+    let id = w
+        .submit(json!({"role": "tester", "input": {"prompt": "[script:leak] look around"}}))
+        .await
+        .expect("submit");
+    let task = w.wait_final(id, 120).await.expect("final");
+    assert_eq!(task.state, TaskState::Done, "{:?}", task.error);
+    let message = output(&task).message;
+    assert!(message.contains("END"), "the shell ran: {message}");
+    assert!(
+        message.contains("hello from the allowed host"),
+        "the fetch went through: {message}"
+    );
+    for secret in [model_key, vault_value] {
+        assert!(
+            !message.contains(secret),
+            "{secret} leaked into the run: {message}"
+        );
+        let inspect = w.inspect_all();
+        assert!(!inspect.is_empty());
+        assert!(!inspect.contains(secret), "{secret} is in docker inspect");
+    }
+    let heads = heads.lock().expect("heads").clone();
+    assert!(
+        heads.iter().any(|h| h
+            .to_ascii_lowercase()
+            .contains(&format!("x-api-key: {vault_value}").to_ascii_lowercase())),
+        "the gateway attached the vault credential outside the container: {heads:?}"
+    );
+    colony.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_goes_only_through_the_allowlist() {
+    let (port, _) = allowed_host().await;
+    let mut w = World::new().await.expect("world");
+    let command = format!(
+        "wget -q -O - http://127.0.0.1:{port}/ok; echo; echo allowed=$?; \
+         wget -q -O - http://203.0.113.7/ 2>&1; echo denied=$?; \
+         wget -q -O - http://169.254.169.254/latest/meta-data/ 2>&1; echo metadata=$?; \
+         wget -q -Y off -O - http://203.0.113.7/ 2>&1; echo raw=$?; \
+         nslookup example.com 2>&1; echo dns=$?"
+    );
+    let scripts = json!({"scripts": {
+        "net": [
+            {"tool_calls": [{"name": "shell", "arguments": {"command": command}}]},
+            {"text": "{tool:shell}"}
+        ]
+    }});
+    w.use_roles(
+        &[(
+            "tester",
+            &role_yaml("tester", "", "\"127.0.0.1\", \"169.254.169.254\"", ""),
+        )],
+        &scripts.to_string(),
+    )
+    .expect("roles");
+    let colony = w.start(Role::All).await.expect("colony");
+    let id = w
+        .submit(json!({"role": "tester", "input": {"prompt": "[script:net] try the network"}}))
+        .await
+        .expect("submit");
+    let task = w.wait_final(id, 120).await.expect("final");
+    assert_eq!(task.state, TaskState::Done, "{:?}", task.error);
+    let m = output(&task).message;
+    assert!(m.contains("hello from the allowed host"), "{m}");
+    assert!(m.contains("allowed=0"), "{m}");
+    for refused in ["denied=", "metadata=", "raw=", "dns="] {
+        let code = m
+            .split(refused)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or("?");
+        assert_ne!(code, "0", "{refused} should have failed: {m}");
+    }
+    colony.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crossed_quota_stops_the_run_in_flight_and_fails_the_task_with_the_figures() {
+    let mut w = World::new().await.expect("world");
+    let scripts = json!({"scripts": {
+        "spin": [
+            {"tool_calls": [{"name": "shell", "arguments": {"command": "echo one"}}]},
+            {"tool_calls": [{"name": "shell", "arguments": {"command": "echo two"}}]},
+            {"tool_calls": [{"name": "shell", "arguments": {"command": "echo three"}}]},
+            {"text": "should not get here"}
+        ],
+        "dawdle": [
+            {"text": "late", "delay_ms": 30000}
+        ]
+    }});
+    w.use_roles(
+        &[
+            (
+                "thrifty",
+                &role_yaml("thrifty", "", "", "tokens_per_run: 20"),
+            ),
+            ("hasty", &role_yaml("hasty", "", "", "wall_secs_per_run: 1")),
+        ],
+        &scripts.to_string(),
+    )
+    .expect("roles");
+    let colony = w.start(Role::All).await.expect("colony");
+
+    let id = w
+        .submit(
+            json!({"role": "thrifty", "input": {"prompt": "[script:spin] go"}, "max_attempts": 3}),
+        )
+        .await
+        .expect("submit");
+    let task = w.wait_final(id, 120).await.expect("final");
+    assert_eq!(task.state, TaskState::Failed);
+    let error = task.error.clone().unwrap_or_default();
+    assert!(error.contains("quota_exceeded"), "{error}");
+    assert!(error.contains("tokens_per_run"), "{error}");
+    assert_eq!(task.attempt, 1, "a quota is not retried");
+    let store = store::Store::connect(&w.settings.database_url, 1).expect("store");
+    let usage = store.usage_of_task(id).await.expect("usage");
+    assert!(
+        usage.calls <= 2,
+        "the run stopped right after the crossing call: {usage:?}"
+    );
+
+    // A run stuck in a model call is stopped by the wall-time quota.
+    let id = w
+        .submit(json!({"role": "hasty", "input": {"prompt": "[script:dawdle] go"}}))
+        .await
+        .expect("submit");
+    let task = w
+        .wait_final(id, 25)
+        .await
+        .expect("final well before the 30 s answer");
+    assert_eq!(task.state, TaskState::Failed);
+    let error = task.error.clone().unwrap_or_default();
+    assert!(error.contains("wall_secs_per_run"), "{error}");
+    colony.stop().await.expect("stop");
+}
