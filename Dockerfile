@@ -57,7 +57,8 @@ RUN set -eux; \
     apt-get install -y --no-install-recommends ca-certificates; \
     rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/colony /usr/local/bin/colony
-ENV COLONY_HTTP_ADDR=0.0.0.0:8080
+COPY roles /etc/colony/roles
+ENV COLONY_HTTP_ADDR=0.0.0.0:8080 COLONY_ROLES_DIR=/etc/colony/roles
 EXPOSE 8080
 ENTRYPOINT ["colony"]
 CMD ["all"]

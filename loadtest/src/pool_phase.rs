@@ -33,8 +33,8 @@ impl Spread {
     pub fn of(mut ms: Vec<f64>) -> Spread {
         ms.sort_by(f64::total_cmp);
         Spread {
-            p50: percentile(&ms, 0.50),
-            p99: percentile(&ms, 0.99),
+            p50: percentile(&ms, 50.0),
+            p99: percentile(&ms, 99.0),
             n: ms.len(),
         }
     }
@@ -42,6 +42,8 @@ impl Spread {
 
 pub struct PoolReport {
     pub floor: Spread,
+    /// The same plain run with only `network_mode: none` added.
+    pub floor_none: Spread,
     pub cold: Spread,
     pub warm: Spread,
 }
@@ -50,14 +52,17 @@ impl std::fmt::Display for PoolReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "pool: docker run floor p50 {:.1} ms, p99 {:.1} ms ({} runs); colony cold start p50 {:.1} ms, p99 {:.1} ms ({}); cold/floor p50 {:.2}",
+            "pool: docker run floor p50 {:.1} ms, p99 {:.1} ms ({} runs); with network none p50 {:.1} ms, p99 {:.1} ms; colony cold start p50 {:.1} ms, p99 {:.1} ms ({}); cold/floor p50 {:.2}, cold/floor-with-network-none p50 {:.2}",
             self.floor.p50,
             self.floor.p99,
             self.floor.n,
+            self.floor_none.p50,
+            self.floor_none.p99,
             self.cold.p50,
             self.cold.p99,
             self.cold.n,
-            self.cold.p50 / self.floor.p50
+            self.cold.p50 / self.floor.p50,
+            self.cold.p50 / self.floor_none.p50
         )?;
         write!(
             f,
@@ -85,15 +90,18 @@ pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Poo
 
     // One unmeasured round of each, so that neither side pays for a cold
     // image cache.
-    docker_run(&docker, &settings.agent_image).await?;
+    docker_run(&docker, &settings.agent_image, false).await?;
+    docker_run(&docker, &settings.agent_image, true).await?;
     let want = runtime::Want::role("bench-pool");
     let c = rt.acquire(&want).await.context("pool: first acquire")?;
     rt.discard(&c).await;
 
     let mut floor = Vec::with_capacity(n);
+    let mut floor_none = Vec::with_capacity(n);
     let mut cold = Vec::with_capacity(n);
     for _ in 0..n {
-        floor.push(docker_run(&docker, &settings.agent_image).await?);
+        floor.push(docker_run(&docker, &settings.agent_image, false).await?);
+        floor_none.push(docker_run(&docker, &settings.agent_image, true).await?);
         let started = Instant::now();
         let c = rt.acquire(&want).await.context("pool: cold acquire")?;
         cold.push(started.elapsed().as_secs_f64() * 1e3);
@@ -118,14 +126,20 @@ pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Poo
     rt.drain_idle().await;
     Ok(PoolReport {
         floor: Spread::of(floor),
+        floor_none: Spread::of(floor_none),
         cold: Spread::of(cold),
         warm: Spread::of(warm),
     })
 }
 
 /// Create, start and wait for a plain container of `image` running
-/// `/bin/true`; returns the ms from create to exit, then removes it.
-async fn docker_run(docker: &bollard::Docker, image: &str) -> anyhow::Result<f64> {
+/// `/bin/true` (with `network_mode: none` when `no_network`); returns the
+/// ms from create to exit, then removes it.
+async fn docker_run(
+    docker: &bollard::Docker,
+    image: &str,
+    no_network: bool,
+) -> anyhow::Result<f64> {
     let name = format!(
         "colony-bench-floor-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -137,6 +151,10 @@ async fn docker_run(docker: &bollard::Docker, image: &str) -> anyhow::Result<f64
             BENCH_LABEL_KEY.to_string(),
             BENCH_LABEL_VALUE.to_string(),
         )])),
+        host_config: no_network.then(|| bollard::models::HostConfig {
+            network_mode: Some("none".to_string()),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let started = Instant::now();

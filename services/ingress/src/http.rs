@@ -92,6 +92,7 @@ pub fn router(state: AppState) -> Router {
             post(credentials::put).get(credentials::list),
         )
         .route("/v1/credentials/{id}", delete(credentials::remove))
+        .route("/v1/workers", get(workers))
         .fallback(|| async {
             refuse(
                 StatusCode::NOT_FOUND,
@@ -365,6 +366,41 @@ async fn cancel(State(s): State<AppState>, Path(raw): Path<String>) -> Response 
         }
         Err(e) => store_error(e),
     }
+}
+
+/// Every live worker's status (runs in flight, pool metrics), from the
+/// worker registry; a worker that stopped reporting drops out by itself.
+async fn workers(State(s): State<AppState>) -> Response {
+    let unavailable = |e: String| {
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the worker registry is unavailable: {e}"),
+        )
+    };
+    let kv = match s.0.js.get_key_value(subjects::kv::WORKERS).await {
+        Ok(kv) => kv,
+        // No worker has started yet.
+        Err(_) => return Json(Vec::<subjects::status::WorkerStatus>::new()).into_response(),
+    };
+    let mut keys = match kv.keys().await {
+        Ok(k) => k,
+        Err(e) => return unavailable(e.to_string()),
+    };
+    let mut out = Vec::new();
+    while let Some(key) = keys.next().await {
+        let Ok(key) = key else { continue };
+        match kv.get(&key).await {
+            Ok(Some(v)) => {
+                if let Ok(status) = serde_json::from_slice::<subjects::status::WorkerStatus>(&v) {
+                    out.push(status);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return unavailable(e.to_string()),
+        }
+    }
+    out.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+    Json(out).into_response()
 }
 
 async fn events(State(s): State<AppState>, Path(raw): Path<String>) -> Response {

@@ -245,12 +245,6 @@ async fn plan(shared: &Shared, running: &Running) -> Result<Plan, Outcome> {
             cost_usd: used.cost_usd,
         };
     }
-    let limits = runtime::Limits {
-        memory_bytes: (role.limits.memory_mb as i64) << 20,
-        nano_cpus: (role.limits.cpus * 1e9) as i64,
-        pids: i64::from(role.limits.pids),
-        ..runtime::Limits::default()
-    };
     let ctx = gateway::RunContext {
         task_id: task.id,
         run_id: running.run_id,
@@ -278,14 +272,24 @@ async fn plan(shared: &Shared, running: &Running) -> Result<Plan, Outcome> {
         stream: true,
     };
     Ok(Plan {
-        want: runtime::Want {
-            role: role.name.clone(),
-            employee: task.employee_id,
-            image: role.image.clone(),
-            limits: Some(limits),
-        },
+        want: role_want(role, task.employee_id),
         agent: Some((spec, ctx)),
     })
+}
+
+/// The container a role's run needs (an employee's own, when it has one).
+pub(crate) fn role_want(role: &roles::Role, employee: Option<uuid::Uuid>) -> runtime::Want {
+    runtime::Want {
+        role: role.name.clone(),
+        employee,
+        image: role.image.clone(),
+        limits: Some(runtime::Limits {
+            memory_bytes: (role.limits.memory_mb as i64) << 20,
+            nano_cpus: (role.limits.cpus * 1e9) as i64,
+            pids: i64::from(role.limits.pids),
+            ..runtime::Limits::default()
+        }),
+    }
 }
 
 async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationToken) -> Outcome {

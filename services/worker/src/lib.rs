@@ -143,9 +143,13 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "could not list earlier containers"),
     }
     for pool in &cfg.pools {
-        let want = runtime::Want::role(pool);
+        let want = match cfg.roles.get(pool) {
+            Some(role) => exec::role_want(role, None),
+            None => runtime::Want::role(pool),
+        };
+        let warm = warm_minimum(&cfg, pool);
         if let Err(e) = runtime
-            .prewarm(&want, cfg.prewarm.saturating_sub(runtime.idle_of(pool)))
+            .prewarm(&want, warm.saturating_sub(runtime.idle_of(pool)))
             .await
         {
             tracing::warn!(pool, error = %e, "prewarm failed; containers will be created on demand");
@@ -234,7 +238,13 @@ pub async fn run(
     Ok(())
 }
 
-/// Pull messages while a slot is free, one task per message.
+/// Pull messages for one pool, one task per message.
+///
+/// A pool fetches only while it has room of its own (`slots` per pool), and
+/// a fetched message then waits for one of the worker's `slots` shared by
+/// every pool, with progress acks meanwhile. So an idle pool's outstanding
+/// pull never holds a slot another pool's work could use, and at most
+/// `slots` messages per pool wait here instead of on the server.
 async fn pull(
     shared: Arc<Shared>,
     consumer: PullConsumer,
@@ -242,14 +252,15 @@ async fn pull(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let room = Arc::new(Semaphore::new(shared.cfg.slots));
     loop {
         let first = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            p = room.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
         };
         let mut permits = vec![first];
-        while let Ok(p) = slots.clone().try_acquire_owned() {
+        while let Ok(p) = room.clone().try_acquire_owned() {
             permits.push(p);
         }
         let batch = consumer
@@ -279,15 +290,21 @@ async fn pull(
             match next {
                 None => break,
                 Some(Ok(msg)) => {
-                    let Some(permit) = permits.pop() else {
+                    let Some(pool_permit) = permits.pop() else {
                         // More messages than asked for: hand it straight back.
                         let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
                         continue;
                     };
-                    let shared = shared.clone();
+                    let (shared, slots, shutdown) =
+                        (shared.clone(), slots.clone(), shutdown.clone());
                     tracker.spawn(async move {
+                        let Some(slot) = wait_for_slot(&shared, &slots, &msg, &shutdown).await
+                        else {
+                            let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
+                            return;
+                        };
                         exec::handle(shared, msg).await;
-                        drop(permit);
+                        drop((slot, pool_permit));
                     });
                 }
                 Some(Err(e)) => {
@@ -295,6 +312,29 @@ async fn pull(
                     break;
                 }
             }
+        }
+    }
+}
+
+/// One of the worker's slots for `msg`, keeping the message alive while it
+/// waits; `None` when the worker is shutting down first.
+async fn wait_for_slot(
+    shared: &Shared,
+    slots: &Arc<Semaphore>,
+    msg: &jetstream::Message,
+    shutdown: &CancellationToken,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if let Ok(p) = slots.clone().try_acquire_owned() {
+        return Some(p);
+    }
+    let mut progress = tokio::time::interval(shared.cfg.ack_wait / 3);
+    progress.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            p = slots.clone().acquire_owned() => return p.ok(),
+            _ = progress.tick() => { let _ = msg.ack_with(jetstream::AckKind::Progress).await; }
         }
     }
 }
@@ -367,6 +407,15 @@ async fn report(shared: Arc<Shared>, kv: jetstream::kv::Store, stop: Cancellatio
     }
 }
 
+/// Idle containers kept for `pool`: its role template's `pool.warm`, or
+/// `prewarm` for a pool without one (`shell`).
+fn warm_minimum(cfg: &Config, pool: &str) -> usize {
+    cfg.roles
+        .get(pool)
+        .map(|r| r.pool.warm as usize)
+        .unwrap_or(cfg.prewarm)
+}
+
 /// Keep container leases alive and reap idle containers past their TTL.
 async fn upkeep(shared: Arc<Shared>, stop: CancellationToken) {
     let every = (shared.cfg.lease_ttl / 3).min(shared.cfg.runtime.idle_ttl / 2);
@@ -380,13 +429,12 @@ async fn upkeep(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         shared.runtime.refresh_leases().await;
-        let warm = shared.cfg.prewarm;
-        let pools = &shared.cfg.pools;
+        let cfg = &shared.cfg;
         let reaped = shared
             .runtime
             .reap_idle(|role| {
-                if pools.iter().any(|p| p == role) {
-                    warm
+                if cfg.pools.iter().any(|p| p == role) {
+                    warm_minimum(cfg, role)
                 } else {
                     0
                 }

@@ -370,3 +370,42 @@ async fn an_employee_workspace_outlives_its_containers_until_offboarding() {
         .expect("docker volume inspect");
     assert!(!inspect.status.success(), "the workspace volume is gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_each_workers_runs_and_pool_in_the_registry() {
+    let w = World::new().await.expect("world");
+    let colony = w.start(colony::Role::All).await.expect("colony");
+    let id = w
+        .submit_shell("echo counted", serde_json::json!({}))
+        .await
+        .expect("submit");
+    assert_eq!(
+        w.wait_final(id, 60).await.expect("final").state,
+        TaskState::Done
+    );
+    let worker = w.settings.worker_id.clone().expect("worker id");
+    // The status is written every few seconds; wait for one after the run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let list: Vec<subjects::status::WorkerStatus> =
+            reqwest::get(format!("{}/v1/workers", w.url()))
+                .await
+                .expect("GET /v1/workers")
+                .json()
+                .await
+                .expect("a list of worker statuses");
+        let mine = list.into_iter().find(|s| s.worker_id == worker);
+        if let Some(s) = mine.filter(|s| s.pool.acquire_cold + s.pool.acquire_warm >= 1) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no status with the run counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(status.pools.iter().any(|p| p == "shell"));
+    assert_eq!(status.slots, w.settings.worker_slots);
+    assert_eq!(status.pool.active, 0);
+    assert_eq!(status.pool.warm, 1, "the container went back to the pool");
+    assert_eq!(status.pool.cold_starts, 1);
+    assert!(status.pool.cold_start_p50_ms > 0.0);
+    colony.stop().await.expect("stop");
+}
