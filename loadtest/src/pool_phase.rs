@@ -2,8 +2,10 @@
 //! run` of the same image measured in the same run.
 //!
 //! - Floor: create + start a container of the agent image with no options at
-//!   all, running `/bin/true`, until the engine reports it exited (what
-//!   `docker run --rm image /bin/true` does, without the CLI's own start-up).
+//!   all, running `/bin/true`, until the engine says it started (what
+//!   `docker run -d image /bin/true` waits for, without the CLI's own
+//!   start-up); and the same with only `network_mode: none` added, which
+//!   Colony's containers need and which this engine makes expensive.
 //! - Colony cold start: `Runtime::acquire` with nothing idle — create the
 //!   hardened container, start it, wait until agentd answers a ping.
 //! - Warm acquire: `Runtime::acquire` with an idle container of the same
@@ -132,9 +134,9 @@ pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Poo
     })
 }
 
-/// Create, start and wait for a plain container of `image` running
-/// `/bin/true` (with `network_mode: none` when `no_network`); returns the
-/// ms from create to exit, then removes it.
+/// Create and start a plain container of `image` running `/bin/true`
+/// (with `network_mode: none` when `no_network`); returns the ms from create
+/// until started, then waits for it to exit and removes it.
 async fn docker_run(
     docker: &bollard::Docker,
     image: &str,
@@ -170,10 +172,11 @@ async fn docker_run(
         .start_container(&id, None)
         .await
         .context("pool floor: start")?;
+    // `docker run -d`: done once the engine has started the process.
+    let ms = started.elapsed().as_secs_f64() * 1e3;
     let mut wait = docker.wait_container(&id, None::<WaitContainerOptions>);
     // A non-zero exit is an Err from wait_container; /bin/true exits 0.
     let exited = tokio::time::timeout(Duration::from_secs(30), wait.next()).await;
-    let ms = started.elapsed().as_secs_f64() * 1e3;
     let _ = docker
         .remove_container(
             &id,
