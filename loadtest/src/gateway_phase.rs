@@ -53,7 +53,8 @@ pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Gat
             store::Store::connect(&settings.database_url, 1)?,
             async_nats::jetstream::new(colony::connect_nats(&settings.nats_url).await?),
         )
-        .0,
+        .0
+        .downgrade(),
         roles: Arc::new(roles::Roles::empty()),
     };
     let mut config = gateway::GatewayConfig::default();

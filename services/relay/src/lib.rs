@@ -60,6 +60,32 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// A handle that does not keep the relay running (for long-lived
+    /// holders, such as a worker's gateway, that must not delay shutdown).
+    pub fn downgrade(&self) -> WeakRelay {
+        WeakRelay {
+            tx: self.tx.downgrade(),
+        }
+    }
+}
+
+/// See [`Relay::downgrade`]. Once the relay has stopped, rows sent here stay
+/// in the outbox for the next relay's poller.
+#[derive(Clone)]
+pub struct WeakRelay {
+    tx: mpsc::WeakUnboundedSender<Vec<OutboxMsg>>,
+}
+
+impl WeakRelay {
+    pub fn send(&self, msgs: Vec<OutboxMsg>) {
+        match self.tx.upgrade() {
+            Some(tx) => Relay { tx }.send(msgs),
+            None => tracing::info!("relay stopped; rows stay in the outbox for the poller"),
+        }
+    }
+}
+
 /// Start the fast-path relay task.
 pub fn spawn(store: Store, js: jetstream::Context) -> (Relay, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();

@@ -8,7 +8,7 @@ use gateway::{
     AuditOutcome, AuditRecord, Backend, BackendError, BoxFuture, ReviewSubmission, RunContext,
     UsageRecord,
 };
-use relay::Relay;
+use relay::WeakRelay;
 use serde_json::{json, Value};
 use store::Store;
 use subjects::TaskSubmission;
@@ -21,7 +21,9 @@ const SUBTASK_TIMEOUT_SECS: u32 = 300;
 
 pub struct StoreBackend {
     pub store: Store,
-    pub relay: Relay,
+    /// Weak, so that a gateway still finishing a call does not hold the
+    /// relay open at shutdown.
+    pub relay: WeakRelay,
     pub roles: std::sync::Arc<roles::Roles>,
 }
 
@@ -95,6 +97,29 @@ impl Backend for StoreBackend {
                     task.role,
                     self.roles.known().join(", ")
                 )));
+            }
+            if let Some(e) = task.employee_id {
+                let employee = self
+                    .store
+                    .employee(e)
+                    .await
+                    .map_err(err)?
+                    .filter(|x| x.tenant == parent.tenant)
+                    .ok_or_else(|| {
+                        BackendError::NotFound(format!("employee {e} does not exist"))
+                    })?;
+                if employee.role != task.role {
+                    return Err(BackendError::Invalid(format!(
+                        "employee {} is a {}, not a {}",
+                        employee.name, employee.role, task.role
+                    )));
+                }
+                if employee.state != store::employees::EmployeeState::Active {
+                    return Err(BackendError::Conflict(format!(
+                        "employee {} is {} and takes no tasks",
+                        employee.name, employee.state
+                    )));
+                }
             }
             let created = self
                 .store

@@ -190,6 +190,9 @@ struct Plan {
     agent: Option<(AgentSpec, gateway::RunContext)>,
 }
 
+/// How long the end of an agent run waits for its gateway to settle.
+const GATEWAY_SETTLE: Duration = Duration::from_secs(2);
+
 /// Tool output bytes given back to the model per call.
 const MAX_TOOL_OUTPUT_BYTES: usize = 16 * 1024;
 
@@ -358,9 +361,17 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
     let quota = match meter {
         Some((gw, meter)) => {
             let reason = meter.exceeded_reason();
-            let totals = meter.finish().await;
-            gw.close().await;
-            tracing::debug!(task = %running.task.id, tokens = totals.tokens(), cost_usd = totals.cost_usd, calls = totals.calls, "agent run metered");
+            // The run is over; a call still in flight to the provider (the
+            // run was stopped mid-call) is metered in the background.
+            match tokio::time::timeout(GATEWAY_SETTLE, meter.finish()).await {
+                Ok(t) => {
+                    tracing::debug!(task = %running.task.id, tokens = t.tokens(), cost_usd = t.cost_usd, calls = t.calls, "agent run metered")
+                }
+                Err(_) => {
+                    tracing::debug!(task = %running.task.id, "a model call was still in flight when the run ended")
+                }
+            }
+            let _ = tokio::time::timeout(GATEWAY_SETTLE, gw.close()).await;
             reason
         }
         None => None,

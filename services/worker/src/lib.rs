@@ -157,7 +157,7 @@ pub async fn run(
     }
     let backend = backend::StoreBackend {
         store: store.clone(),
-        relay: relay.clone(),
+        relay: relay.downgrade(),
         roles: cfg.roles.clone(),
     };
     let gateway = gateway::Gateway::new(cfg.gateway.clone(), Arc::new(backend))

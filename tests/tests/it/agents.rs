@@ -178,6 +178,45 @@ async fn an_employee_works_with_tools_keeps_its_workspace_and_memory_and_is_audi
         "{}",
         output(&task).message
     );
+
+    // Offboarding removes its containers and its workspace; history stays.
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/v1/employees/{ada}", w.url()))
+        .send()
+        .await
+        .expect("offboard");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let theirs = || {
+        std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=colony.employee={ada}"),
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !theirs().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        theirs(),
+        "",
+        "the offboarded employee's containers are gone"
+    );
+    let volume = std::process::Command::new("docker")
+        .args(["volume", "inspect", &runtime::spec::workspace_volume(ada)])
+        .output()
+        .expect("docker volume inspect");
+    assert!(!volume.status.success(), "its workspace volume is gone");
+    assert_eq!(
+        store.memory_get(ada, "last").await.expect("memory"),
+        Some(json!("wrote notes.txt")),
+        "its history is kept"
+    );
     colony.stop().await.expect("stop");
     w.remove_workspace(ada);
 }
