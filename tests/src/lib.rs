@@ -321,6 +321,23 @@ impl Drop for World {
         for c in self.containers() {
             let _ = Command::new("docker").args(["rm", "-f", "-v", &c]).output();
         }
+        // Employee workspaces this test's workers made.
+        if let Ok(out) = Command::new("docker")
+            .args([
+                "volume",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("label=colony.test={}", self.id),
+            ])
+            .output()
+        {
+            for v in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = Command::new("docker")
+                    .args(["volume", "rm", "-f", v])
+                    .output();
+            }
+        }
         let _ =
             std::fs::remove_dir_all(std::env::temp_dir().join(format!("colony-test-{}", self.id)));
         let name = self.db_name.clone();

@@ -113,6 +113,9 @@ pub struct Want {
     pub image: Option<String>,
     /// The limits, when not the runtime's default.
     pub limits: Option<Limits>,
+    /// Containers of this role (busy and idle, every configuration) this
+    /// worker may have at once, below the worker's own `max_active`.
+    pub role_max_active: Option<usize>,
 }
 
 impl Want {
@@ -123,6 +126,7 @@ impl Want {
             employee: None,
             image: None,
             limits: None,
+            role_max_active: None,
         }
     }
 }
@@ -205,8 +209,8 @@ struct Pool {
     idle: HashMap<String, Vec<Container>>,
     /// Containers handed out and not yet given back.
     busy: HashMap<String, Container>,
-    /// Containers being created (they count against `max_active`).
-    creating: usize,
+    /// Containers being created, by role (they count against the caps).
+    creating: HashMap<String, usize>,
     /// Employees whose containers go away instead of back to the pool.
     offboarded: std::collections::HashSet<uuid::Uuid>,
     m: PoolMetrics,
@@ -215,7 +219,29 @@ struct Pool {
 
 impl Pool {
     fn total(&self) -> usize {
-        self.idle.values().map(Vec::len).sum::<usize>() + self.busy.len() + self.creating
+        self.idle.values().map(Vec::len).sum::<usize>()
+            + self.busy.len()
+            + self.creating.values().sum::<usize>()
+    }
+
+    fn of_role(&self, role: &str) -> usize {
+        self.idle
+            .values()
+            .flatten()
+            .filter(|c| c.role == role)
+            .count()
+            + self.busy.values().filter(|c| c.role == role).count()
+            + self.creating.get(role).copied().unwrap_or(0)
+    }
+
+    fn reserve(&mut self, role: &str) {
+        *self.creating.entry(role.to_string()).or_default() += 1;
+    }
+
+    fn unreserve(&mut self, role: &str) {
+        if let Some(n) = self.creating.get_mut(role) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
@@ -315,7 +341,7 @@ impl Runtime {
         let (image_id, limits, hash) = self.resolve(want).await?;
         loop {
             let notified = self.freed.notified();
-            let next = self.take_or_reserve(&hash);
+            let next = self.take_or_reserve(&hash, want);
             let evict = match next {
                 Next::Taken(c) => return Ok(c),
                 Next::Wait => {
@@ -330,7 +356,7 @@ impl Runtime {
             }
             let created = self.create(want, &image_id, &limits, hash.clone()).await;
             let mut p = self.pool.lock().expect("pool lock");
-            p.creating -= 1;
+            p.unreserve(&want.role);
             return match created {
                 Ok(mut c) => {
                     c.uses = 1;
@@ -348,8 +374,9 @@ impl Runtime {
     }
 
     /// Under the pool lock: an idle container of `hash`, or room reserved
-    /// for a new one (evicting the oldest idle one at the cap), or wait.
-    fn take_or_reserve(&self, hash: &str) -> Next {
+    /// for a new one (evicting the oldest idle one at a cap: of the role at
+    /// the role's cap, of any role at the worker's), or wait.
+    fn take_or_reserve(&self, hash: &str, want: &Want) -> Next {
         let mut p = self.pool.lock().expect("pool lock");
         if let Some(mut c) = p.idle.get_mut(hash).and_then(Vec::pop) {
             c.source = match (c.origin, c.uses) {
@@ -368,14 +395,22 @@ impl Runtime {
             p.busy.insert(c.name.clone(), c.clone());
             return Next::Taken(c);
         }
-        if p.total() < self.cfg.max_active {
-            p.creating += 1;
+        let role_full = want
+            .role_max_active
+            .is_some_and(|cap| p.of_role(&want.role) >= cap);
+        if !role_full && p.total() < self.cfg.max_active {
+            p.reserve(&want.role);
             return Next::Create { evict: None };
         }
-        match oldest_idle(&mut p.idle) {
+        let evict = if role_full {
+            oldest_idle(&mut p.idle, |c| c.role == want.role)
+        } else {
+            oldest_idle(&mut p.idle, |_| true)
+        };
+        match evict {
             Some(old) => {
                 p.m.evicted += 1;
-                p.creating += 1;
+                p.reserve(&want.role);
                 Next::Create { evict: Some(old) }
             }
             None => Next::Wait,
@@ -389,14 +424,17 @@ impl Runtime {
         for _ in 0..n {
             {
                 let mut p = self.pool.lock().expect("pool lock");
-                if p.total() >= self.cfg.max_active {
+                let role_full = want
+                    .role_max_active
+                    .is_some_and(|cap| p.of_role(&want.role) >= cap);
+                if role_full || p.total() >= self.cfg.max_active {
                     return Ok(());
                 }
-                p.creating += 1;
+                p.reserve(&want.role);
             }
             let created = self.create(want, &image_id, &limits, hash.clone()).await;
             let mut p = self.pool.lock().expect("pool lock");
-            p.creating -= 1;
+            p.unreserve(&want.role);
             let mut c = created?;
             c.origin = Origin::Prewarmed;
             p.idle.entry(c.config_hash.clone()).or_default().push(c);
@@ -520,6 +558,20 @@ impl Runtime {
         let volume = want.employee.map(spec::workspace_volume);
         if let Some(e) = want.employee {
             labels.insert(EMPLOYEE_LABEL.into(), e.to_string());
+            // Made here (not by the bind) so that it carries the labels;
+            // creating an existing volume returns it unchanged.
+            let mut vl: HashMap<String, String> = self.cfg.labels.clone().into_iter().collect();
+            vl.insert(label::MANAGED.into(), "true".into());
+            vl.insert(EMPLOYEE_LABEL.into(), e.to_string());
+            let req = bollard::models::VolumeCreateRequest {
+                name: volume.clone(),
+                labels: Some(vl),
+                ..Default::default()
+            };
+            if let Err(e) = self.docker.create_volume(req).await {
+                self.remove("", &name).await;
+                return Err(e.into());
+            }
         }
         let body = spec::container_body(image_id, &dir, labels, limits, volume.as_deref());
         let opts = CreateContainerOptionsBuilder::new().name(&name).build();
@@ -856,11 +908,15 @@ enum Next {
     Wait,
 }
 
-/// Take the idle container that has waited longest, of any configuration.
-fn oldest_idle(idle: &mut HashMap<String, Vec<Container>>) -> Option<Container> {
+/// Take the idle container that has waited longest among those `eligible`.
+fn oldest_idle(
+    idle: &mut HashMap<String, Vec<Container>>,
+    eligible: impl Fn(&Container) -> bool,
+) -> Option<Container> {
     let (hash, i) = idle
         .iter()
         .flat_map(|(h, list)| list.iter().enumerate().map(move |(i, c)| (h, i, c)))
+        .filter(|(_, _, c)| eligible(c))
         .max_by_key(|(_, _, c)| c.idle_since.elapsed())
         .map(|(h, i, _)| (h.clone(), i))?;
     idle.get_mut(&hash).map(|list| list.remove(i))

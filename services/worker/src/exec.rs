@@ -292,6 +292,7 @@ pub(crate) fn role_want(role: &roles::Role, employee: Option<uuid::Uuid>) -> run
             pids: i64::from(role.limits.pids),
             ..runtime::Limits::default()
         }),
+        role_max_active: Some(role.pool.max_active as usize),
     }
 }
 

@@ -333,6 +333,22 @@ async fn an_employee_workspace_outlives_its_containers_until_offboarding() {
         ..Want::role("shell")
     };
     let c = rt.acquire(&want).await.expect("first container");
+    let labels = Command::new("docker")
+        .args([
+            "volume",
+            "inspect",
+            "-f",
+            "{{json .Labels}}",
+            &runtime::spec::workspace_volume(employee),
+        ])
+        .output()
+        .expect("docker volume inspect");
+    let labels = String::from_utf8_lossy(&labels.stdout).to_string();
+    assert!(
+        labels.contains(&format!("\"colony.test\":\"{}\"", w.id))
+            && labels.contains(&employee.to_string()),
+        "the workspace volume carries the labels: {labels}"
+    );
     assert_eq!(
         stdout_of(&c, "echo kept > notes.txt; cat notes.txt").await,
         "kept\n"
@@ -408,4 +424,48 @@ async fn operators_see_each_workers_runs_and_pool_in_the_registry() {
     assert_eq!(status.pool.cold_starts, 1);
     assert!(status.pool.cold_start_p50_ms > 0.0);
     colony.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_cap_holds_back_only_that_role() {
+    let w = World::new().await.expect("world");
+    let mut cfg = runtime_config(&w, &format!("rolecap-{}", w.id));
+    cfg.max_active = 10;
+    let rt = Runtime::connect(cfg).await.expect("runtime");
+    let capped = |employee| Want {
+        employee: Some(employee),
+        role_max_active: Some(1),
+        ..Want::role("capped")
+    };
+    let first = uuid::Uuid::new_v4();
+    let a = rt.acquire(&capped(first)).await.expect("first of the role");
+    let second = uuid::Uuid::new_v4();
+    let waiting = {
+        let rt = rt.clone();
+        let want = capped(second);
+        tokio::spawn(async move { rt.acquire(&want).await })
+    };
+    // Another role is not held back by that role's cap.
+    let other = rt.acquire(&Want::role("free")).await.expect("another role");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the role is at its cap of 1");
+    assert_eq!(w.containers().len(), 2);
+
+    let a_id = a.id.clone();
+    rt.release(a).await;
+    let b = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("the waiting acquire finishes")
+        .expect("join")
+        .expect("acquired");
+    assert_eq!(b.employee, Some(second));
+    let ids: BTreeSet<String> = w.containers().into_iter().collect();
+    assert!(!ids.contains(&a_id), "the role's idle container made room");
+    assert_eq!(ids.len(), 2);
+    assert_eq!(rt.metrics().evicted, 1);
+    rt.discard(&b).await;
+    rt.discard(&other).await;
+    for e in [first, second] {
+        rt.remove_workspace(e).await.expect("volume");
+    }
 }
