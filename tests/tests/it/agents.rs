@@ -391,3 +391,63 @@ async fn a_crossed_quota_stops_the_run_in_flight_and_fails_the_task_with_the_fig
     assert!(error.contains("wall_secs_per_run"), "{error}");
     colony.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_provider_replaces_the_scripted_one_and_employee_quotas_override_the_role() {
+    // Any OpenAI-compatible server: here one of the test's own, outside
+    // Colony, which only knows the script `ext`.
+    let ext = scripted::Scripts::from_json(
+        &json!({"default": "ext", "scripts": {"ext": [{"text": "from the external provider"}]}})
+            .to_string(),
+    )
+    .expect("scripts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let provider = scripted::serve(listener, ext).await.expect("provider");
+    let mut w = World::new().await.expect("world");
+    w.use_roles(
+        &[("open", &role_yaml("open", "", "", ""))],
+        "{\"scripts\": {}}",
+    )
+    .expect("roles");
+    w.settings.model_base_url = Some(provider.base_url());
+    w.settings.model_api_key = Some(Secret("sk-external-test".into()));
+    w.settings.model_map = vec!["scripted=scripted:ext".into()];
+    let colony = w.start(Role::All).await.expect("colony");
+
+    let id = w
+        .submit(json!({"role": "open", "input": {"prompt": "hello"}}))
+        .await
+        .expect("submit");
+    let task = w.wait_final(id, 120).await.expect("final");
+    assert_eq!(task.state, TaskState::Done, "{:?}", task.error);
+    assert_eq!(output(&task).message, "from the external provider");
+
+    // The role has no quota; this employee has one of its own.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/employees", w.url()))
+        .json(&json!({"name": "frugal", "role": "open", "quotas": {"tokens_per_run": 5}}))
+        .send()
+        .await
+        .expect("hire");
+    assert_eq!(resp.status().as_u16(), 201);
+    let frugal: Value = resp.json().await.expect("json");
+    let frugal = Uuid::parse_str(frugal["id"].as_str().expect("id")).expect("uuid");
+    let id = w
+        .submit(json!({"role": "open", "employee_id": frugal, "input": {"prompt": "hello"}}))
+        .await
+        .expect("submit");
+    let task = w.wait_final(id, 120).await.expect("final");
+    let error = task.error.clone().unwrap_or_default();
+    // The one answer crossed the employee's quota: even though the run had
+    // nothing left to do, the task fails on the quota, with the figures.
+    assert!(
+        task.state == TaskState::Failed && error.contains("tokens_per_run"),
+        "{:?} {error}",
+        task.state
+    );
+    colony.stop().await.expect("stop");
+    w.remove_workspace(frugal);
+    provider.shutdown().await.expect("provider stops");
+}
