@@ -163,6 +163,8 @@ pub mod label {
     pub const AGENT: &str = "colony.agent";
     pub const WORKER: &str = "colony.worker";
     pub const CONFIG_HASH: &str = "colony.config-hash";
+    /// The employee a container (and its workspace volume) belongs to.
+    pub const EMPLOYEE: &str = "colony.employee";
 }
 
 /// Header names.

@@ -141,6 +141,19 @@ impl Rules {
                     "input.command is empty; give the shell command to run".to_string()
                 ));
             }
+            return Ok(());
+        }
+        // Every other role is an AI employee's: it takes a prompt.
+        let agent: subjects::agent::AgentInput =
+            serde_json::from_value(input.clone()).map_err(|e| {
+                bad(format!(
+                    "the input of role {role} must be {{\"prompt\": \"<what to do>\"}} ({e})"
+                ))
+            })?;
+        if agent.prompt.trim().is_empty() {
+            return Err(bad(
+                "input.prompt is empty; say what the employee should do".to_string(),
+            ));
         }
         Ok(())
     }
@@ -275,6 +288,38 @@ mod tests {
                 r.reason
             );
             assert!(!r.reason.contains('\n'), "{body}: more than one line");
+        }
+    }
+
+    #[test]
+    fn an_agent_role_takes_a_prompt() {
+        let rules = Rules {
+            roles: vec!["shell".into(), "executor".into()],
+            ..Rules::default()
+        };
+        let ok = rules
+            .check(
+                br#"{"role":"executor","input":{"prompt":"tidy up"}}"#,
+                "default",
+                None,
+            )
+            .expect("a prompt is enough");
+        assert_eq!(ok.role, "executor");
+        for (body, needle) in [
+            (
+                r#"{"role":"executor","input":{"command":"ls"}}"#,
+                "the input of role executor must be {\"prompt\"",
+            ),
+            (
+                r#"{"role":"executor","input":{"prompt":" "}}"#,
+                "input.prompt is empty",
+            ),
+        ] {
+            let r = rules
+                .check(body.as_bytes(), "default", None)
+                .expect_err(body);
+            assert_eq!(r.status, 400, "{body}");
+            assert!(r.reason.contains(needle), "{body}: {}", r.reason);
         }
     }
 

@@ -258,9 +258,6 @@ pub struct Runtime {
 
 pub use subjects::label;
 
-/// Label naming the employee a container belongs to.
-pub const EMPLOYEE_LABEL: &str = "colony.employee";
-
 impl Runtime {
     /// Connect to the local engine and check that the agent image exists.
     pub async fn connect(cfg: Config) -> Result<Arc<Runtime>> {
@@ -557,12 +554,12 @@ impl Runtime {
         labels.insert(label::CONFIG_HASH.into(), hash.clone());
         let volume = want.employee.map(spec::workspace_volume);
         if let Some(e) = want.employee {
-            labels.insert(EMPLOYEE_LABEL.into(), e.to_string());
+            labels.insert(label::EMPLOYEE.into(), e.to_string());
             // Made here (not by the bind) so that it carries the labels;
             // creating an existing volume returns it unchanged.
             let mut vl: HashMap<String, String> = self.cfg.labels.clone().into_iter().collect();
             vl.insert(label::MANAGED.into(), "true".into());
-            vl.insert(EMPLOYEE_LABEL.into(), e.to_string());
+            vl.insert(label::EMPLOYEE.into(), e.to_string());
             let req = bollard::models::VolumeCreateRequest {
                 name: volume.clone(),
                 labels: Some(vl),
@@ -700,7 +697,7 @@ impl Runtime {
             let role = labels.get(label::ROLE).cloned().unwrap_or_default();
             let hash = labels.get(label::CONFIG_HASH).cloned().unwrap_or_default();
             let employee = labels
-                .get(EMPLOYEE_LABEL)
+                .get(label::EMPLOYEE)
                 .and_then(|e| uuid::Uuid::parse_str(e).ok());
             let dir = self.cfg.socket_dir.join(&name);
             let c = Container {

@@ -211,13 +211,12 @@ async fn plan(shared: &Shared, running: &Running) -> Result<Plan, Outcome> {
             shared.cfg.roles.known().join(", ")
         )));
     };
-    let prompt: AgentInput = serde_json::from_value(task.input.clone()).map_err(|e| {
-        Outcome::Invalid(format!(
+    if let Err(e) = serde_json::from_value::<AgentInput>(task.input.clone()) {
+        return Err(Outcome::Invalid(format!(
             "the input of a {} task must be {{\"prompt\": \"...\"}} ({e})",
             role.name
-        ))
-    })?;
-    drop(prompt);
+        )));
+    }
     let (mut quotas, mut memory, mut used_today) = (
         role.quotas.clone(),
         Default::default(),
