@@ -4,8 +4,10 @@
 //! - Floor: create + start a container of the agent image with no options at
 //!   all, running `/bin/true`, until the engine says it started (what
 //!   `docker run -d image /bin/true` waits for, without the CLI's own
-//!   start-up); and the same with only `network_mode: none` added, which
-//!   Colony's containers need and which this engine makes expensive.
+//!   start-up); the same with only `network_mode: none` added, which
+//!   Colony's containers need; and the same on a bridge network, which is
+//!   what `docker run` gets by default on a standard engine (this machine's
+//!   engine runs with `--bridge=none`, so its default makes no endpoint).
 //! - Colony cold start: `Runtime::acquire` with nothing idle — create the
 //!   hardened container, start it, wait until agentd answers a ping.
 //! - Warm acquire: `Runtime::acquire` with an idle container of the same
@@ -46,6 +48,9 @@ pub struct PoolReport {
     pub floor: Spread,
     /// The same plain run with only `network_mode: none` added.
     pub floor_none: Spread,
+    /// The same plain run on a bridge network (a standard engine's default;
+    /// this machine's engine runs without its default bridge).
+    pub floor_bridge: Spread,
     pub cold: Spread,
     pub warm: Spread,
 }
@@ -54,17 +59,24 @@ impl std::fmt::Display for PoolReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "pool: docker run floor p50 {:.1} ms, p99 {:.1} ms ({} runs); with network none p50 {:.1} ms, p99 {:.1} ms; colony cold start p50 {:.1} ms, p99 {:.1} ms ({}); cold/floor p50 {:.2}, cold/floor-with-network-none p50 {:.2}",
+            "pool: docker run -d floor p50 {:.1} ms, p99 {:.1} ms ({} runs); with network none p50 {:.1} ms, p99 {:.1} ms; on a bridge network p50 {:.1} ms, p99 {:.1} ms",
             self.floor.p50,
             self.floor.p99,
             self.floor.n,
             self.floor_none.p50,
             self.floor_none.p99,
+            self.floor_bridge.p50,
+            self.floor_bridge.p99,
+        )?;
+        writeln!(
+            f,
+            "pool: colony cold start p50 {:.1} ms, p99 {:.1} ms ({}); cold/floor p50 {:.2} (plain), {:.2} (network none), {:.2} (bridge)",
             self.cold.p50,
             self.cold.p99,
             self.cold.n,
             self.cold.p50 / self.floor.p50,
-            self.cold.p50 / self.floor_none.p50
+            self.cold.p50 / self.floor_none.p50,
+            self.cold.p50 / self.floor_bridge.p50
         )?;
         write!(
             f,
@@ -92,18 +104,51 @@ pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Poo
 
     // One unmeasured round of each, so that neither side pays for a cold
     // image cache.
-    docker_run(&docker, &settings.agent_image, false).await?;
-    docker_run(&docker, &settings.agent_image, true).await?;
+    let bridge = format!(
+        "colony-bench-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    docker
+        .create_network(bollard::models::NetworkCreateRequest {
+            name: bridge.clone(),
+            driver: Some("bridge".into()),
+            labels: Some(HashMap::from([(
+                BENCH_LABEL_KEY.to_string(),
+                BENCH_LABEL_VALUE.to_string(),
+            )])),
+            ..Default::default()
+        })
+        .await
+        .context("pool: cannot create a bridge network for the floor")?;
+    let measured = measure(&rt, &docker, &settings.agent_image, &bridge, n).await;
+    if let Err(e) = docker.remove_network(&bridge).await {
+        tracing::warn!(network = %bridge, error = %e, "could not remove the bench network");
+    }
+    measured
+}
+
+async fn measure(
+    rt: &runtime::Runtime,
+    docker: &bollard::Docker,
+    image: &str,
+    bridge: &str,
+    n: usize,
+) -> anyhow::Result<PoolReport> {
+    for net in [Net::Default, Net::None, Net::Named(bridge)] {
+        docker_run(docker, image, net).await?;
+    }
     let want = runtime::Want::role("bench-pool");
     let c = rt.acquire(&want).await.context("pool: first acquire")?;
     rt.discard(&c).await;
 
     let mut floor = Vec::with_capacity(n);
     let mut floor_none = Vec::with_capacity(n);
+    let mut floor_bridge = Vec::with_capacity(n);
     let mut cold = Vec::with_capacity(n);
     for _ in 0..n {
-        floor.push(docker_run(&docker, &settings.agent_image, false).await?);
-        floor_none.push(docker_run(&docker, &settings.agent_image, true).await?);
+        floor.push(docker_run(docker, image, Net::Default).await?);
+        floor_none.push(docker_run(docker, image, Net::None).await?);
+        floor_bridge.push(docker_run(docker, image, Net::Named(bridge)).await?);
         let started = Instant::now();
         let c = rt.acquire(&want).await.context("pool: cold acquire")?;
         cold.push(started.elapsed().as_secs_f64() * 1e3);
@@ -129,19 +174,25 @@ pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Poo
     Ok(PoolReport {
         floor: Spread::of(floor),
         floor_none: Spread::of(floor_none),
+        floor_bridge: Spread::of(floor_bridge),
         cold: Spread::of(cold),
         warm: Spread::of(warm),
     })
 }
 
-/// Create and start a plain container of `image` running `/bin/true`
-/// (with `network_mode: none` when `no_network`); returns the ms from create
-/// until started, then waits for it to exit and removes it.
-async fn docker_run(
-    docker: &bollard::Docker,
-    image: &str,
-    no_network: bool,
-) -> anyhow::Result<f64> {
+/// The network a floor container runs on.
+#[derive(Clone, Copy)]
+enum Net<'a> {
+    /// The engine's default (no option given).
+    Default,
+    None,
+    Named(&'a str),
+}
+
+/// Create and start a plain container of `image` running `/bin/true` on
+/// `net`; returns the ms from create until started, then waits for it to
+/// exit and removes it.
+async fn docker_run(docker: &bollard::Docker, image: &str, net: Net<'_>) -> anyhow::Result<f64> {
     let name = format!(
         "colony-bench-floor-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -153,8 +204,13 @@ async fn docker_run(
             BENCH_LABEL_KEY.to_string(),
             BENCH_LABEL_VALUE.to_string(),
         )])),
-        host_config: no_network.then(|| bollard::models::HostConfig {
-            network_mode: Some("none".to_string()),
+        host_config: match net {
+            Net::Default => None,
+            Net::None => Some("none"),
+            Net::Named(name) => Some(name),
+        }
+        .map(|mode| bollard::models::HostConfig {
+            network_mode: Some(mode.to_string()),
             ..Default::default()
         }),
         ..Default::default()
