@@ -128,7 +128,7 @@ pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Poo
 }
 
 async fn measure(
-    rt: &runtime::Runtime,
+    rt: &std::sync::Arc<runtime::Runtime>,
     docker: &bollard::Docker,
     image: &str,
     bridge: &str,

@@ -25,6 +25,10 @@ pub mod status;
 
 pub use messages::*;
 
+/// The tenant of a submission that names none (HTTP without
+/// `X-Colony-Tenant`).
+pub const DEFAULT_TENANT: &str = "default";
+
 /// The version every message type in this crate is currently written with.
 pub const VERSION: u32 = 1;
 

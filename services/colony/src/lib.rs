@@ -69,7 +69,7 @@ pub struct Settings {
     pub idle_ttl_secs: u64,
     /// Container leases in NATS KV expire this long after a worker stops
     /// renewing them; then its containers are orphans any worker may remove.
-    #[arg(long, env = "COLONY_LEASE_TTL_MS", default_value_t = 15_000)]
+    #[arg(long, env = "COLONY_LEASE_TTL_MS", default_value_t = 30_000)]
     pub lease_ttl_ms: u64,
     /// Extra container labels, `key=value,key=value`.
     #[arg(long, env = "COLONY_CONTAINER_LABELS", value_delimiter = ',')]
@@ -280,6 +280,7 @@ impl Settings {
         rt.max_active = self.max_containers.max(self.worker_slots).max(1);
         rt.idle_ttl = Duration::from_secs(self.idle_ttl_secs.max(1));
         rt.ready_timeout = Duration::from_secs(15);
+        let rt_ready = rt.ready_timeout;
         let mut w = worker::Config::new(self.worker_id(), rt);
         w.pools = self.pools(roles);
         w.roles = std::sync::Arc::new(roles.clone());
@@ -291,7 +292,9 @@ impl Settings {
         w.retry_min_delay = Duration::from_millis(self.retry_min_ms);
         w.drain_timeout = Duration::from_millis(self.drain_timeout_ms);
         w.prewarm = self.prewarm;
-        w.lease_ttl = Duration::from_millis(self.lease_ttl_ms.max(1000));
+        // A lease must outlive a container's start, which may take up to
+        // the ready timeout before the first renewal.
+        w.lease_ttl = Duration::from_millis(self.lease_ttl_ms).max(rt_ready * 2);
         Ok(w)
     }
 
@@ -378,6 +381,11 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
                 .await
                 .context("ingress")
         });
+    }
+    if s.model_api_key.is_some() && s.model_base_url.is_none() {
+        anyhow::bail!(
+            "COLONY_MODEL_API_KEY is set but COLONY_MODEL_BASE_URL is not; set the provider's base URL, or unset the key to use the scripted provider"
+        );
     }
     // Without a configured provider, agent runs talk to the scripted one.
     let mut scripted = None;

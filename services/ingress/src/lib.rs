@@ -57,7 +57,7 @@ impl Default for Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             rules: Rules::default(),
             roles: roles::Roles::empty(),
-            default_tenant: "default".to_string(),
+            default_tenant: subjects::DEFAULT_TENANT.to_string(),
             max_wait: Duration::from_secs(120),
         }
     }

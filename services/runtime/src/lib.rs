@@ -53,6 +53,10 @@ pub enum Error {
     },
     #[error("container lease: {0}")]
     Lease(String),
+    #[error("employee {0} was offboarded")]
+    Offboarded(uuid::Uuid),
+    #[error("the container start was interrupted")]
+    Interrupted,
     #[error("cannot prepare the socket directory {path}: {source}")]
     SocketDir {
         path: PathBuf,
@@ -116,6 +120,10 @@ pub struct Want {
     /// Containers of this role (busy and idle, every configuration) this
     /// worker may have at once, below the worker's own `max_active`.
     pub role_max_active: Option<usize>,
+    /// Containers are never shared across tenants: whatever a run leaves
+    /// behind outside `/workspace` (in `/tmp`, a detached process) stays
+    /// within its tenant.
+    pub tenant: Option<String>,
 }
 
 impl Want {
@@ -127,6 +135,7 @@ impl Want {
             image: None,
             limits: None,
             role_max_active: None,
+            tenant: None,
         }
     }
 }
@@ -301,7 +310,7 @@ impl Runtime {
     /// The hash that decides whether a container may be reused for `role`
     /// with the default image and limits.
     pub fn config_hash(&self, role: &str) -> String {
-        spec::config_hash(&self.default_image_id, role, None, &self.cfg.limits)
+        spec::config_hash(&self.default_image_id, role, None, None, &self.cfg.limits)
     }
 
     async fn resolve(&self, want: &Want) -> Result<(String, Limits, String)> {
@@ -327,14 +336,29 @@ impl Runtime {
             .limits
             .clone()
             .unwrap_or_else(|| self.cfg.limits.clone());
-        let hash = spec::config_hash(&image_id, &want.role, want.employee, &limits);
+        let hash = spec::config_hash(
+            &image_id,
+            &want.role,
+            want.employee,
+            want.tenant.as_deref(),
+            &limits,
+        );
         Ok((image_id, limits, hash))
     }
 
     /// An idle container that fits `want`, or a new one. At the
     /// `max_active` cap the oldest idle container of another configuration
     /// is removed to make room; with none idle, this waits for a release.
-    pub async fn acquire(&self, want: &Want) -> Result<Container> {
+    ///
+    /// Dropping the returned future (a cancelled run) is safe: a container
+    /// being created is finished on its own task and goes back to the pool,
+    /// and the room it reserved is accounted for either way.
+    pub async fn acquire(self: &Arc<Self>, want: &Want) -> Result<Container> {
+        if let Some(e) = want.employee {
+            if self.pool.lock().expect("pool lock").offboarded.contains(&e) {
+                return Err(Error::Offboarded(e));
+            }
+        }
         let (image_id, limits, hash) = self.resolve(want).await?;
         loop {
             let notified = self.freed.notified();
@@ -347,26 +371,35 @@ impl Runtime {
                 }
                 Next::Create { evict } => evict,
             };
-            if let Some(old) = evict {
-                tracing::info!(container = %old.name, role = %old.role, "evicting the oldest idle container to make room");
-                self.remove_container(&old).await;
-            }
-            let created = self.create(want, &image_id, &limits, hash.clone()).await;
-            let mut p = self.pool.lock().expect("pool lock");
-            p.unreserve(&want.role);
-            return match created {
-                Ok(mut c) => {
-                    c.uses = 1;
-                    p.m.acquire_cold += 1;
-                    p.busy.insert(c.name.clone(), c.clone());
-                    Ok(c)
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (rt, want) = (self.clone(), want.clone());
+            let (image_id, limits, hash) = (image_id.clone(), limits.clone(), hash.clone());
+            tokio::spawn(async move {
+                if let Some(old) = evict {
+                    tracing::info!(container = %old.name, role = %old.role, "evicting the oldest idle container to make room");
+                    rt.remove_container(&old).await;
                 }
-                Err(e) => {
-                    drop(p);
-                    self.freed.notify_waiters();
-                    Err(e)
+                let created = rt.create(&want, &image_id, &limits, hash).await;
+                let result = {
+                    let mut p = rt.pool.lock().expect("pool lock");
+                    p.unreserve(&want.role);
+                    created.map(|mut c| {
+                        c.uses = 1;
+                        p.m.acquire_cold += 1;
+                        p.busy.insert(c.name.clone(), c.clone());
+                        c
+                    })
+                };
+                if result.is_err() {
+                    rt.freed.notify_waiters();
                 }
-            };
+                // Nobody is waiting any more (the run was cancelled): the
+                // container is as good as any idle one.
+                if let Err(Ok(c)) = tx.send(result) {
+                    rt.release(c).await;
+                }
+            });
+            return rx.await.unwrap_or(Err(Error::Interrupted));
         }
     }
 
@@ -430,11 +463,17 @@ impl Runtime {
                 p.reserve(&want.role);
             }
             let created = self.create(want, &image_id, &limits, hash.clone()).await;
-            let mut p = self.pool.lock().expect("pool lock");
-            p.unreserve(&want.role);
-            let mut c = created?;
-            c.origin = Origin::Prewarmed;
-            p.idle.entry(c.config_hash.clone()).or_default().push(c);
+            {
+                let mut p = self.pool.lock().expect("pool lock");
+                p.unreserve(&want.role);
+                if let Ok(c) = &created {
+                    let mut c = c.clone();
+                    c.origin = Origin::Prewarmed;
+                    p.idle.entry(c.config_hash.clone()).or_default().push(c);
+                }
+            }
+            self.freed.notify_waiters();
+            created?;
         }
         Ok(())
     }
@@ -456,14 +495,33 @@ impl Runtime {
         };
         if let Some(c) = surplus {
             self.remove_container(&c).await;
+            self.workspace_after_offboarding(&c).await;
         }
         self.freed.notify_waiters();
+    }
+
+    /// When the last container of an offboarded employee is gone, its
+    /// workspace volume goes too.
+    async fn workspace_after_offboarding(&self, c: &Container) {
+        let Some(e) = c.employee else { return };
+        let last = {
+            let p = self.pool.lock().expect("pool lock");
+            p.offboarded.contains(&e)
+                && !p.busy.values().any(|b| b.employee == Some(e))
+                && !p.idle.values().flatten().any(|i| i.employee == Some(e))
+        };
+        if last {
+            if let Err(err) = self.remove_workspace(e).await {
+                tracing::warn!(employee = %e, error = %err, "could not remove an offboarded employee's workspace");
+            }
+        }
     }
 
     /// Remove a container (its socket directory and lease too) for good.
     pub async fn discard(&self, c: &Container) {
         self.pool.lock().expect("pool lock").busy.remove(&c.name);
         self.remove_container(c).await;
+        self.workspace_after_offboarding(c).await;
         self.freed.notify_waiters();
     }
 

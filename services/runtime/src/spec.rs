@@ -48,10 +48,12 @@ pub fn config_hash(
     image_id: &str,
     role: &str,
     employee: Option<uuid::Uuid>,
+    tenant: Option<&str>,
     limits: &Limits,
 ) -> String {
     let employee = employee.map(|e| e.to_string()).unwrap_or_default();
-    let text = format!("{image_id}\n{role}\n{employee}\n{limits:?}\n{USER}\n");
+    let tenant = tenant.unwrap_or_default();
+    let text = format!("{image_id}\n{role}\n{employee}\n{tenant}\n{limits:?}\n{USER}\n");
     Sha256::digest(text.as_bytes())[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -140,14 +142,15 @@ mod tests {
     #[test]
     fn hash_changes_with_anything_that_matters() {
         let l = Limits::default();
-        let base = config_hash("img1", "shell", None, &l);
-        assert_eq!(base, config_hash("img1", "shell", None, &l));
-        assert_ne!(base, config_hash("img2", "shell", None, &l));
-        assert_ne!(base, config_hash("img1", "other", None, &l));
+        let base = config_hash("img1", "shell", None, None, &l);
+        assert_eq!(base, config_hash("img1", "shell", None, None, &l));
+        assert_ne!(base, config_hash("img2", "shell", None, None, &l));
+        assert_ne!(base, config_hash("img1", "other", None, None, &l));
         let e = uuid::Uuid::from_u128(7);
-        assert_ne!(base, config_hash("img1", "shell", Some(e), &l));
+        assert_ne!(base, config_hash("img1", "shell", Some(e), None, &l));
+        assert_ne!(base, config_hash("img1", "shell", None, Some("acme"), &l));
         let more = Limits { pids: 256, ..l };
-        assert_ne!(base, config_hash("img1", "shell", None, &more));
+        assert_ne!(base, config_hash("img1", "shell", None, None, &more));
     }
 
     #[test]

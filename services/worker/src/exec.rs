@@ -200,7 +200,10 @@ async fn plan(shared: &Shared, running: &Running) -> Result<Plan, Outcome> {
     let task = &running.task;
     if task.role == roles::SHELL {
         return Ok(Plan {
-            want: runtime::Want::role(&task.role),
+            want: runtime::Want {
+                tenant: Some(task.tenant.clone()),
+                ..runtime::Want::role(&task.role)
+            },
             agent: None,
         });
     }
@@ -274,14 +277,19 @@ async fn plan(shared: &Shared, running: &Running) -> Result<Plan, Outcome> {
         stream: true,
     };
     Ok(Plan {
-        want: role_want(role, task.employee_id),
+        want: role_want(role, &task.tenant, task.employee_id),
         agent: Some((spec, ctx)),
     })
 }
 
 /// The container a role's run needs (an employee's own, when it has one).
-pub(crate) fn role_want(role: &roles::Role, employee: Option<uuid::Uuid>) -> runtime::Want {
+pub(crate) fn role_want(
+    role: &roles::Role,
+    tenant: &str,
+    employee: Option<uuid::Uuid>,
+) -> runtime::Want {
     runtime::Want {
+        tenant: Some(tenant.to_string()),
         role: role.name.clone(),
         employee,
         image: role.image.clone(),
@@ -307,6 +315,7 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
         _ = shared.hand_back.cancelled() => return Outcome::HandBack,
         c = shared.runtime.acquire(&plan.want) => match c {
             Ok(c) => c,
+            Err(e @ runtime::Error::Offboarded(_)) => return Outcome::Invalid(e.to_string()),
             Err(e) => return Outcome::Failed(format!("no container could be started: {e}")),
         },
     };

@@ -143,9 +143,13 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "could not list earlier containers"),
     }
     for pool in &cfg.pools {
+        // Containers are per tenant; the warm ones are for the default one.
         let want = match cfg.roles.get(pool) {
-            Some(role) => exec::role_want(role, None),
-            None => runtime::Want::role(pool),
+            Some(role) => exec::role_want(role, subjects::DEFAULT_TENANT, None),
+            None => runtime::Want {
+                tenant: Some(subjects::DEFAULT_TENANT.to_string()),
+                ..runtime::Want::role(pool)
+            },
         };
         let warm = warm_minimum(&cfg, pool);
         if let Err(e) = runtime
@@ -205,10 +209,21 @@ pub async fn run(
     tokio::spawn(control(shared.clone(), nats, background.clone()));
     let pulls: Vec<_> = consumers
         .into_iter()
-        .map(|c| {
+        .zip(cfg.pools.clone())
+        .map(|(c, pool)| {
+            // A role's own container cap bounds what its pool may hold, so
+            // runs waiting for that role's containers never sit on the
+            // worker's shared slots.
+            let room = cfg
+                .roles
+                .get(&pool)
+                .map(|r| (r.pool.max_active as usize).max(1))
+                .unwrap_or(cfg.slots)
+                .min(cfg.slots);
             tokio::spawn(pull(
                 shared.clone(),
                 c,
+                room,
                 slots.clone(),
                 tracker.clone(),
                 shutdown.clone(),
@@ -240,7 +255,8 @@ pub async fn run(
 
 /// Pull messages for one pool, one task per message.
 ///
-/// A pool fetches only while it has room of its own (`slots` per pool), and
+/// A pool fetches only while it has room of its own (`slots`, or fewer when
+/// its role caps its containers lower), and
 /// a fetched message then waits for one of the worker's `slots` shared by
 /// every pool, with progress acks meanwhile. So an idle pool's outstanding
 /// pull never holds a slot another pool's work could use, and at most
@@ -248,11 +264,12 @@ pub async fn run(
 async fn pull(
     shared: Arc<Shared>,
     consumer: PullConsumer,
+    room: usize,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let room = Arc::new(Semaphore::new(shared.cfg.slots));
+    let room = Arc::new(Semaphore::new(room.max(1)));
     loop {
         let first = tokio::select! {
             biased;

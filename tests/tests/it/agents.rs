@@ -207,11 +207,17 @@ async fn an_employee_works_with_tools_keeps_its_workspace_and_memory_and_is_audi
         "",
         "the offboarded employee's containers are gone"
     );
-    let volume = std::process::Command::new("docker")
-        .args(["volume", "inspect", &runtime::spec::workspace_volume(ada)])
-        .output()
-        .expect("docker volume inspect");
-    assert!(!volume.status.success(), "its workspace volume is gone");
+    let volume_left = || {
+        std::process::Command::new("docker")
+            .args(["volume", "inspect", &runtime::spec::workspace_volume(ada)])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(true)
+    };
+    while volume_left() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!volume_left(), "its workspace volume is gone");
     assert_eq!(
         store.memory_get(ada, "last").await.expect("memory"),
         Some(json!("wrote notes.txt")),
@@ -235,11 +241,23 @@ async fn no_secret_reaches_the_container_and_the_vault_credential_reaches_the_ho
     }});
     w.use_roles(
         &[("tester", &role_yaml("tester", "", "\"127.0.0.1\"", ""))],
-        &scripts.to_string(),
+        "{\"scripts\": {}}",
     )
     .expect("roles");
+    // A configured provider (a key needs one): the scripted server, outside
+    // Colony, playing the `leak` script.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let provider = scripted::serve(
+        listener,
+        scripted::Scripts::from_json(&scripts.to_string()).expect("scripts"),
+    )
+    .await
+    .expect("provider");
     let model_key = "sk-colony-test-SECRET-model-1234";
     let vault_value = "vault-SECRET-5678";
+    w.settings.model_base_url = Some(provider.base_url());
     w.settings.model_api_key = Some(Secret(model_key.into()));
     w.settings.vault_key = Some(Secret("ab".repeat(32)));
     let colony = w.start(Role::All).await.expect("colony");
@@ -290,7 +308,7 @@ async fn egress_goes_only_through_the_allowlist() {
     let (port, _) = allowed_host().await;
     let mut w = World::new().await.expect("world");
     let command = format!(
-        "wget -q -O - http://127.0.0.1:{port}/ok; echo; echo allowed=$?; \
+        "wget -q -O - http://127.0.0.1:{port}/ok; echo allowed=$?; \
          wget -q -O - http://203.0.113.7/ 2>&1; echo denied=$?; \
          wget -q -O - http://169.254.169.254/latest/meta-data/ 2>&1; echo metadata=$?; \
          wget -q -Y off -O - http://203.0.113.7/ 2>&1; echo raw=$?; \

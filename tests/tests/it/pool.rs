@@ -91,7 +91,7 @@ async fn orphan(w: &World) -> String {
 async fn restart_adopts(signal: &str) {
     let w = World::new().await.expect("world");
     let worker = format!("pooled-{}", w.id);
-    let env = [("COLONY_PREWARM", "2"), ("COLONY_LEASE_TTL_MS", "15000")];
+    let env = [("COLONY_PREWARM", "2"), ("COLONY_LEASE_TTL_MS", "30000")];
     let mut first = w
         .spawn_process_env("worker", &worker, &env)
         .expect("worker process");
@@ -411,7 +411,10 @@ async fn operators_see_each_workers_runs_and_pool_in_the_registry() {
                 .await
                 .expect("a list of worker statuses");
         let mine = list.into_iter().find(|s| s.worker_id == worker);
-        if let Some(s) = mine.filter(|s| s.pool.acquire_cold + s.pool.acquire_warm >= 1) {
+        // A status written after the container went back to the pool.
+        if let Some(s) = mine.filter(|s| {
+            s.pool.acquire_cold + s.pool.acquire_warm >= 1 && s.pool.active == 0 && s.running == 0
+        }) {
             break s;
         }
         assert!(Instant::now() < deadline, "no status with the run counted");
@@ -468,4 +471,33 @@ async fn a_role_cap_holds_back_only_that_role() {
     for e in [first, second] {
         rt.remove_workspace(e).await.expect("volume");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_abandoned_mid_start_leaves_its_container_to_the_pool() {
+    let w = World::new().await.expect("world");
+    let mut cfg = runtime_config(&w, &format!("abandon-{}", w.id));
+    cfg.max_active = 1;
+    let rt = Runtime::connect(cfg).await.expect("runtime");
+    let want = Want::role("shell");
+    let abandoned = {
+        let (rt, want) = (rt.clone(), want.clone());
+        tokio::spawn(async move { rt.acquire(&want).await })
+    };
+    // A start takes well over 20 ms; the run is cancelled meanwhile.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    let idle = until(60, || rt.idle_count(), |n| *n == 1).await;
+    assert_eq!(
+        idle, 1,
+        "the container finished starting and went back to the pool"
+    );
+    // The room it had reserved is free again: the next acquire does not wait.
+    let c = tokio::time::timeout(Duration::from_secs(60), rt.acquire(&want))
+        .await
+        .expect("no wait at the cap of 1")
+        .expect("acquired");
+    assert_eq!(w.containers(), vec![c.id.clone()], "one container, reused");
+    rt.discard(&c).await;
 }
