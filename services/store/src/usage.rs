@@ -98,6 +98,27 @@ impl Store {
             .await
     }
 
+    /// What runs of `role` in `tenant` without an employee used from
+    /// `since` on (a role's daily quota when no employee does the work).
+    pub async fn role_usage_since(
+        &self,
+        tenant: &str,
+        role: &str,
+        since: OffsetDateTime,
+    ) -> Result<UsageTotals> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT count(*), COALESCE(sum(u.prompt_tokens), 0)::bigint,
+                        COALESCE(sum(u.completion_tokens), 0)::bigint, COALESCE(sum(u.cost_usd), 0)::float8
+                 FROM usage u JOIN tasks t ON t.id = u.task_id
+                 WHERE u.tenant = $1 AND t.role = $2 AND u.employee_id IS NULL AND u.at >= $3",
+            )
+            .await?;
+        let r = client.query_one(&stmt, &[&tenant, &role, &since]).await?;
+        Ok(totals(&r))
+    }
+
     async fn usage_where(
         &self,
         cond: &'static str,
@@ -113,14 +134,19 @@ impl Store {
             ))
             .await?;
         let r = client.query_one(&stmt, &[&id, &since]).await?;
-        let n = |i: usize| r.get::<_, i64>(i).max(0) as u64;
-        let (prompt_tokens, completion_tokens) = (n(1), n(2));
-        Ok(UsageTotals {
-            calls: n(0),
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-            cost_usd: r.get(3),
-        })
+        Ok(totals(&r))
+    }
+}
+
+/// (count, prompt, completion, cost) as totals.
+fn totals(r: &tokio_postgres::Row) -> UsageTotals {
+    let n = |i: usize| r.get::<_, i64>(i).max(0) as u64;
+    let (prompt_tokens, completion_tokens) = (n(1), n(2));
+    UsageTotals {
+        calls: n(0),
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens + completion_tokens,
+        cost_usd: r.get(3),
     }
 }

@@ -220,13 +220,10 @@ async fn plan(shared: &Shared, running: &Running) -> Result<Plan, Outcome> {
             role.name
         )));
     }
-    let (mut quotas, mut memory, mut used_today) = (
-        role.quotas.clone(),
-        Default::default(),
-        gateway::DailyUsage::default(),
-    );
+    let (mut quotas, mut memory) = (role.quotas.clone(), Default::default());
+    let store_err =
+        |e: store::Error| Outcome::Failed(format!("cannot load the run's context: {e}"));
     if let Some(e) = task.employee_id {
-        let store_err = |e: store::Error| Outcome::Failed(format!("cannot load the employee: {e}"));
         let employee = shared.store.employee(e).await.map_err(store_err)?;
         let Some(employee) = employee else {
             return Err(Outcome::Invalid(format!("employee {e} does not exist")));
@@ -239,17 +236,24 @@ async fn plan(shared: &Shared, running: &Running) -> Result<Plan, Outcome> {
         }
         quotas = quotas.overridden_by(&employee.quotas);
         memory = shared.store.memory_list(e).await.map_err(store_err)?;
-        let day_ago = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-        let used = shared
-            .store
-            .employee_usage_since(e, day_ago)
-            .await
-            .map_err(store_err)?;
-        used_today = gateway::DailyUsage {
-            tokens: used.total_tokens,
-            cost_usd: used.cost_usd,
-        };
     }
+    // The daily quotas count the employee's last 24 hours, or, without an
+    // employee, those of the role's runs without one in this tenant.
+    let day_ago = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let used = match task.employee_id {
+        Some(e) => shared.store.employee_usage_since(e, day_ago).await,
+        None => {
+            shared
+                .store
+                .role_usage_since(&task.tenant, &role.name, day_ago)
+                .await
+        }
+    }
+    .map_err(store_err)?;
+    let used_today = gateway::DailyUsage {
+        tokens: used.total_tokens,
+        cost_usd: used.cost_usd,
+    };
     let ctx = gateway::RunContext {
         task_id: task.id,
         run_id: running.run_id,

@@ -361,6 +361,9 @@ async fn a_crossed_quota_stops_the_run_in_flight_and_fails_the_task_with_the_fig
         ],
         "dawdle": [
             {"text": "late", "delay_ms": 30000}
+        ],
+        "brief": [
+            {"text": "ok"}
         ]
     }});
     w.use_roles(
@@ -370,6 +373,7 @@ async fn a_crossed_quota_stops_the_run_in_flight_and_fails_the_task_with_the_fig
                 &role_yaml("thrifty", "", "", "tokens_per_run: 20"),
             ),
             ("hasty", &role_yaml("hasty", "", "", "wall_secs_per_run: 1")),
+            ("daily", &role_yaml("daily", "", "", "tokens_per_day: 20")),
         ],
         &scripts.to_string(),
     )
@@ -407,6 +411,27 @@ async fn a_crossed_quota_stops_the_run_in_flight_and_fails_the_task_with_the_fig
     assert_eq!(task.state, TaskState::Failed);
     let error = task.error.clone().unwrap_or_default();
     assert!(error.contains("wall_secs_per_run"), "{error}");
+
+    // A role's day: the first short run fits, the second one crosses the
+    // daily total its predecessor began.
+    let brief = json!({"role": "daily", "input": {"prompt": "[script:brief] hi"}});
+    let first = w.submit(brief.clone()).await.expect("submit");
+    let task = w.wait_final(first, 60).await.expect("final");
+    assert_eq!(task.state, TaskState::Done, "{:?}", task.error);
+    let spent = store
+        .usage_of_task(first)
+        .await
+        .expect("usage")
+        .total_tokens;
+    assert!(
+        spent > 10 && spent <= 20,
+        "one run fits the day, two do not: {spent}"
+    );
+    let second = w.submit(brief).await.expect("submit");
+    let task = w.wait_final(second, 60).await.expect("final");
+    assert_eq!(task.state, TaskState::Failed);
+    let error = task.error.clone().unwrap_or_default();
+    assert!(error.contains("tokens_per_day"), "{error}");
     colony.stop().await.expect("stop");
 }
 
