@@ -28,7 +28,3 @@ CREATE TABLE reviews (
     at                   timestamptz NOT NULL
 );
 CREATE INDEX reviews_task ON reviews (task_id, id);
-
--- A role's daily quota without an employee sums its runs' usage in the
--- tenant over the last day.
-CREATE INDEX usage_tenant_at ON usage (tenant, at) WHERE employee_id IS NULL;

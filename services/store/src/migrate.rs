@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0004_notes_reviews.sql",
         include_str!("../../../sql/0004_notes_reviews.sql"),
     ),
+    (
+        5,
+        "0005_usage_by_tenant.sql",
+        include_str!("../../../sql/0005_usage_by_tenant.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed: the advisory lock that serialises migrators.
