@@ -43,6 +43,9 @@ enum Command {
         max_attempts: Option<u32>,
         #[arg(long)]
         timeout_secs: Option<u32>,
+        /// The employee (of that role) to give the task to.
+        #[arg(long)]
+        employee: Option<String>,
         /// Wait until the task is final and print it.
         #[arg(long)]
         wait: bool,
@@ -107,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             idempotency_key,
             max_attempts,
             timeout_secs,
+            employee,
             wait,
             client,
         } => {
@@ -118,6 +122,9 @@ async fn main() -> anyhow::Result<()> {
             }
             if let Some(n) = timeout_secs {
                 body["timeout_secs"] = n.into();
+            }
+            if let Some(e) = employee {
+                body["employee_id"] = e.into();
             }
             let http = reqwest::Client::new();
             let mut req = http.post(format!("{}/v1/tasks", client.url)).json(&body);
