@@ -44,6 +44,8 @@ pub enum Error {
     Nats(String),
     #[error("gateway: {0}")]
     Gateway(String),
+    #[error("{0}")]
+    WorkerId(String),
 }
 
 #[derive(Clone, Debug)]
@@ -131,6 +133,9 @@ pub async fn run(
     relay: Relay,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    // Two processes with one worker id on one host would each take the
+    // other's containers for their own; the second one refuses to start.
+    let _instance = claim_worker_id(&cfg)?;
     let js = jetstream::new(nats.clone());
     let leases = runtime::lease::Leases::open(&js, &cfg.worker_id, cfg.lease_ttl)
         .await
@@ -376,6 +381,33 @@ async fn heartbeats(shared: Arc<Shared>, stop: CancellationToken) {
         if let Err(e) = shared.store.heartbeat(&shared.cfg.worker_id, &ids).await {
             tracing::warn!(error = %e, "heartbeat failed");
         }
+    }
+}
+
+/// Hold an exclusive lock on `<socket_dir>/.worker-<id>.lock` while this
+/// worker runs (the kernel drops it when the process ends, however it ends).
+fn claim_worker_id(cfg: &Config) -> Result<std::fs::File, Error> {
+    let dir = &cfg.runtime.socket_dir;
+    let path = dir.join(format!(".worker-{}.lock", cfg.worker_id));
+    let file = std::fs::create_dir_all(dir)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+        })
+        .map_err(|e| Error::WorkerId(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::WorkerId(format!(
+            "another worker on this host runs as {:?}; give each worker its own COLONY_WORKER_ID",
+            cfg.worker_id
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::WorkerId(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
     }
 }
 

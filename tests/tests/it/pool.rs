@@ -501,3 +501,39 @@ async fn an_acquire_abandoned_mid_start_leaves_its_container_to_the_pool() {
     assert_eq!(w.containers(), vec![c.id.clone()], "one container, reused");
     rt.discard(&c).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_with_the_same_id_on_one_host_refuses_to_start() {
+    let w = World::new().await.expect("world");
+    let first = w.start(colony::Role::All).await.expect("colony");
+    let second = w
+        .start_with(colony::Role::Worker, w.settings.clone())
+        .await
+        .expect("spawned");
+    let err = tokio::time::timeout(Duration::from_secs(60), second.task)
+        .await
+        .expect("the second worker stops by itself")
+        .expect("join")
+        .expect_err("refused");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("another worker on this host runs as") && text.contains("COLONY_WORKER_ID"),
+        "{text}"
+    );
+    // The first one is unaffected.
+    let id = w
+        .submit_shell("echo still here", serde_json::json!({}))
+        .await
+        .expect("submit");
+    assert_eq!(
+        w.wait_final(id, 60).await.expect("final").state,
+        TaskState::Done
+    );
+    first.stop().await.expect("stop");
+    // And once it is gone, the id is free again.
+    let again = w
+        .start(colony::Role::All)
+        .await
+        .expect("restart with the same id");
+    again.stop().await.expect("stop");
+}
