@@ -84,6 +84,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/employees/{id}",
             get(employees::get_one).delete(employees::offboard),
         )
+        .route("/v1/employees/{id}/memory", get(employees::memory))
         .route("/v1/employees/{id}/pause", post(employees::pause))
         .route("/v1/employees/{id}/resume", post(employees::resume))
         .route("/v1/audit", get(audit::query))

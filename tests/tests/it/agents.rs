@@ -141,6 +141,13 @@ async fn an_employee_works_with_tools_keeps_its_workspace_and_memory_and_is_audi
         store.memory_get(ada, "last").await.expect("memory"),
         Some(json!("wrote notes.txt"))
     );
+    let memory: Value = reqwest::get(format!("{}/v1/employees/{ada}/memory", w.url()))
+        .await
+        .expect("GET memory")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(memory, json!({"last": "wrote notes.txt"}));
     let trail = audit(&w, ada).await;
     let has = |action: &str, outcome: &str| {
         trail

@@ -214,6 +214,22 @@ pub(super) async fn get_one(
     .into_response()
 }
 
+/// The employee's memory (key → value), as its next run will see it.
+pub(super) async fn memory(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Response {
+    let employee = match find(&s, &headers, &raw).await {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    match s.0.store.memory_list(employee.id).await {
+        Ok(m) => Json(m).into_response(),
+        Err(e) => store_refusal(e),
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Move {
     Pause,
