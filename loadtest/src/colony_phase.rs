@@ -12,8 +12,7 @@ use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use subjects::{TaskAccepted, TaskState, TaskView};
-use tokio::sync::{oneshot, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::oneshot;
 
 use crate::stats::{Sample, Summary};
 use crate::{Args, Cleanup, BENCH_LABEL_KEY, BENCH_LABEL_VALUE};
@@ -250,29 +249,18 @@ async fn wait_healthy(
     bail!("colony did not answer 200 on {url} within about a minute")
 }
 
-/// Keep `concurrency` submissions in flight until `n` tasks are finished.
+/// Keep `concurrency` items in flight until `n` are finished.
 async fn drive(
     ctx: &Ctx,
     n: usize,
     concurrency: usize,
     item_timeout: Duration,
 ) -> anyhow::Result<Vec<(Sample, Option<Trace>)>> {
-    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut set = JoinSet::new();
-    for _ in 0..n {
-        let permit = slots.clone().acquire_owned().await?;
+    crate::stats::keep_in_flight(n, concurrency, "colony task", || {
         let ctx = ctx.clone();
-        set.spawn(async move {
-            let s = one(&ctx, item_timeout).await;
-            drop(permit);
-            s
-        });
-    }
-    let mut out = Vec::with_capacity(n);
-    while let Some(r) = set.join_next().await {
-        out.push(r.context("a colony task driver panicked")?);
-    }
-    Ok(out)
+        async move { one(&ctx, item_timeout).await }
+    })
+    .await
 }
 
 async fn one(ctx: &Ctx, item_timeout: Duration) -> (Sample, Option<Trace>) {

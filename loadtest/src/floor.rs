@@ -25,7 +25,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use subjects::agent::{AgentFrame, AgentRequest, RunRequest};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -243,30 +243,18 @@ async fn prepare_table(pool: &Pool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keep `concurrency` items in flight until `n` are finished. Each item
-/// comes with its stage durations (ms; empty when it failed).
+/// Keep `concurrency` items in flight until `n` are finished.
 async fn drive(
     ctx: &Ctx,
     n: usize,
     concurrency: usize,
     item_timeout: Duration,
 ) -> anyhow::Result<Vec<(Sample, Vec<f64>)>> {
-    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut set = JoinSet::new();
-    for _ in 0..n {
-        let permit = slots.clone().acquire_owned().await?;
+    crate::stats::keep_in_flight(n, concurrency, "floor item", || {
         let ctx = ctx.clone();
-        set.spawn(async move {
-            let s = one(&ctx, item_timeout).await;
-            drop(permit);
-            s
-        });
-    }
-    let mut out = Vec::with_capacity(n);
-    while let Some(r) = set.join_next().await {
-        out.push(r.context("a floor item panicked")?);
-    }
-    Ok(out)
+        async move { one(&ctx, item_timeout).await }
+    })
+    .await
 }
 
 async fn one(ctx: &Ctx, item_timeout: Duration) -> (Sample, Vec<f64>) {

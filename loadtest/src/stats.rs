@@ -110,6 +110,39 @@ pub fn stage_line(title: &str, names: &[&str], rows: &[Vec<f64>]) -> Option<Stri
     ))
 }
 
+/// Keep `concurrency` calls of `one` in flight until `n` have finished;
+/// their results in completion order. `what` names an item in the error
+/// of a panicked driver.
+pub async fn keep_in_flight<T, F, Fut>(
+    n: usize,
+    concurrency: usize,
+    what: &str,
+    one: F,
+) -> anyhow::Result<Vec<T>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    use anyhow::Context;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let permit = slots.clone().acquire_owned().await?;
+        let item = one();
+        set.spawn(async move {
+            let r = item.await;
+            drop(permit);
+            r
+        });
+    }
+    let mut out = Vec::with_capacity(n);
+    while let Some(r) = set.join_next().await {
+        out.push(r.with_context(|| format!("a {what} driver panicked"))?);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
