@@ -405,7 +405,7 @@ async fn process(
     });
     let frame = tokio::time::timeout(
         Duration::from_secs(15),
-        runtime::agent::call(&c.agent_socket, &req, |_| {}),
+        runtime::agent::call(&c.agent_socket, &req, None),
     )
     .await
     .context("no answer from agentd within 15 s")??;

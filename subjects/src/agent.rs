@@ -20,10 +20,16 @@ use serde_json::Value;
 
 use crate::OutputStream;
 
-/// Directory, inside the container, holding `agent.sock` (and, later,
-/// `gateway.sock`). The worker bind-mounts a per-container host directory here.
+/// Directory, inside the container, holding the two sockets. The worker
+/// bind-mounts a per-container host directory here. That directory is
+/// root's and not writable from inside, so `gateway.sock` (the worker's)
+/// cannot be replaced by anything the container runs; agentd's own socket
+/// lives in the one subdirectory the container may write, [`AGENT_SUBDIR`].
 pub const SOCKET_DIR: &str = "/run/colony";
-/// File name of agentd's socket within [`SOCKET_DIR`].
+/// The container's writable subdirectory of [`SOCKET_DIR`], holding
+/// [`AGENT_SOCKET`].
+pub const AGENT_SUBDIR: &str = "agent";
+/// File name of agentd's socket within [`SOCKET_DIR`]/[`AGENT_SUBDIR`].
 pub const AGENT_SOCKET: &str = "agent.sock";
 /// File name of the worker's gateway socket within [`SOCKET_DIR`].
 pub const GATEWAY_SOCKET: &str = "gateway.sock";

@@ -22,6 +22,7 @@ pub mod messages;
 pub mod nats;
 pub mod schema;
 pub mod status;
+pub mod text;
 
 pub use messages::*;
 

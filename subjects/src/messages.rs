@@ -130,6 +130,12 @@ pub struct ShellOutput {
     pub stdout_truncated: bool,
     #[serde(default)]
     pub stderr_truncated: bool,
+    /// True when `stdout` held NUL or bytes that are not UTF-8 and is
+    /// therefore escaped (see [`crate::text`]: `\\`, `\0`, `\xHH`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdout_escaped: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stderr_escaped: bool,
 }
 
 /// What the outbox relay publishes to `colony.work.<pool>` for a queued task.

@@ -517,6 +517,8 @@ mod tests {
             stderr: String::new(),
             stdout_truncated: false,
             stderr_truncated: false,
+            stdout_escaped: false,
+            stderr_escaped: false,
         };
         assert_eq!(shell_text(&output), "exit code: 1\nstdout:\nout\n");
         let response = FetchResponse {

@@ -63,6 +63,7 @@ impl Rig {
                 workspace: workspace.clone(),
                 gateway: gateway_socket,
                 proxy_url: Some(format!("http://{proxy}")),
+                sweep: false,
             },
         )
         .expect("bind");

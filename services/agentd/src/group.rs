@@ -49,6 +49,32 @@ pub async fn kill_until_gone(group: Pgid) -> bool {
     false
 }
 
+/// Kills every process agentd may signal except itself and PID 1 (the
+/// container's init), until none is left: what a run started and hid from
+/// its process group (`setsid`, a double fork) must not live on into the
+/// next task in the same container. Only for agentd inside its container,
+/// where its user owns nothing but the runs: it refuses to run as root
+/// (where `kill(-1)` would reach every process on a host). Returns how many
+/// rounds found someone to kill.
+pub async fn sweep() -> Result<u32, &'static str> {
+    // SAFETY: geteuid(2) cannot fail and has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Err("agentd does not sweep processes as root");
+    }
+    let mut rounds = 0;
+    for _ in 0..KILL_TRIES {
+        // SAFETY: kill(2) has no memory-safety preconditions; pid -1 is
+        // every process we may signal except ourselves and init.
+        if unsafe { libc::kill(-1, libc::SIGKILL) } != 0 {
+            // ESRCH: nobody left (zombies are reaped by init meanwhile).
+            return Ok(rounds);
+        }
+        rounds += 1;
+        tokio::time::sleep(KILL_PAUSE).await;
+    }
+    Ok(rounds)
+}
+
 /// Kills the group once on drop unless disarmed.
 #[derive(Debug)]
 pub struct Guard(Option<Pgid>);

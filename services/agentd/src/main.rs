@@ -1,7 +1,7 @@
 //! agentd: the agent runtime inside a Colony container.
 //!
 //! It is the container's entrypoint (behind docker's `tini` init), listens on
-//! `/run/colony/agent.sock` and runs the worker's requests in `/workspace`
+//! `/run/colony/agent/agent.sock` and runs the worker's requests in `/workspace`
 //! using the protocol of [`subjects::agent`]. This module owns the command
 //! line, the runtime (one thread, so a fork bomb in a run cannot starve
 //! agentd of threads) and the shutdown signals; [`server`] owns the socket
@@ -31,20 +31,24 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use subjects::agent::{AGENT_SOCKET, GATEWAY_SOCKET, PROXY_ADDR, SOCKET_DIR, WORKSPACE};
+use subjects::agent::{
+    AGENT_SOCKET, AGENT_SUBDIR, GATEWAY_SOCKET, PROXY_ADDR, SOCKET_DIR, WORKSPACE,
+};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// agentd's version, reported in `pong`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 const USAGE: &str = "\
-usage: agentd [--socket PATH] [--workspace DIR] [--gateway PATH] [--proxy ADDR|off]
+usage: agentd [--socket PATH] [--workspace DIR] [--gateway PATH] [--proxy ADDR|off] [--sweep]
 
-  --socket PATH     unix socket to serve (env AGENTD_SOCKET; default /run/colony/agent.sock)
+  --socket PATH     unix socket to serve (env AGENTD_SOCKET; default /run/colony/agent/agent.sock)
   --workspace DIR   directory runs work in (env AGENTD_WORKSPACE; default /workspace)
   --gateway PATH    the worker's gateway socket (env AGENTD_GATEWAY; default /run/colony/gateway.sock)
   --proxy ADDR|off  where to serve the egress proxy, piped to the gateway; port 0 picks one,
                     off serves none (env AGENTD_PROXY; default 127.0.0.1:3128)
+  --sweep           after every run, kill every other process of agentd's user (inside its
+                    container only; refused as root) (env AGENTD_SWEEP=1)
   --help            print this and exit
   --version         print the version and exit";
 
@@ -62,6 +66,8 @@ struct Config {
     gateway: PathBuf,
     /// `None`: no egress proxy.
     proxy: Option<SocketAddr>,
+    /// Kill what a run leaves behind (see `group::sweep`).
+    sweep: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -80,7 +86,7 @@ fn parse_args(
     let mut config = Config {
         socket: env("AGENTD_SOCKET")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(SOCKET_DIR).join(AGENT_SOCKET)),
+            .unwrap_or_else(|| Path::new(SOCKET_DIR).join(AGENT_SUBDIR).join(AGENT_SOCKET)),
         workspace: env("AGENTD_WORKSPACE")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(WORKSPACE)),
@@ -95,6 +101,7 @@ fn parse_args(
                     .map_err(|err| format!("{PROXY_ADDR}: {err}"))?,
             ),
         },
+        sweep: env("AGENTD_SWEEP").is_some_and(|v| v == "1"),
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -107,6 +114,10 @@ fn parse_args(
         };
         match flag {
             "--help" | "-h" => return Ok(Command::Help),
+            "--sweep" => {
+                config.sweep = true;
+                continue;
+            }
             "--version" | "-V" => return Ok(Command::Version),
             "--socket" | "--workspace" | "--gateway" | "--proxy" => {}
             _ => return Err(format!("unknown argument {text:?}")),
@@ -188,6 +199,7 @@ async fn serve(config: Config) -> std::io::Result<()> {
         workspace: config.workspace.clone(),
         gateway: config.gateway.clone(),
         proxy_url,
+        sweep: config.sweep,
     };
     let proxy = settings
         .proxy_url
@@ -226,7 +238,20 @@ mod tests {
             workspace: PathBuf::from(workspace),
             gateway: PathBuf::from("/run/colony/gateway.sock"),
             proxy: Some("127.0.0.1:3128".parse().expect("addr")),
+            sweep: false,
         }
+    }
+
+    #[test]
+    fn sweep_is_asked_for_by_flag_or_environment() {
+        let swept = |c: Result<Command, String>| {
+            matches!(c, Ok(Command::Serve(Config { sweep: true, .. })))
+        };
+        assert!(!swept(parse_args(args(&[]), |_| None)));
+        assert!(swept(parse_args(args(&["--sweep"]), |_| None)));
+        assert!(swept(
+            parse_args(args(&[]), |n| (n == "AGENTD_SWEEP").then(|| "1".into()))
+        ));
     }
 
     #[test]
@@ -235,7 +260,7 @@ mod tests {
         assert_eq!(
             parsed,
             Ok(Command::Serve(config(
-                "/run/colony/agent.sock",
+                "/run/colony/agent/agent.sock",
                 "/workspace"
             )))
         );
@@ -260,6 +285,7 @@ mod tests {
                 workspace: PathBuf::from("/env/ws"),
                 gateway: PathBuf::from("/env/gw.sock"),
                 proxy: Some("127.0.0.1:0".parse().expect("addr")),
+                sweep: false,
             }))
         );
         assert_eq!(
@@ -269,11 +295,12 @@ mod tests {
                 workspace: PathBuf::from("/env/ws"),
                 gateway: PathBuf::from("/g"),
                 proxy: None,
+                sweep: false,
             }))
         );
         assert_eq!(
             parse_args(args(&["--workspace=/w"]), |_| None),
-            Ok(Command::Serve(config("/run/colony/agent.sock", "/w")))
+            Ok(Command::Serve(config("/run/colony/agent/agent.sock", "/w")))
         );
     }
 

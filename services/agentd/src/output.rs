@@ -38,16 +38,30 @@ impl Capture {
         self.total.saturating_sub(self.kept.len() as u64)
     }
 
-    /// The kept text (invalid UTF-8 replaced) with the truncation marker
-    /// appended when bytes were dropped, and whether they were.
-    pub fn finish(self) -> (String, bool) {
+    /// The kept text with the truncation marker appended when bytes were
+    /// dropped, whether they were, and whether the text is escaped (it held
+    /// NUL or bytes that are not UTF-8; see [`subjects::text`]).
+    pub fn finish(self) -> Kept {
         let dropped = self.dropped();
-        let mut text = String::from_utf8_lossy(&self.kept).into_owned();
+        let (text, escaped) = subjects::text::escape_bytes(&self.kept);
+        let mut text = text.into_owned();
         if dropped > 0 {
             text.push_str(&truncation_marker(dropped));
         }
-        (text, dropped > 0)
+        Kept {
+            text,
+            truncated: dropped > 0,
+            escaped,
+        }
     }
+}
+
+/// What a [`Capture`] kept, as text.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Kept {
+    pub text: String,
+    pub truncated: bool,
+    pub escaped: bool,
 }
 
 /// What ends a truncated stream's text.
@@ -134,7 +148,7 @@ mod tests {
         let mut capture = Capture::new(10);
         assert_eq!(capture.push(b"hello"), b"hello");
         assert_eq!(capture.push(b"\n"), b"\n");
-        assert_eq!(capture.finish(), ("hello\n".to_owned(), false));
+        assert_eq!(capture.finish(), kept("hello\n", false, false));
     }
 
     #[test]
@@ -142,7 +156,7 @@ mod tests {
         let mut capture = Capture::new(4);
         assert_eq!(capture.push(b"abcd"), b"abcd");
         assert_eq!(capture.push(b""), b"");
-        assert_eq!(capture.finish(), ("abcd".to_owned(), false));
+        assert_eq!(capture.finish(), kept("abcd", false, false));
     }
 
     #[test]
@@ -152,9 +166,10 @@ mod tests {
         assert_eq!(capture.push(b"defgh"), b"de");
         assert_eq!(capture.push(&[b'x'; 12345]), b"");
         assert_eq!(capture.dropped(), 12348);
-        let (text, truncated) = capture.finish();
-        assert!(truncated);
-        assert_eq!(text, "abcde\n[… 12348 bytes truncated]");
+        assert_eq!(
+            capture.finish(),
+            kept("abcde\n[… 12348 bytes truncated]", true, false)
+        );
     }
 
     #[test]
@@ -163,15 +178,23 @@ mod tests {
         assert_eq!(capture.push(b"abc"), b"");
         assert_eq!(
             capture.finish(),
-            ("\n[… 3 bytes truncated]".to_owned(), true)
+            kept("\n[… 3 bytes truncated]", true, false)
         );
     }
 
+    fn kept(text: &str, truncated: bool, escaped: bool) -> Kept {
+        Kept {
+            text: text.to_owned(),
+            truncated,
+            escaped,
+        }
+    }
+
     #[test]
-    fn invalid_utf8_is_replaced_in_the_result() {
+    fn nul_and_invalid_utf8_are_escaped_in_the_result() {
         let mut capture = Capture::new(10);
-        capture.push(b"a\xffb");
-        assert_eq!(capture.finish().0, "a\u{FFFD}b");
+        capture.push(b"a\0b\xff");
+        assert_eq!(capture.finish(), kept("a\\0b\\xff", false, true));
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct Settings {
     /// The egress proxy's URL (`http://127.0.0.1:3128`), given to every
     /// process as `HTTP_PROXY` and friends; `None` when the proxy is off.
     pub proxy_url: Option<String>,
+    /// After every run, kill every other process agentd may signal (see
+    /// [`crate::group::sweep`]): set only inside a container.
+    pub sweep: bool,
 }
 
 /// The run's cancel signal: fires when the client's side sends on (or drops)

@@ -192,6 +192,16 @@ async fn serve_run(
         }
     };
 
+    if settings.sweep {
+        match crate::group::sweep().await {
+            Ok(0) => {}
+            Ok(rounds) => log(format_args!(
+                "run {:?}: killed processes it left behind ({rounds} rounds)",
+                request.run_id
+            )),
+            Err(why) => log(format_args!("run {:?}: {why}", request.run_id)),
+        }
+    }
     let elapsed = started.elapsed().as_millis();
     match &outcome {
         Ok(output) if request.agent.is_some() => log(format_args!(
@@ -277,6 +287,7 @@ mod tests {
                 workspace: workspace.clone(),
                 gateway: dir.path().join("gateway.sock"),
                 proxy_url: Some(PROXY_URL.to_owned()),
+                sweep: false,
             };
             let server = Server::bind(&socket, settings).expect("bind");
             let (stop, stopped) = oneshot::channel::<()>();
@@ -467,6 +478,8 @@ mod tests {
                 stderr: "err\n".to_owned(),
                 stdout_truncated: false,
                 stderr_truncated: false,
+                stdout_escaped: false,
+                stderr_escaped: false,
             }
         );
         assert_eq!(streamed(&frames, OutputStream::Stdout), "hi\n");
@@ -644,6 +657,8 @@ mod tests {
                 stderr: String::new(),
                 stdout_truncated: false,
                 stderr_truncated: false,
+                stdout_escaped: false,
+                stderr_escaped: false,
             })
             .expect("encode"),
         };

@@ -226,14 +226,15 @@ pub async fn execute(
 
     match ending {
         Ending::Exited(status) => {
-            let (stdout, stdout_truncated) = out.finish();
-            let (stderr, stderr_truncated) = err.finish();
+            let (out, err) = (out.finish(), err.finish());
             Ok(ShellOutput {
                 exit_code: exit_code(status),
-                stdout,
-                stderr,
-                stdout_truncated,
-                stderr_truncated,
+                stdout: out.text,
+                stderr: err.text,
+                stdout_truncated: out.truncated,
+                stderr_truncated: err.truncated,
+                stdout_escaped: out.escaped,
+                stderr_escaped: err.escaped,
             })
         }
         Ending::TimedOut => Err(Failure::TimedOut),

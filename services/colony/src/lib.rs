@@ -32,8 +32,9 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     #[arg(long, env = "COLONY_AGENT_IMAGE", default_value = "colony/agentd:dev")]
     pub agent_image: String,
-    /// Host directory for per-container socket directories.
-    #[arg(long, env = "COLONY_SOCKET_DIR", default_value = "/tmp/colony/sockets")]
+    /// Host directory for per-container socket directories: it and every
+    /// directory above it must be root's and closed to others.
+    #[arg(long, env = "COLONY_SOCKET_DIR", default_value = "/run/colony/sockets")]
     pub socket_dir: PathBuf,
     /// Stable across restarts, so that a restarted worker adopts its containers.
     #[arg(long, env = "COLONY_WORKER_ID")]

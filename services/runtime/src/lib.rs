@@ -21,6 +21,7 @@
 
 pub mod agent;
 pub mod lease;
+pub mod sockets;
 pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,7 +34,7 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
-use subjects::agent::{AGENT_SOCKET, GATEWAY_SOCKET, SOCKET_DIR};
+use subjects::agent::SOCKET_DIR;
 
 pub use spec::Limits;
 
@@ -281,7 +282,7 @@ impl Runtime {
             .await
             .map_err(Error::Engine)?;
         let default_image_id = image_id(&docker, &cfg.image).await?;
-        std::fs::create_dir_all(&cfg.socket_dir).map_err(|source| Error::SocketDir {
+        sockets::check_root(&cfg.socket_dir).map_err(|source| Error::SocketDir {
             path: cfg.socket_dir.clone(),
             source,
         })?;
@@ -600,10 +601,13 @@ impl Runtime {
                 .map_err(|e| Error::Lease(e.to_string()))?;
         }
         let dir = self.cfg.socket_dir.join(&name);
-        if let Err(source) = spec::prepare_socket_dir(&dir) {
-            self.remove("", &name).await;
-            return Err(Error::SocketDir { path: dir, source });
-        }
+        let paths = match sockets::prepare_container_dir(&dir) {
+            Ok(p) => p,
+            Err(source) => {
+                self.remove("", &name).await;
+                return Err(Error::SocketDir { path: dir, source });
+            }
+        };
         let mut labels: HashMap<String, String> = self.cfg.labels.clone().into_iter().collect();
         labels.insert(label::MANAGED.into(), "true".into());
         labels.insert(label::ROLE.into(), role.clone());
@@ -643,8 +647,8 @@ impl Runtime {
             role: role.clone(),
             employee: want.employee,
             config_hash: hash,
-            agent_socket: dir.join(AGENT_SOCKET),
-            gateway_socket: dir.join(GATEWAY_SOCKET),
+            agent_socket: paths.agent,
+            gateway_socket: paths.gateway,
             source: Source::Cold,
             origin: Origin::Created,
             uses: 0,
@@ -675,7 +679,7 @@ impl Runtime {
         let deadline = Instant::now() + self.cfg.ready_timeout;
         let mut pause = Duration::from_millis(2);
         loop {
-            if c.agent_socket.exists() && agent::ping(&c.agent_socket).await {
+            if agent::ping(&c.agent_socket).await {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -757,15 +761,15 @@ impl Runtime {
             let employee = labels
                 .get(label::EMPLOYEE)
                 .and_then(|e| uuid::Uuid::parse_str(e).ok());
-            let dir = self.cfg.socket_dir.join(&name);
+            let paths = sockets::SocketPaths::of(self.cfg.socket_dir.join(&name));
             let c = Container {
                 id: id.clone(),
                 name: name.clone(),
                 role: role.clone(),
                 employee,
                 config_hash: hash.clone(),
-                agent_socket: dir.join(AGENT_SOCKET),
-                gateway_socket: dir.join(GATEWAY_SOCKET),
+                agent_socket: paths.agent,
+                gateway_socket: paths.gateway,
                 source: Source::Adopted,
                 origin: Origin::Adopted,
                 uses: 0,

@@ -123,18 +123,6 @@ pub fn container_body(
     }
 }
 
-/// Create the per-container socket directory, owned by the container's user
-/// so that agentd can create its socket there.
-pub fn prepare_socket_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    // Only root may chown; a non-root worker falls back to a world-writable
-    // directory (it is private to one container either way).
-    let owned = std::os::unix::fs::chown(dir, Some(UID), Some(UID)).is_ok();
-    use std::os::unix::fs::PermissionsExt;
-    let mode = if owned { 0o700 } else { 0o777 };
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

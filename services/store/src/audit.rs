@@ -106,8 +106,9 @@ impl AuditFilter {
 
 fn bounded(text: &Option<String>) -> Option<String> {
     text.as_ref().map(|t| {
+        let t = crate::pg_text(t);
         if t.chars().count() <= MAX_TEXT_CHARS {
-            t.clone()
+            t.into_owned()
         } else {
             let cut: String = t.chars().take(MAX_TEXT_CHARS).collect();
             format!("{cut}[… cut at {MAX_TEXT_CHARS} characters]")
@@ -156,7 +157,7 @@ impl Store {
                     &a.employee_id,
                     &a.task_id,
                     &a.run_id,
-                    &a.action,
+                    &crate::pg_text(&a.action),
                     &bounded(&a.target),
                     &a.outcome.as_str(),
                     &bounded(&a.detail),

@@ -40,9 +40,9 @@ pub use vault::{Credential, NewCredential, Vault};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("database error: {0}")]
+    #[error("database error: {}", db_cause(.0))]
     Db(#[from] tokio_postgres::Error),
-    #[error("no database connection: {0}")]
+    #[error("no database connection: {}", pool_cause(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("{0}")]
     Illegal(#[from] IllegalTransition),
@@ -66,6 +66,42 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a database error was about: the server's message, SQLSTATE and
+/// detail when the server refused a statement, else the client-side cause
+/// chain (`db error` alone names nothing).
+fn db_cause(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut out = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            out.push_str("; ");
+            out.push_str(detail);
+        }
+        return out;
+    }
+    let mut out = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// Why the pool gave no connection, with the server's reason when it
+/// refused one.
+fn pool_cause(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(db) => db_cause(db),
+        other => other.to_string(),
+    }
+}
+
+/// `s` as Postgres `text` can hold it (NUL escaped, see [`subjects::text`]).
+pub(crate) fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
+    subjects::text::escape_nul(s)
+}
 
 /// A handle on the database: cheap to clone.
 #[derive(Clone)]

@@ -61,7 +61,13 @@ impl Store {
         client
             .execute(
                 &stmt,
-                &[&task, &run, &employee, &text, &OffsetDateTime::now_utc()],
+                &[
+                    &task,
+                    &run,
+                    &employee,
+                    &crate::pg_text(text),
+                    &OffsetDateTime::now_utc(),
+                ],
             )
             .await?;
         Ok(())
@@ -126,7 +132,7 @@ impl Store {
                     &r.reviewer_employee_id,
                     &r.score,
                     &r.verdict,
-                    &r.comments,
+                    &crate::pg_text(&r.comments),
                     &OffsetDateTime::now_utc(),
                 ],
             )

@@ -127,6 +127,25 @@ pub fn result_msg(task: &TaskView) -> OutboxMsg {
     OutboxMsg::now(subject::result(task.id), json(task), Some(task.id))
 }
 
+/// A run's result as Postgres `jsonb` can hold it: strings (and keys) with
+/// NUL are escaped (see [`subjects::text`]), and an object result lists them
+/// under [`subjects::text::ESCAPED`]; a result of another type is wrapped as
+/// `{"value": …, "escaped": […]}` when it had to change.
+pub fn storable_result(mut result: Value) -> Value {
+    let changed = subjects::text::escape_nul_in_json(&mut result);
+    if changed.is_empty() {
+        return result;
+    }
+    let list = Value::from(changed);
+    match result {
+        Value::Object(mut map) => {
+            map.insert(subjects::text::ESCAPED.to_string(), list);
+            Value::Object(map)
+        }
+        other => serde_json::json!({ "value": other, subjects::text::ESCAPED: list }),
+    }
+}
+
 /// What ingress asks to create.
 #[derive(Clone, Debug)]
 pub struct NewTask {
@@ -530,18 +549,20 @@ impl Store {
         match how {
             Finish::Done { result } => {
                 task.state = TaskState::Done;
-                task.result = Some(result);
+                task.result = Some(storable_result(result));
                 task.error = None;
                 (run_state, bump, dispatch, reason) = ("succeeded", false, None, None);
                 outbox = final_msgs(&task, TaskState::Running, None);
             }
             Finish::Fail { error } => {
+                let error = crate::pg_text(&error).into_owned();
                 task.state = TaskState::Failed;
                 task.error = Some(error.clone());
                 (run_state, bump, dispatch, reason) = ("failed", false, None, Some(error.clone()));
                 outbox = final_msgs(&task, TaskState::Running, Some(error));
             }
             Finish::Retry { error, delay } => {
+                let error = crate::pg_text(&error).into_owned();
                 task.state = TaskState::Queued;
                 task.error = Some(error.clone());
                 task.attempt += 1;
@@ -675,6 +696,7 @@ impl Store {
         }
         let from = t.view.state;
         state::check(from, to)?;
+        let reason: &str = &crate::pg_text(reason);
         let now = OffsetDateTime::now_utc();
         let mut task = t.view;
         task.state = to;

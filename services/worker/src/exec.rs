@@ -196,6 +196,32 @@ const GATEWAY_SETTLE: Duration = Duration::from_secs(2);
 /// Tool output bytes given back to the model per call.
 const MAX_TOOL_OUTPUT_BYTES: usize = 16 * 1024;
 
+/// Output chunks and agent events held between the container's socket and
+/// their publication.
+const PROGRESS_QUEUE: usize = 256;
+
+/// Event publications awaiting the server's acknowledgement at once.
+const ACKS_IN_FLIGHT: usize = 64;
+
+/// A run's result as stored: as it came when its JSON fits `max` bytes,
+/// else `{"truncated": true, "bytes": <size>, "head": "<first bytes of the
+/// JSON text>"}`, so that what a container returns never outgrows a row.
+pub(crate) fn capped(output: serde_json::Value, max: usize) -> serde_json::Value {
+    let text = match serde_json::to_string(&output) {
+        Ok(t) if t.len() > max => t,
+        _ => return output,
+    };
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    serde_json::json!({
+        "truncated": true,
+        "bytes": text.len(),
+        "head": &text[..cut],
+    })
+}
+
 async fn plan(shared: &Shared, running: &Running) -> Result<Plan, Outcome> {
     let task = &running.task;
     if task.role == roles::SHELL {
@@ -355,11 +381,11 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
         fresh_workspace: container.employee.is_none(),
         agent,
     });
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    // Bounded: a container that writes faster than the events are
+    // published waits on its socket instead of filling the worker's memory.
+    let (out_tx, out_rx) = mpsc::channel(PROGRESS_QUEUE);
     let publisher = tokio::spawn(publish_output(shared.clone(), running.clone(), out_rx));
-    let call = runtime::agent::call(&container.agent_socket, &req, |progress| {
-        let _ = out_tx.send(progress);
-    });
+    let call = runtime::agent::call(&container.agent_socket, &req, Some(&out_tx));
     // Dropping `call` closes the socket, which agentd takes as a cancel.
     let result = tokio::select! {
         biased;
@@ -407,7 +433,7 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
     match result {
         Ok(Ok(AgentFrame::Result { output })) => {
             shared.runtime.release(container).await;
-            Outcome::Done(output)
+            Outcome::Done(capped(output, shared.cfg.max_result_bytes))
         }
         Ok(Ok(AgentFrame::Error { kind, reason })) => match kind {
             RunErrorKind::InvalidInput => {
@@ -426,6 +452,11 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
         Ok(Ok(other)) => {
             shared.runtime.discard(&container).await;
             Outcome::Failed(format!("agentd answered a run with {other:?}"))
+        }
+        Ok(Err(e @ runtime::agent::AgentError::FrameTooLong { .. })) => {
+            // The same input would cross the same limit again.
+            shared.runtime.discard(&container).await;
+            Outcome::Invalid(e.to_string())
         }
         Ok(Err(e)) => {
             let exit = shared.runtime.exit_after_break(&container).await;
@@ -532,13 +563,10 @@ async fn publish_event(shared: &Shared, running: &Running, id_suffix: &str, body
     }
 }
 
-/// Publish a run's output chunks and agent events in order as events.
-async fn publish_output(
-    shared: Arc<Shared>,
-    running: Running,
-    mut rx: mpsc::UnboundedReceiver<Progress>,
-) {
-    let mut acks = Vec::new();
+/// Publish a run's output chunks and agent events in order as events, with
+/// at most [`ACKS_IN_FLIGHT`] awaiting the server.
+async fn publish_output(shared: Arc<Shared>, running: Running, mut rx: mpsc::Receiver<Progress>) {
+    let mut acks = std::collections::VecDeque::new();
     let mut seq = 0u64;
     while let Some(progress) = rx.recv().await {
         seq += 1;
@@ -555,7 +583,14 @@ async fn publish_output(
             .publish_with_headers(subj, headers, payload.into())
             .await
         {
-            Ok(ack) => acks.push(ack),
+            Ok(ack) => {
+                if acks.len() == ACKS_IN_FLIGHT {
+                    if let Some(oldest) = acks.pop_front() {
+                        let _ = oldest.await;
+                    }
+                }
+                acks.push_back(ack)
+            }
             Err(e) => {
                 tracing::warn!(task = %running.task.id, error = %e, "output event not published")
             }
@@ -570,4 +605,24 @@ async fn publish_output(
 /// reason, then terminate it so it is not redelivered.
 async fn dead_letter(shared: &Shared, msg: &Message, reason: &str) {
     relay::dead_letter_message(&shared.js, subject::DLQ_WORK, msg, reason).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_over_the_cap_keep_their_head_and_say_so() {
+        let small = serde_json::json!({"message": "hi"});
+        assert_eq!(capped(small.clone(), 100), small);
+        let big = serde_json::json!({"message": "é".repeat(100)});
+        let out = capped(big.clone(), 51);
+        assert_eq!(out["truncated"], true);
+        assert_eq!(
+            out["bytes"],
+            serde_json::to_string(&big).expect("json").len()
+        );
+        let head = out["head"].as_str().expect("head");
+        assert!(head.len() <= 51 && head.starts_with("{\"message\":\"é"));
+    }
 }

@@ -67,6 +67,9 @@ pub struct Config {
     pub retry_max_delay: Duration,
     /// Bytes kept of each of stdout and stderr.
     pub max_output_bytes: usize,
+    /// Largest result (as JSON) stored; a larger one is cut (see
+    /// `exec::capped`).
+    pub max_result_bytes: usize,
     /// On shutdown, how long runs may go on before they are handed back.
     pub drain_timeout: Duration,
     /// Containers created per pool at start (the warm minimum idle reaping
@@ -97,6 +100,7 @@ impl Config {
             retry_min_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(60),
             max_output_bytes: 64 * 1024,
+            max_result_bytes: 1024 * 1024,
             drain_timeout: Duration::from_secs(10),
             prewarm: 1,
             lease_ttl: Duration::from_secs(15),

@@ -5,6 +5,7 @@ mod agents;
 mod employees;
 mod failures;
 mod flow;
+mod hostile;
 mod input;
 mod pool;
 mod sandbox;

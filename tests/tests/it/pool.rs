@@ -312,7 +312,7 @@ fn run_in(command: &str) -> AgentRequest {
 }
 
 async fn stdout_of(c: &runtime::Container, command: &str) -> String {
-    match runtime::agent::call(&c.agent_socket, &run_in(command), |_| {})
+    match runtime::agent::call(&c.agent_socket, &run_in(command), None)
         .await
         .expect("call")
     {
