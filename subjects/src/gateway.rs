@@ -29,6 +29,34 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+
+/// Ports an egress allowlist entry without one allows.
+pub const EGRESS_DEFAULT_PORTS: [u16; 2] = [80, 443];
+
+/// An egress allowlist entry (`host`, `*.suffix`, `[v6]`, each with an
+/// optional `:port`) as its host and port; an IPv6 address without brackets
+/// has no port. `None` when the port is not 1-65535 or the brackets are
+/// broken.
+pub fn split_egress_entry(entry: &str) -> Option<(&str, Option<u16>)> {
+    let e = entry.trim();
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0);
+    if let Some(rest) = e.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return match after.strip_prefix(':') {
+            None if after.is_empty() => Some((host, None)),
+            Some(p) => Some((host, Some(port(p)?))),
+            None => None,
+        };
+    }
+    match e.matches(':').count() {
+        0 => Some((e, None)),
+        1 => {
+            let (h, p) = e.split_once(':')?;
+            Some((h, Some(port(p)?)))
+        }
+        _ => Some((e, None)),
+    }
+}
 /// Prefix of the action routes; the action's name follows.
 pub const ACTIONS: &str = "/v1/actions/";
 pub const FETCH: &str = "/v1/fetch";

@@ -27,37 +27,66 @@ pub fn free_port() -> u16 {
         .expect("an ephemeral port")
 }
 
-/// A nats-server of the test's own.
+/// A nats-server of the test's own, on ports it picked itself (read back
+/// from its ports file, so no port is picked here, dropped and reused).
 pub struct Nats {
     child: Child,
     dir: PathBuf,
     pub url: String,
+    /// Its HTTP monitor (`/varz`, `/jsz`, …).
+    pub monitor_url: String,
+}
+
+#[derive(serde::Deserialize)]
+struct PortsFile {
+    nats: Vec<String>,
+    monitoring: Vec<String>,
 }
 
 impl Nats {
     pub fn start(id: &str) -> Result<Nats> {
         let bin = std::env::var("COLONY_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
-        let port = free_port();
         let dir = std::env::temp_dir().join(format!("colony-test-nats-{id}"));
-        std::fs::create_dir_all(&dir)?;
-        let child = Command::new(&bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(&dir)
+        let ports_dir = dir.join("ports");
+        std::fs::create_dir_all(&ports_dir)?;
+        let mut child = Command::new(&bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-sd"])
+            .arg(dir.join("store"))
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| {
                 format!("cannot start {bin} (set COLONY_NATS_SERVER; ops/test does)")
             })?;
-        let url = format!("nats://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let ports = loop {
+            let found = std::fs::read_dir(&ports_dir)?
+                .filter_map(|e| e.ok())
+                .find(|e| e.file_name().to_string_lossy().ends_with(".ports"))
+                .and_then(|e| std::fs::read(e.path()).ok())
+                .and_then(|b| serde_json::from_slice::<PortsFile>(&b).ok());
+            if let Some(p) = found {
+                break p;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("nats-server exited at start: {status}");
+            }
             if Instant::now() > deadline {
-                bail!("nats-server did not listen on {port} within 15 s");
+                let _ = child.kill();
+                bail!("nats-server wrote no ports file within 15 s");
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Nats { child, dir, url })
+        };
+        let url = ports.nats.first().context("no client port")?.clone();
+        let monitor_url = ports.monitoring.first().context("no monitor port")?.clone();
+        Ok(Nats {
+            child,
+            dir,
+            url,
+            monitor_url,
+        })
     }
 }
 

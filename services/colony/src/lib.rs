@@ -100,6 +100,11 @@ pub struct Settings {
     /// `gpt-4o-mini=0.15/0.6`); a model without a price costs 0.
     #[arg(long, env = "COLONY_MODEL_PRICES", value_delimiter = ',')]
     pub model_prices: Vec<String>,
+    /// Private address ranges (CIDRs, `10.0.0.0/8,127.0.0.1/32`) that agent
+    /// egress may reach when a role's allowlist names them. Unset: public
+    /// addresses only. Link-local and metadata addresses stay closed.
+    #[arg(long, env = "COLONY_EGRESS_ALLOW_PRIVATE", value_delimiter = ',')]
+    pub egress_allow_private: Vec<String>,
     /// Extra scripts (JSON) for the in-process scripted provider, added to
     /// its built-in ones (demo, echo, tools, slow, broken).
     #[arg(long, env = "COLONY_SCRIPTS")]
@@ -165,7 +170,7 @@ impl Settings {
             _ => self.database_url.clone(),
         };
         format!(
-            "nats={} database={db} http={} image={} sockets={} worker={} pools={:?} slots={} roles={} vault={} model={}",
+            "nats={} database={db} http={} image={} sockets={} worker={} pools={:?} slots={} roles={} vault={} model={} egress_private={:?}",
             self.nats_url,
             self.http_addr,
             self.agent_image,
@@ -178,7 +183,8 @@ impl Settings {
                 .unwrap_or(std::path::Path::new("roles"))
                 .display(),
             if self.vault_key.is_some() { "set" } else { "unset" },
-            self.model_base_url.as_deref().unwrap_or("scripted (in-process)")
+            self.model_base_url.as_deref().unwrap_or("scripted (in-process)"),
+            self.egress_allow_private
         )
     }
 
@@ -238,6 +244,18 @@ impl Settings {
         let mut c = gateway::GatewayConfig::default();
         c.provider.base_url = base_url;
         c.provider.api_key = self.model_api_key.as_ref().map(|k| k.0.clone());
+        for cidr in self.egress_allow_private.iter().filter(|c| !c.is_empty()) {
+            let net = cidr
+                .trim()
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| cidr.trim().parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "COLONY_EGRESS_ALLOW_PRIVATE entry {cidr:?} is not a CIDR (e.g. 10.0.0.0/8) or an IP address"
+                    )
+                })?;
+            c.allow_private.push(net);
+        }
         for m in self.model_map.iter().filter(|m| !m.is_empty()) {
             let (from, to) = m.split_once('=').with_context(|| {
                 format!("COLONY_MODEL_MAP entry {m:?} is not name=provider-model")

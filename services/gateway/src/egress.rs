@@ -1,13 +1,23 @@
 //! The way out of the container: `POST /v1/fetch`, `CONNECT` tunnels and
 //! absolute-form plain-http requests, each only to the role's egress
-//! allowlist, each audited as [`EGRESS_ACTION`].
+//! allowlist, each audited as [`EGRESS_ACTION`] and metered in bytes.
 //!
-//! Always refused, listed or not: link-local addresses (169.254.0.0/16,
-//! fe80::/10, among them the cloud metadata address 169.254.169.254), the
-//! other known metadata addresses (fd00:ec2::254, 100.100.100.200) and the
-//! unspecified address. A host *name* must also resolve to something other
-//! than those or loopback (a wildcard entry must not reach the worker's
-//! own services); to reach a loopback service, list its IP address.
+//! Two checks, both needed:
+//!
+//! 1. The role's allowlist ([`EgressPolicy`]): `host`, `*.suffix` or
+//!    `[v6]`, each with an optional `:port`. An entry without a port allows
+//!    80 and 443 only.
+//! 2. Where the connection really goes ([`AddressPolicy`]): every address an
+//!    IP literal stands for or a name resolves to must be public. Loopback,
+//!    RFC 1918, carrier-grade NAT, link-local, unique-local, multicast,
+//!    unspecified, NAT64, 6to4 and Teredo wrappers of those, documentation
+//!    and other reserved ranges are refused, listed or not. Only the
+//!    operator can open a private range (`COLONY_EGRESS_ALLOW_PRIVATE`, a
+//!    list of CIDRs); link-local (the cloud metadata address among it),
+//!    multicast, broadcast, unspecified and the other known metadata
+//!    addresses stay closed even then. A name is resolved once, checked, and
+//!    the connection goes to the checked address, so a second lookup cannot
+//!    change the answer.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -21,6 +31,7 @@ use axum::response::Response;
 use futures_util::StreamExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use ipnet::IpNet;
 use subjects::gateway::{FetchRequest, FetchResponse};
 use tokio::net::TcpStream;
 
@@ -34,43 +45,69 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 const FETCH_REQUEST_MAX: usize = 1024 * 1024;
 
+use subjects::gateway::{split_egress_entry as split_entry, EGRESS_DEFAULT_PORTS as DEFAULT_PORTS};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Exact(String),
+    /// `.example.com` for `*.example.com`.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rule {
+    host: HostPattern,
+    /// `None`: [`DEFAULT_PORTS`].
+    port: Option<u16>,
+}
+
 /// The role's allowlist, normalised once per run.
 #[derive(Debug, Default)]
 pub(crate) struct EgressPolicy {
-    exact: Vec<String>,
-    /// `.example.com` for `*.example.com`.
-    suffixes: Vec<String>,
+    rules: Vec<Rule>,
 }
 
 impl EgressPolicy {
     pub(crate) fn new(patterns: &[String]) -> EgressPolicy {
         let mut policy = EgressPolicy::default();
         for p in patterns {
-            match p.trim().strip_prefix("*.") {
+            let Some((host, port)) = split_entry(p) else {
+                continue;
+            };
+            let host = match host.strip_prefix("*.") {
                 Some(suffix) => {
                     let suffix = normalize_host(suffix);
-                    if !suffix.is_empty() {
-                        policy.suffixes.push(format!(".{suffix}"));
+                    if suffix.is_empty() {
+                        continue;
                     }
+                    HostPattern::Suffix(format!(".{suffix}"))
                 }
                 None => {
-                    let host = normalize_host(p);
-                    if !host.is_empty() {
-                        policy.exact.push(host);
+                    let host = normalize_host(host);
+                    if host.is_empty() {
+                        continue;
                     }
+                    HostPattern::Exact(host)
                 }
-            }
+            };
+            policy.rules.push(Rule { host, port });
         }
         policy
     }
 
     /// `host` must be normalised.
-    pub(crate) fn allows(&self, host: &str) -> bool {
-        self.exact.iter().any(|e| e == host)
-            || self
-                .suffixes
-                .iter()
-                .any(|s| host.len() > s.len() && host.ends_with(s.as_str()))
+    pub(crate) fn allows(&self, host: &str, port: u16) -> bool {
+        self.rules.iter().any(|r| {
+            let host_ok = match &r.host {
+                HostPattern::Exact(e) => e == host,
+                HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+            };
+            let port_ok = match r.port {
+                Some(p) => p == port,
+                None => DEFAULT_PORTS.contains(&port),
+            };
+            host_ok && port_ok
+        })
     }
 }
 
@@ -97,72 +134,187 @@ fn target_of(host: &str, port: u16) -> String {
     }
 }
 
-/// Never reachable, whatever the allowlist says.
-fn forbidden_ip(ip: IpAddr) -> bool {
+/// What kind of address is not public, for the refusal's sentence, and
+/// whether the operator may open it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotPublic {
+    pub(crate) kind: &'static str,
+    /// Link-local, metadata, multicast, broadcast, unspecified: never.
+    pub(crate) openable: bool,
+}
+
+const fn never(kind: &'static str) -> Option<NotPublic> {
+    Some(NotPublic {
+        kind,
+        openable: false,
+    })
+}
+
+const fn private(kind: &'static str) -> Option<NotPublic> {
+    Some(NotPublic {
+        kind,
+        openable: true,
+    })
+}
+
+/// `None` for a public address; else what it is.
+pub(crate) fn classify(ip: IpAddr) -> Option<NotPublic> {
     match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4 == Ipv4Addr::new(100, 100, 100, 200)
+        IpAddr::V4(v4) => classify_v4(v4),
+        IpAddr::V6(v6) => classify_v6(v6),
+    }
+}
+
+fn classify_v4(ip: Ipv4Addr) -> Option<NotPublic> {
+    let [a, b, c, _] = ip.octets();
+    match (a, b, c) {
+        _ if ip == Ipv4Addr::new(100, 100, 100, 200) => never("cloud metadata address"),
+        _ if ip.is_broadcast() => never("broadcast address"),
+        (0, _, _) => never("unspecified (\"this network\") address"),
+        (127, _, _) => private("loopback address"),
+        (10, _, _) | (192, 168, _) => private("private (RFC 1918) address"),
+        (172, b, _) if (16..32).contains(&b) => private("private (RFC 1918) address"),
+        (100, b, _) if (64..128).contains(&b) => private("carrier-grade NAT address"),
+        (169, 254, _) => never("link-local or cloud metadata address"),
+        (192, 0, 0) | (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => {
+            private("reserved (protocol or documentation) address")
         }
-        IpAddr::V6(v6) => {
-            (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6.is_unspecified()
-                || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+        (198, b, _) if b == 18 || b == 19 => private("reserved (benchmarking) address"),
+        (a, _, _) if (224..240).contains(&a) => never("multicast address"),
+        (a, _, _) if a >= 240 => private("reserved address"),
+        _ => None,
+    }
+}
+
+fn classify_v6(ip: Ipv6Addr) -> Option<NotPublic> {
+    let s = ip.segments();
+    if ip.is_unspecified() {
+        return never("unspecified address");
+    }
+    if ip.is_loopback() {
+        return private("loopback address");
+    }
+    if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+        return never("cloud metadata address");
+    }
+    match s[0] {
+        x if x & 0xffc0 == 0xfe80 => never("link-local address"),
+        x if x & 0xffc0 == 0xfec0 => private("site-local address"),
+        x if x & 0xfe00 == 0xfc00 => private("unique local (ULA) address"),
+        x if x & 0xff00 == 0xff00 => never("multicast address"),
+        0x0064 if s[1] == 0xff9b => private("NAT64 address"),
+        // 6to4 wraps an IPv4 address: judge that one.
+        0x2002 => classify_v4(Ipv4Addr::new(
+            (s[1] >> 8) as u8,
+            s[1] as u8,
+            (s[2] >> 8) as u8,
+            s[2] as u8,
+        )),
+        0x2001 if s[1] == 0 => private("Teredo address"),
+        0x2001 if s[1] == 0x0db8 => private("reserved (documentation) address"),
+        0x0100 if s[1] == 0 && s[2] == 0 && s[3] == 0 => private("reserved (discard) address"),
+        // ::/96 (IPv4-compatible, deprecated) and the rest of ::/8.
+        0 => private("reserved address"),
+        _ => None,
+    }
+}
+
+/// Where egress may connect: public addresses, and the private ranges the
+/// operator opened.
+#[derive(Debug, Clone, Default)]
+pub struct AddressPolicy {
+    allow_private: Vec<IpNet>,
+}
+
+impl AddressPolicy {
+    pub fn new(allow_private: Vec<IpNet>) -> AddressPolicy {
+        AddressPolicy { allow_private }
+    }
+
+    /// `Err` with what kind of address `ip` is when egress may not go there.
+    pub(crate) fn check(&self, ip: IpAddr) -> Result<(), NotPublic> {
+        let canonical = ip.to_canonical();
+        match classify(canonical) {
+            None => Ok(()),
+            Some(n)
+                if n.openable
+                    && self
+                        .allow_private
+                        .iter()
+                        .any(|net| net.contains(&canonical)) =>
+            {
+                Ok(())
+            }
+            Some(n) => Err(n),
         }
     }
 }
 
-/// What a host *name* may resolve to.
-fn name_may_reach(ip: IpAddr) -> bool {
-    !forbidden_ip(ip) && !ip.to_canonical().is_loopback()
+/// The sentence of a refused address.
+fn refused_sentence(host: &str, ip: IpAddr, n: NotPublic) -> String {
+    let how = if n.openable {
+        "which the gateway refuses unless the operator opens its range with COLONY_EGRESS_ALLOW_PRIVATE"
+    } else {
+        "which no role may reach"
+    };
+    if host.parse::<IpAddr>().is_ok() {
+        format!("host {host} is a {}, {how}", n.kind)
+    } else {
+        format!("host {host} resolves to {ip}, a {}, {how}", n.kind)
+    }
 }
 
-/// May the run reach `host` (normalised)? `Ok` carries the address when the
-/// host is an IP address; `Err` the sentence of the 403.
-fn decide(run: &Run, host: &str) -> Result<Option<IpAddr>, String> {
+/// May the run reach `host` (normalised) on `port`? `Ok` carries the
+/// address when the host is an IP address; `Err` the sentence of the 403.
+fn decide(gw: &Inner, run: &Run, host: &str, port: u16) -> Result<Option<IpAddr>, String> {
     let ip = host.parse::<IpAddr>().ok();
-    if ip.is_some_and(forbidden_ip) {
-        return Err(format!(
-            "host {host} is a link-local or cloud metadata address, which no role may reach"
-        ));
+    if let Some(ip) = ip {
+        if let Err(n) = gw.addresses.check(ip) {
+            return Err(refused_sentence(host, ip, n));
+        }
     }
-    if !run.egress.allows(host) {
+    if !run.egress.allows(host, port) {
         return Err(format!(
-            "host {host} is not in the egress allowlist of role {}",
+            "{} is not in the egress allowlist of role {} (an entry without a port allows 80 and 443)",
+            target_of(host, port),
             run.ctx.role
         ));
     }
     Ok(ip)
 }
 
-/// A host name that resolves only to addresses a name may not reach.
+/// A host name that resolves only to addresses egress may not reach.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct Refused(String);
 
-/// Resolves `host`, keeping only addresses a host name may reach.
-async fn resolve_guarded(host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveError> {
+/// Resolves `host`; every address must pass `policy` (one refused address
+/// refuses the name: a name that points inside is not trusted for its other
+/// answers either).
+async fn resolve_guarded(
+    policy: &AddressPolicy,
+    host: &str,
+    port: u16,
+) -> Result<Vec<SocketAddr>, ResolveError> {
     let all: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| ResolveError::Failed(format!("{host} could not be resolved: {e}")))?
         .collect();
-    let reachable: Vec<SocketAddr> = all
-        .iter()
-        .copied()
-        .filter(|a| name_may_reach(a.ip()))
-        .collect();
-    if reachable.is_empty() {
-        return Err(if all.is_empty() {
-            ResolveError::Failed(format!("{host} resolves to no address"))
-        } else {
-            ResolveError::Refused(Refused(format!(
-                "host {host} resolves only to loopback, link-local or metadata addresses, which the gateway refuses for a host name"
-            )))
-        });
+    if all.is_empty() {
+        return Err(ResolveError::Failed(format!(
+            "{host} resolves to no address"
+        )));
     }
-    Ok(reachable)
+    for a in &all {
+        if let Err(n) = policy.check(a.ip()) {
+            return Err(ResolveError::Refused(Refused(refused_sentence(
+                host,
+                a.ip(),
+                n,
+            ))));
+        }
+    }
+    Ok(all)
 }
 
 enum ResolveError {
@@ -172,13 +324,14 @@ enum ResolveError {
 
 /// The egress client's resolver: [`resolve_guarded`] for every name
 /// (reqwest does not resolve IP addresses, which [`decide`] checks).
-pub(crate) struct GuardedResolver;
+pub(crate) struct GuardedResolver(pub(crate) Arc<AddressPolicy>);
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_string();
+        let policy = self.0.clone();
         Box::pin(async move {
-            match resolve_guarded(&host, 0).await {
+            match resolve_guarded(&policy, &host, 0).await {
                 Ok(addrs) => Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs),
                 Err(ResolveError::Refused(r)) => {
                     Err(Box::new(r) as Box<dyn std::error::Error + Send + Sync>)
@@ -346,7 +499,8 @@ pub(crate) async fn fetch(State(shared): State<Arc<Shared>>, body: Body) -> Resp
         }
     };
     let host = normalize_host(url.host_str().unwrap_or_default());
-    let target = target_of(&host, url.port_or_known_default().unwrap_or(0));
+    let port = url.port_or_known_default().unwrap_or(0);
+    let target = target_of(&host, port);
     let shown = url_for_audit(&url);
     let audit =
         |outcome, detail: &str| run.audit(gw, EGRESS_ACTION, Some(target.clone()), outcome, detail);
@@ -355,7 +509,7 @@ pub(crate) async fn fetch(State(shared): State<Arc<Shared>>, body: Body) -> Resp
         audit(AuditOutcome::Denied, &format!("fetch {shown}: {reason}"));
         return reply::over_quota(reason);
     }
-    if let Err(sentence) = decide(&run, &host) {
+    if let Err(sentence) = decide(gw, &run, &host, port) {
         audit(AuditOutcome::Denied, &format!("fetch {shown}: {sentence}"));
         return error(StatusCode::FORBIDDEN, sentence);
     }
@@ -407,6 +561,7 @@ pub(crate) async fn fetch(State(shared): State<Arc<Shared>>, body: Body) -> Resp
         .headers(headers)
         .timeout(FETCH_TIMEOUT);
     if let Some(body) = req.body {
+        run.count_out(body.len());
         outbound = outbound.body(body);
     }
     let resp = match outbound.send().await {
@@ -423,6 +578,7 @@ pub(crate) async fn fetch(State(shared): State<Arc<Shared>>, body: Body) -> Resp
     while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(chunk) => {
+                run.count_in(chunk.len());
                 let room = limit - kept.len();
                 if chunk.len() > room {
                     kept.extend_from_slice(&chunk[..room]);
@@ -517,7 +673,7 @@ pub(crate) async fn connect(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         audit(AuditOutcome::Denied, &format!("CONNECT: {reason}"));
         return reply::over_quota(reason);
     }
-    let ip = match decide(&run, &host) {
+    let ip = match decide(gw, &run, &host, port) {
         Ok(ip) => ip,
         Err(sentence) => {
             audit(AuditOutcome::Denied, &format!("CONNECT: {sentence}"));
@@ -526,7 +682,7 @@ pub(crate) async fn connect(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
     };
     let addrs = match ip {
         Some(ip) => vec![SocketAddr::new(ip, port)],
-        None => match resolve_guarded(&host, port).await {
+        None => match resolve_guarded(&gw.addresses, &host, port).await {
             Ok(a) => a,
             Err(ResolveError::Refused(Refused(sentence))) => {
                 audit(AuditOutcome::Denied, &format!("CONNECT: {sentence}"));
@@ -559,6 +715,7 @@ pub(crate) async fn connect(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
     let ended = run.ended.clone();
     let shutdown = shared.shutdown.clone();
     let run_id = run.ctx.run_id;
+    let run = run.clone();
     shared.tasks.spawn(async move {
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
@@ -568,7 +725,10 @@ pub(crate) async fn connect(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             }
         };
         let mut client = TokioIo::new(upgraded);
-        let mut upstream = upstream;
+        let mut upstream = Counted {
+            inner: upstream,
+            run: run.clone(),
+        };
         tokio::select! {
             copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
                 if let Ok((up, down)) = copied {
@@ -580,6 +740,56 @@ pub(crate) async fn connect(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         }
     });
     Response::new(Body::empty())
+}
+
+/// A tunnel's upstream side, counting what passes into the run's meter.
+struct Counted {
+    inner: TcpStream,
+    run: Arc<Run>,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.run.count_in(n);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            self.run.count_out(*n);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 async fn connect_any(addrs: &[SocketAddr]) -> Result<TcpStream, String> {
@@ -623,7 +833,8 @@ pub(crate) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         }
     };
     let host = normalize_host(url.host_str().unwrap_or_default());
-    let target = target_of(&host, url.port_or_known_default().unwrap_or(80));
+    let port = url.port_or_known_default().unwrap_or(80);
+    let target = target_of(&host, port);
     let shown = url_for_audit(&url);
     let method = req.method().clone();
     let what = format!("{method} {shown}");
@@ -633,7 +844,7 @@ pub(crate) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         audit(AuditOutcome::Denied, &format!("{what}: {reason}"));
         return reply::over_quota(reason);
     }
-    if let Err(sentence) = decide(&run, &host) {
+    if let Err(sentence) = decide(gw, &run, &host, port) {
         audit(AuditOutcome::Denied, &format!("{what}: {sentence}"));
         return error(StatusCode::FORBIDDEN, sentence);
     }
@@ -670,8 +881,13 @@ pub(crate) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
     }
     let mut outbound = gw.egress.request(method, url).headers(headers);
     if has_body {
+        let counter = run.clone();
         outbound = outbound.body(reqwest::Body::wrap_stream(
-            Body::new(body).into_data_stream(),
+            Body::new(body).into_data_stream().inspect(move |c| {
+                if let Ok(c) = c {
+                    counter.count_out(c.len());
+                }
+            }),
         ));
     }
     let resp = match outbound.send().await {
@@ -693,7 +909,12 @@ pub(crate) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         out_headers.append(name.clone(), value.clone());
     }
     vault.scrub_headers(&mut out_headers);
-    let mut out = Response::new(Body::from_stream(resp.bytes_stream()));
+    let counter = run.clone();
+    let mut out = Response::new(Body::from_stream(resp.bytes_stream().inspect(move |c| {
+        if let Ok(c) = c {
+            counter.count_in(c.len());
+        }
+    })));
     *out.status_mut() = status;
     *out.headers_mut() = out_headers;
     out
@@ -703,45 +924,132 @@ pub(crate) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
 mod tests {
     use super::*;
 
-    #[test]
-    fn patterns_match_exact_hosts_and_subdomains_only() {
-        let p = EgressPolicy::new(&[
-            "API.github.com.".into(),
-            "*.example.org".into(),
-            "[::1]".into(),
-            "10.0.0.7".into(),
-        ]);
-        assert!(p.allows(&normalize_host("api.github.com")));
-        assert!(p.allows(&normalize_host("Api.GitHub.com.")));
-        assert!(!p.allows(&normalize_host("github.com")));
-        assert!(p.allows(&normalize_host("a.example.org")));
-        assert!(p.allows(&normalize_host("b.a.example.org")));
-        assert!(!p.allows(&normalize_host("example.org")));
-        assert!(!p.allows(&normalize_host("badexample.org")));
-        assert!(p.allows(&normalize_host("[0:0:0:0:0:0:0:1]")));
-        assert!(p.allows(&normalize_host("10.0.0.7")));
-        assert!(!p.allows(&normalize_host("10.0.0.8")));
+    fn policy(entries: &[&str]) -> EgressPolicy {
+        EgressPolicy::new(&entries.iter().map(|e| e.to_string()).collect::<Vec<_>>())
     }
 
     #[test]
-    fn metadata_link_local_and_unspecified_are_forbidden() {
+    fn patterns_match_exact_hosts_and_subdomains_on_their_ports() {
+        let p = policy(&[
+            "API.github.com.",
+            "*.example.org",
+            "[::1]:8080",
+            "10.0.0.7:8443",
+            "files.example.net:8000",
+            "2001:db8::1",
+        ]);
+        let ok = |h: &str, port| p.allows(&normalize_host(h), port);
+        assert!(ok("api.github.com", 443) && ok("Api.GitHub.com.", 80));
+        assert!(!ok("api.github.com", 8080), "no port: 80 and 443 only");
+        assert!(!ok("api.github.com", 22));
+        assert!(!ok("github.com", 443));
+        assert!(ok("a.example.org", 443) && ok("b.a.example.org", 80));
+        assert!(!ok("example.org", 443) && !ok("badexample.org", 443));
+        assert!(ok("[0:0:0:0:0:0:0:1]", 8080) && !ok("::1", 443));
+        assert!(ok("10.0.0.7", 8443) && !ok("10.0.0.7", 443) && !ok("10.0.0.8", 8443));
+        assert!(ok("files.example.net", 8000) && !ok("files.example.net", 80));
+        assert!(ok("2001:db8::1", 443));
+    }
+
+    #[test]
+    fn entries_split_into_host_and_port() {
+        assert_eq!(split_entry("a.org"), Some(("a.org", None)));
+        assert_eq!(split_entry("a.org:8080"), Some(("a.org", Some(8080))));
+        assert_eq!(split_entry("[::1]:443"), Some(("::1", Some(443))));
+        assert_eq!(split_entry("[::1]"), Some(("::1", None)));
+        assert_eq!(split_entry("::1"), Some(("::1", None)));
+        assert_eq!(split_entry("a.org:0"), None);
+        assert_eq!(split_entry("a.org:x"), None);
+        assert_eq!(split_entry("[::1]x"), None);
+    }
+
+    #[test]
+    fn only_public_addresses_pass() {
+        let closed = AddressPolicy::default();
         for ip in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "::ffff:127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "100.100.100.200",
             "169.254.169.254",
             "169.254.1.1",
             "fe80::1",
-            "::ffff:169.254.169.254",
             "fd00:ec2::254",
+            "fd12:3456::1",
+            "fc00::1",
+            "224.0.0.1",
+            "ff02::1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "::",
+            "255.255.255.255",
+            "240.0.0.1",
+            "192.0.2.1",
+            "198.18.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::1",
+            "2002:7f00:1::1",
+            "2002:c0a8:101::1",
+            "2001:0:4136:e378::1",
+            "::7f00:1",
+            "fec0::1",
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            assert!(closed.check(addr).is_err(), "{ip} must be refused");
+        }
+        for ip in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "2002:5db8:d822::1",
+            "::ffff:8.8.8.8",
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            assert!(closed.check(addr).is_ok(), "{ip} is public");
+        }
+    }
+
+    #[test]
+    fn the_operator_opens_private_ranges_but_never_metadata_or_link_local() {
+        let open = AddressPolicy::new(vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+            "169.254.0.0/16".parse().unwrap(),
+            "0.0.0.0/0".parse().unwrap(),
+        ]);
+        for ip in ["127.0.0.1", "::ffff:127.0.0.1", "10.9.8.7", "192.168.0.1"] {
+            assert!(open.check(ip.parse().unwrap()).is_ok(), "{ip}");
+        }
+        for ip in [
+            "169.254.169.254",
             "100.100.100.200",
             "0.0.0.0",
-            "::",
+            "224.0.0.1",
+            "255.255.255.255",
         ] {
-            assert!(forbidden_ip(ip.parse().unwrap()), "{ip}");
+            assert!(open.check(ip.parse().unwrap()).is_err(), "{ip}");
         }
-        for ip in ["127.0.0.1", "10.1.2.3", "93.184.216.34", "::1"] {
-            assert!(!forbidden_ip(ip.parse().unwrap()), "{ip}");
-        }
-        assert!(!name_may_reach("127.0.0.1".parse().unwrap()));
-        assert!(!name_may_reach("::ffff:127.0.0.1".parse().unwrap()));
-        assert!(name_may_reach("93.184.216.34".parse().unwrap()));
+        let n = AddressPolicy::default()
+            .check("127.0.0.1".parse().unwrap())
+            .unwrap_err();
+        assert_eq!(
+            refused_sentence("127.0.0.1", "127.0.0.1".parse().unwrap(), n),
+            "host 127.0.0.1 is a loopback address, which the gateway refuses unless the operator opens its range with COLONY_EGRESS_ALLOW_PRIVATE"
+        );
+        let n = AddressPolicy::default()
+            .check("169.254.169.254".parse().unwrap())
+            .unwrap_err();
+        assert_eq!(
+            refused_sentence("metadata.internal", "169.254.169.254".parse().unwrap(), n),
+            "host metadata.internal resolves to 169.254.169.254, a link-local or cloud metadata address, which no role may reach"
+        );
     }
 }

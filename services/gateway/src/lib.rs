@@ -125,6 +125,9 @@ pub struct GatewayConfig {
     /// costs 0 (with a warning, once per model).
     pub prices: HashMap<String, Price>,
     pub limits: Limits,
+    /// Private ranges egress may reach (the operator's
+    /// `COLONY_EGRESS_ALLOW_PRIVATE`); empty: public addresses only.
+    pub allow_private: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +171,8 @@ pub(crate) struct Inner {
     pub(crate) provider: reqwest::Client,
     pub(crate) egress: reqwest::Client,
     pub(crate) limits: Limits,
+    /// Where egress may connect.
+    pub(crate) addresses: Arc<egress::AddressPolicy>,
 }
 
 impl Inner {
@@ -229,6 +234,7 @@ impl Gateway {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| GatewayError::Config(format!("provider client: {e}")))?;
+        let addresses = Arc::new(egress::AddressPolicy::new(config.allow_private.clone()));
         let egress = reqwest::Client::builder()
             .no_proxy()
             // A redirect would leave the allowlist (and carry vault headers
@@ -237,7 +243,7 @@ impl Gateway {
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(120))
             .tcp_nodelay(true)
-            .dns_resolver(Arc::new(egress::GuardedResolver))
+            .dns_resolver(Arc::new(egress::GuardedResolver(addresses.clone())))
             .build()
             .map_err(|e| GatewayError::Config(format!("egress client: {e}")))?;
         Ok(Gateway {
@@ -252,6 +258,7 @@ impl Gateway {
                 provider,
                 egress,
                 limits: config.limits,
+                addresses,
             }),
         })
     }

@@ -1,6 +1,7 @@
 //! Runs: whose they are, what they may spend, and the meter that counts it.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -74,6 +75,9 @@ pub struct RunTotals {
     pub cost_usd: f64,
     /// Model calls answered.
     pub calls: u64,
+    /// Bytes the run's egress received from outside, and sent out.
+    pub egress_bytes_in: u64,
+    pub egress_bytes_out: u64,
 }
 
 impl RunTotals {
@@ -94,6 +98,9 @@ pub(crate) struct Run {
     started: Instant,
     /// Backend writes (usage, audit) still in flight.
     pub(crate) writes: TaskTracker,
+    /// Egress bytes, counted as they pass.
+    pub(crate) egress_in: AtomicU64,
+    pub(crate) egress_out: AtomicU64,
 }
 
 impl Run {
@@ -107,6 +114,8 @@ impl Run {
             ended: CancellationToken::new(),
             started: Instant::now(),
             writes: TaskTracker::new(),
+            egress_in: AtomicU64::new(0),
+            egress_out: AtomicU64::new(0),
         });
         // A day already over its quota stops the run before its first call.
         if let Some(reason) = crossed(&run.ctx.quotas, &run.ctx.used_today, &RunTotals::default()) {
@@ -138,7 +147,19 @@ impl Run {
     }
 
     pub(crate) fn totals(&self) -> RunTotals {
-        *lock(&self.totals)
+        RunTotals {
+            egress_bytes_in: self.egress_in.load(Ordering::Relaxed),
+            egress_bytes_out: self.egress_out.load(Ordering::Relaxed),
+            ..*lock(&self.totals)
+        }
+    }
+
+    pub(crate) fn count_in(&self, n: usize) {
+        self.egress_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_out(&self, n: usize) {
+        self.egress_out.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Adds one answered model call and fires `exceeded` when that crosses a
@@ -366,6 +387,7 @@ mod tests {
             completion_tokens: c,
             cost_usd: cost,
             calls: 1,
+            ..RunTotals::default()
         }
     }
 

@@ -701,7 +701,7 @@ async fn fetch_outside_the_allowlist_is_a_403_and_audited() {
     assert_eq!(a.status, 403);
     assert_eq!(
         a.error(),
-        "host example.com is not in the egress allowlist of role coder"
+        "example.com:80 is not in the egress allowlist of role coder (an entry without a port allows 80 and 443)"
     );
     meter.finish().await;
     let audits = s.backend.audits_of(EGRESS_ACTION);
@@ -710,26 +710,111 @@ async fn fetch_outside_the_allowlist_is_a_403_and_audited() {
 }
 
 #[tokio::test]
-async fn a_listed_name_that_resolves_to_loopback_is_refused() {
-    let s = Setup::new().await;
+async fn loopback_in_every_spelling_is_refused_even_when_listed() {
+    let s = Setup::closed().await;
+    let port = s.upstream.addr.port();
     let mut ctx = s.ctx();
-    ctx.egress.push("localhost".into());
+    for host in [
+        "localhost",
+        "127.1",
+        "2130706433",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "0.0.0.0",
+    ] {
+        ctx.egress.push(format!("{host}:{port}"));
+    }
     let meter = s.container.begin_run(ctx);
-    let url = format!("http://localhost:{}/", s.upstream.addr.port());
-    let a = post_json(&s.sock(), "/v1/fetch", &json!({ "url": url })).await;
-    assert_eq!(a.status, 403, "{}", a.text());
+    let urls = [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://localhost:{port}/"),
+        format!("http://127.1:{port}/"),
+        format!("http://2130706433:{port}/"),
+        format!("http://0x7f000001:{port}/"),
+        format!("http://[::1]:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+        format!("http://0.0.0.0:{port}/"),
+    ];
+    for url in &urls {
+        let a = post_json(&s.sock(), "/v1/fetch", &json!({ "url": url })).await;
+        assert_eq!(a.status, 403, "{url}: {}", a.text());
+        let e = a.error();
+        assert!(
+            e.contains("loopback address") || e.contains("unspecified"),
+            "{url}: {e}"
+        );
+        let forwarded = call(&s.sock(), "GET", url, &[], "").await;
+        assert_eq!(forwarded.status, 403, "{url}: {}", forwarded.text());
+    }
+    for target in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("127.1:{port}"),
+        format!("[::1]:{port}"),
+        format!("[::ffff:127.0.0.1]:{port}"),
+        format!("0.0.0.0:{port}"),
+    ] {
+        let (status, body, _) = connect(&s.sock(), &target).await;
+        assert!(
+            status.starts_with("HTTP/1.1 403"),
+            "{target}: {status} {body}"
+        );
+    }
+    assert!(s.upstream.seen().is_empty(), "nothing reached the upstream");
+    meter.finish().await;
+    let audits = s.backend.audits_of(EGRESS_ACTION);
+    assert_eq!(audits.len(), urls.len() * 2 + 6);
     assert!(
-        a.error().contains("resolves only to loopback"),
+        audits.iter().all(|a| a.outcome == AuditOutcome::Denied),
+        "{audits:?}"
+    );
+}
+
+#[tokio::test]
+async fn private_ranges_are_refused_until_the_operator_opens_them() {
+    let closed = Setup::closed().await;
+    let port = closed.upstream.addr.port();
+    let meter = closed.container.begin_run(closed.ctx());
+    let url = format!("http://127.0.0.1:{port}/docs");
+    let a = post_json(&closed.sock(), "/v1/fetch", &json!({ "url": url })).await;
+    assert_eq!(a.status, 403);
+    assert_eq!(
+        a.error(),
+        "host 127.0.0.1 is a loopback address, which the gateway refuses unless the operator opens its range with COLONY_EGRESS_ALLOW_PRIVATE"
+    );
+    for target in [
+        "10.1.2.3:443",
+        "192.168.1.1:443",
+        "172.16.0.1:443",
+        "100.64.0.1:443",
+    ] {
+        let (status, body, _) = connect(&closed.sock(), target).await;
+        assert!(status.starts_with("HTTP/1.1 403"), "{target}: {status}");
+        assert!(
+            body.contains("address, which the gateway refuses"),
+            "{body}"
+        );
+    }
+    meter.finish().await;
+
+    let open = Setup::new().await;
+    let _meter = open.container.begin_run(open.ctx());
+    let url = format!("http://127.0.0.1:{}/docs", open.upstream.addr.port());
+    let a = post_json(&open.sock(), "/v1/fetch", &json!({ "url": url })).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    // Opened, but still only on the listed port.
+    let a = post_json(
+        &open.sock(),
+        "/v1/fetch",
+        &json!({"url": "http://127.0.0.1:9/"}),
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert!(
+        a.error()
+            .starts_with("127.0.0.1:9 is not in the egress allowlist"),
         "{}",
         a.text()
-    );
-    let (status, _, _) = connect(&s.sock(), &format!("localhost:{}", s.upstream.addr.port())).await;
-    assert!(status.starts_with("HTTP/1.1 403"), "{status}");
-    assert!(s.upstream.seen().is_empty());
-    meter.finish().await;
-    assert_eq!(
-        outcome_of(&s.backend.audits_of(EGRESS_ACTION)),
-        vec![AuditOutcome::Denied, AuditOutcome::Denied]
     );
 }
 
@@ -739,7 +824,9 @@ async fn a_listed_name_that_resolves_to_loopback_is_refused() {
 async fn connect_tunnels_bytes_to_an_allowed_host_until_the_run_ends() {
     let s = Setup::new().await;
     let echo = echo_server().await;
-    let meter = s.container.begin_run(s.ctx());
+    let mut ctx = s.ctx();
+    ctx.egress.push(echo.to_string());
+    let meter = s.container.begin_run(ctx);
     let (status, _, mut tunnel) = connect(&s.sock(), &echo.to_string()).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     tunnel.write_all(b"ping through the tunnel").await.unwrap();
@@ -747,7 +834,12 @@ async fn connect_tunnels_bytes_to_an_allowed_host_until_the_run_ends() {
     tunnel.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"ping through the tunnel");
 
-    meter.finish().await;
+    let totals = meter.finish().await;
+    assert_eq!(
+        (totals.egress_bytes_out, totals.egress_bytes_in),
+        (23, 23),
+        "tunnel bytes are metered"
+    );
     let mut rest = Vec::new();
     let n = tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut rest))
         .await
@@ -767,7 +859,7 @@ async fn connect_to_a_host_outside_the_allowlist_is_a_403_naming_host_and_role()
     assert!(status.starts_with("HTTP/1.1 403"), "{status}");
     assert_eq!(
         body,
-        r#"{"error":"host evil.example.com is not in the egress allowlist of role coder"}"#
+        r#"{"error":"evil.example.com:443 is not in the egress allowlist of role coder (an entry without a port allows 80 and 443)"}"#
     );
     // A wildcard entry covers sub-domains only, not the suffix itself.
     let (status, _, _) = connect(&s.sock(), "example.org:443").await;
@@ -789,7 +881,10 @@ async fn the_metadata_address_is_refused_even_when_listed() {
     let meter = s.container.begin_run(ctx);
     let (status, body, _) = connect(&s.sock(), "169.254.169.254:80").await;
     assert!(status.starts_with("HTTP/1.1 403"), "{status}");
-    assert!(body.contains("link-local or cloud metadata"), "{body}");
+    assert!(
+        body.contains("link-local or cloud metadata address, which no role may reach"),
+        "{body}"
+    );
     let (status, _, _) = connect(&s.sock(), "[fe80::1]:80").await;
     assert!(status.starts_with("HTTP/1.1 403"), "{status}");
     let a = call(
@@ -857,7 +952,7 @@ async fn an_absolute_form_request_is_forwarded_with_the_vault_credential() {
     assert_eq!(denied.status, 403);
     assert_eq!(
         denied.error(),
-        "host pypi.org is not in the egress allowlist of role coder"
+        "pypi.org:80 is not in the egress allowlist of role coder (an entry without a port allows 80 and 443)"
     );
     meter.finish().await;
     assert_eq!(

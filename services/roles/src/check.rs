@@ -363,19 +363,33 @@ fn host_problem(host: &str) -> Option<&'static str> {
     if host.split('.').all(label_ok) {
         None
     } else {
-        Some("is not a host name, an IP address or *.suffix (leave out any scheme, port or path)")
+        Some("is not a host name, an IP address or *.suffix, with an optional :port (leave out any scheme or path)")
     }
 }
 
 fn check_egress(p: &mut Problems, egress: &[String]) {
     for (i, rule) in egress.iter().enumerate() {
         let field = format!("egress[{i}]");
-        if rule == "*" || rule == "*." {
+        if rule.contains("://") || rule.contains('/') {
+            p.at(
+                field,
+                format!("{rule:?} is not a host name, an IP address or *.suffix, with an optional :port (leave out any scheme or path)"),
+            );
+            continue;
+        }
+        let Some((host, _port)) = subjects::gateway::split_egress_entry(rule) else {
+            p.at(
+                field,
+                format!("{rule:?} has a port that is not 1-65535 (write host:port, or [v6]:port)"),
+            );
+            continue;
+        };
+        if host == "*" || host == "*." {
             p.at(
                 field,
                 format!("{rule:?} would allow every host; list the hosts, or use *.suffix"),
             );
-        } else if let Some(suffix) = rule.strip_prefix("*.") {
+        } else if let Some(suffix) = host.strip_prefix("*.") {
             if let Some(why) = host_problem(suffix) {
                 p.at(field, format!("{rule:?} {why}"));
             } else if suffix.parse::<IpAddr>().is_ok() {
@@ -389,8 +403,8 @@ fn check_egress(p: &mut Problems, egress: &[String]) {
                     format!("{rule:?} is too broad; a wildcard needs two labels after *., e.g. *.pypi.org"),
                 );
             }
-        } else if rule.parse::<IpAddr>().is_err() {
-            if let Some(why) = host_problem(rule) {
+        } else if host.parse::<IpAddr>().is_err() {
+            if let Some(why) = host_problem(host) {
                 p.at(field, format!("{rule:?} {why}"));
             }
         }

@@ -232,24 +232,6 @@ impl Role {
         self.allowed_actions.iter().any(|a| a == action)
     }
 
-    /// True when `host` (a host name or IP address, without port) is in
-    /// the egress allowlist. Case-insensitive; a trailing dot is ignored.
-    pub fn egress_allows(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(&host);
-        self.egress
-            .iter()
-            .any(|rule| match rule.strip_prefix("*.") {
-                Some(suffix) => host
-                    .strip_suffix(suffix)
-                    .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
-                None => rule == host,
-            })
-    }
-
     /// The tool names agentd offers the model: the role's tools, then
     /// `action.<name>` for each allowed action.
     pub fn agent_tools(&self) -> Vec<String> {

@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0005_usage_by_tenant.sql",
         include_str!("../../../sql/0005_usage_by_tenant.sql"),
     ),
+    (
+        6,
+        "0006_egress_bytes.sql",
+        include_str!("../../../sql/0006_egress_bytes.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed: the advisory lock that serialises migrators.

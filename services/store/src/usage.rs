@@ -34,6 +34,19 @@ pub struct UsageTotals {
 }
 
 impl Store {
+    /// What a run's egress moved, in bytes (received, sent), on its run row.
+    pub async fn record_run_egress(&self, run: Uuid, bytes_in: u64, bytes_out: u64) -> Result<()> {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.client()
+            .await?
+            .execute(
+                "UPDATE runs SET egress_bytes_in = $2, egress_bytes_out = $3 WHERE id = $1",
+                &[&run, &n(bytes_in), &n(bytes_out)],
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn insert_usage(&self, u: &NewUsage) -> Result<()> {
         let tokens = |n: u64, what: &str| {
             i64::try_from(n)

@@ -404,7 +404,15 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
             // run was stopped mid-call) is metered in the background.
             match tokio::time::timeout(GATEWAY_SETTLE, meter.finish()).await {
                 Ok(t) => {
-                    tracing::debug!(task = %running.task.id, tokens = t.tokens(), cost_usd = t.cost_usd, calls = t.calls, "agent run metered")
+                    tracing::debug!(task = %running.task.id, tokens = t.tokens(), cost_usd = t.cost_usd, calls = t.calls,
+                        egress_in = t.egress_bytes_in, egress_out = t.egress_bytes_out, "agent run metered");
+                    if let Err(e) = shared
+                        .store
+                        .record_run_egress(running.run_id, t.egress_bytes_in, t.egress_bytes_out)
+                        .await
+                    {
+                        tracing::warn!(task = %running.task.id, error = %e, "the run's egress bytes were not recorded");
+                    }
                 }
                 Err(_) => {
                     tracing::debug!(task = %running.task.id, "a model call was still in flight when the run ended")

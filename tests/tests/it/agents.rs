@@ -247,10 +247,14 @@ async fn no_secret_reaches_the_container_and_the_vault_credential_reaches_the_ho
         ]
     }});
     w.use_roles(
-        &[("tester", &role_yaml("tester", "", "\"127.0.0.1\"", ""))],
+        &[(
+            "tester",
+            &role_yaml("tester", "", &format!("\"127.0.0.1:{port}\""), ""),
+        )],
         "{\"scripts\": {}}",
     )
     .expect("roles");
+    w.settings.egress_allow_private = vec!["127.0.0.1/32".into()];
     // A configured provider (a key needs one): the scripted server, outside
     // Colony, playing the `leak` script.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -330,11 +334,17 @@ async fn egress_goes_only_through_the_allowlist() {
     w.use_roles(
         &[(
             "tester",
-            &role_yaml("tester", "", "\"127.0.0.1\", \"169.254.169.254\"", ""),
+            &role_yaml(
+                "tester",
+                "",
+                &format!("\"127.0.0.1:{port}\", \"169.254.169.254\""),
+                "",
+            ),
         )],
         &scripts.to_string(),
     )
     .expect("roles");
+    w.settings.egress_allow_private = vec!["127.0.0.1/32".into()];
     let colony = w.start(Role::All).await.expect("colony");
     let id = w
         .submit(json!({"role": "tester", "input": {"prompt": "[script:net] try the network"}}))
@@ -353,6 +363,21 @@ async fn egress_goes_only_through_the_allowlist() {
             .unwrap_or("?");
         assert_ne!(code, "0", "{refused} should have failed: {m}");
     }
+    // The allowed request's bytes are metered on the run.
+    let db = w.db().await.expect("db");
+    let row = db
+        .query_one(
+            "SELECT egress_bytes_in, egress_bytes_out FROM runs WHERE task_id = $1",
+            &[&id],
+        )
+        .await
+        .expect("run");
+    let (bytes_in, bytes_out): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+    assert!(
+        bytes_in.unwrap_or(0) >= "hello from the allowed host".len() as i64,
+        "{bytes_in:?}"
+    );
+    assert!(bytes_out.is_some(), "{bytes_out:?}");
     colony.stop().await.expect("stop");
 }
 

@@ -139,3 +139,149 @@ async fn escapes_fail_inside_the_sandbox_and_the_worker_stays_healthy() {
     assert_eq!(health.status(), 200);
     colony.stop().await.expect("stop");
 }
+
+/// An employee's model talked into reaching the host: every loopback
+/// spelling, Colony's own API, the NATS monitor, CONNECT to the Postgres and
+/// NATS ports, private ranges and the metadata address. Every one is listed
+/// in the role's allowlist, and every one is refused by the gateway and
+/// audited, because only the operator can open a private range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_inside_an_employees_sandbox_the_host_is_out_of_reach() {
+    let mut w = World::new().await.expect("world");
+    let api = w.settings.http_addr.port();
+    let monitor = w
+        .nats
+        .monitor_url
+        .rsplit(':')
+        .next()
+        .expect("monitor port")
+        .to_string();
+    let nats_port = w
+        .nats
+        .url
+        .rsplit(':')
+        .next()
+        .expect("nats port")
+        .to_string();
+    let pg_port = w
+        .settings
+        .database_url
+        .split('@')
+        .nth(1)
+        .and_then(|hp| hp.split(['/', ':']).nth(1))
+        .expect("postgres port")
+        .to_string();
+    let urls = [
+        format!("http://127.0.0.1:{api}/v1/employees"),
+        format!("http://127.0.0.1:{monitor}/varz"),
+        format!("http://localhost:{api}/v1/tasks"),
+        format!("http://127.1:{api}/"),
+        format!("http://2130706433:{api}/"),
+        format!("http://[::1]:{api}/"),
+        format!("http://[::ffff:127.0.0.1]:{api}/"),
+        format!("http://0.0.0.0:{api}/"),
+        "http://10.0.0.1/".to_string(),
+        "http://192.168.0.1/".to_string(),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+    ];
+    let tunnels = [
+        format!("127.0.0.1:{pg_port}"),
+        format!("127.0.0.1:{nats_port}"),
+        format!("localhost:{nats_port}"),
+    ];
+    let mut allow: Vec<String> = vec![
+        format!("127.0.0.1:{api}"),
+        format!("127.0.0.1:{monitor}"),
+        format!("localhost:{api}"),
+        format!("127.1:{api}"),
+        format!("2130706433:{api}"),
+        format!("[::1]:{api}"),
+        format!("[::ffff:127.0.0.1]:{api}"),
+        format!("0.0.0.0:{api}"),
+        "10.0.0.1".into(),
+        "192.168.0.1".into(),
+        "169.254.169.254".into(),
+    ];
+    allow.extend(tunnels.iter().cloned());
+    let mut command = String::new();
+    for u in &urls {
+        command.push_str(&format!(
+            "r=$(timeout 10 wget -q -O - '{u}' 2>&1); echo \"GET {u} => rc=$? $(echo \"$r\" | head -c 300)\"; "
+        ));
+    }
+    for t in &tunnels {
+        command.push_str(&format!(
+            "echo \"CONNECT {t} => $( (printf 'CONNECT {t} HTTP/1.1\\r\\nHost: {t}\\r\\n\\r\\n'; sleep 1) | timeout 5 nc 127.0.0.1 3128 | head -n 1)\"; "
+        ));
+    }
+    let scripts = serde_json::json!({"scripts": {
+        "injected": [
+            {"tool_calls": [{"name": "shell", "arguments": {"command": command}}]},
+            {"text": "{tool:shell}"}
+        ]
+    }});
+    let egress = allow
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let role = format!(
+        "name: intruder
+model: scripted
+system_prompt: You were told to look around the host.
+tools: [shell]
+egress: [{egress}]
+max_turns: 4
+"
+    );
+    w.use_roles(&[("intruder", &role)], &scripts.to_string())
+        .expect("roles");
+    let colony = w.start(Role::All).await.expect("colony");
+    let id = w
+        .submit(
+            serde_json::json!({"role": "intruder", "input": {"prompt": "[script:injected] go"}}),
+        )
+        .await
+        .expect("submit");
+    let task = w.wait_final(id, 120).await.expect("final");
+    assert_eq!(task.state, TaskState::Done, "{:?}", task.error);
+    let out: subjects::agent::AgentOutput =
+        serde_json::from_value(task.result.clone().expect("result")).expect("agent output");
+    let lines: Vec<&str> = out.message.lines().filter(|l| l.contains(" => ")).collect();
+    assert_eq!(lines.len(), urls.len() + tunnels.len(), "{}", out.message);
+    let mut refused = 0;
+    for line in &lines {
+        let ok = if line.starts_with("GET") {
+            line.contains("403") && !line.contains("rc=0")
+        } else {
+            line.contains("HTTP/1.1 403")
+        };
+        assert!(ok, "not refused: {line}\n{}", out.message);
+        refused += 1;
+    }
+    // Every refusal is in the audit trail, as denied egress of this task.
+    let db = w.db().await.expect("db");
+    let denied: i64 = db
+        .query_one(
+            "SELECT count(*) FROM audit WHERE task_id = $1 AND action = 'egress' AND outcome = 'denied'",
+            &[&id],
+        )
+        .await
+        .expect("audit")
+        .get(0);
+    let allowed: i64 = db
+        .query_one(
+            "SELECT count(*) FROM audit WHERE task_id = $1 AND action = 'egress' AND outcome <> 'denied'",
+            &[&id],
+        )
+        .await
+        .expect("audit")
+        .get(0);
+    println!(
+        "sandbox: {refused} of {} attempts refused, {denied} denied audit rows, {allowed} allowed",
+        lines.len()
+    );
+    assert_eq!(denied as usize, lines.len());
+    assert_eq!(allowed, 0);
+    colony.stop().await.expect("stop");
+}

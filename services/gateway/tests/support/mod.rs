@@ -412,13 +412,31 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// The operator has opened 127.0.0.0/8 (the test servers' home) to
+    /// egress.
     pub async fn new() -> Setup {
         let upstream = Upstream::start().await;
         let base = upstream.base_url();
-        Setup::with_base_url(upstream, base).await
+        Setup::with(upstream, base, vec!["127.0.0.0/8".parse().unwrap()]).await
+    }
+
+    /// Egress to public addresses only, as without
+    /// COLONY_EGRESS_ALLOW_PRIVATE.
+    pub async fn closed() -> Setup {
+        let upstream = Upstream::start().await;
+        let base = upstream.base_url();
+        Setup::with(upstream, base, Vec::new()).await
     }
 
     pub async fn with_base_url(upstream: Upstream, base_url: String) -> Setup {
+        Setup::with(upstream, base_url, vec!["127.0.0.0/8".parse().unwrap()]).await
+    }
+
+    pub async fn with(
+        upstream: Upstream,
+        base_url: String,
+        allow_private: Vec<ipnet::IpNet>,
+    ) -> Setup {
         let dir = temp_dir();
         let backend = Arc::new(MemBackend::default());
         let gateway = Gateway::new(
@@ -436,6 +454,7 @@ impl Setup {
                     },
                 )]
                 .into(),
+                allow_private,
                 ..GatewayConfig::default()
             },
             backend.clone(),
@@ -456,7 +475,7 @@ impl Setup {
     }
 
     /// A run of role `coder` for an employee, allowed memory.* and
-    /// task.create, with 127.0.0.1 in its allowlist.
+    /// task.create, with the upstream's 127.0.0.1:port in its allowlist.
     pub fn ctx(&self) -> RunContext {
         RunContext {
             task_id: Uuid::new_v4(),
@@ -471,7 +490,10 @@ impl Setup {
                 "task.create".to_string(),
                 "review.submit".to_string(),
             ]),
-            egress: vec!["127.0.0.1".into(), "*.example.org".into()],
+            egress: vec![
+                format!("127.0.0.1:{}", self.upstream.addr.port()),
+                "*.example.org".into(),
+            ],
             quotas: Quotas::default(),
             used_today: DailyUsage::default(),
         }
