@@ -449,6 +449,45 @@ build_agent_image() {
 
 stop_colony() { kill_pidfile "$COLONY_STATE/colony.pid" colony 30; }
 
+# ensure_operator_key COLONY_BIN: .colony/operator.key (mode 0600) holds an
+# operator key (made straight in Postgres on first use), and
+# .colony/curl-auth.conf (0600) sends it, so that no key is ever on a
+# command line: api ARGS... is curl with it.
+ensure_operator_key() {
+    local bin=$1
+    "$bin" keys operator --out "$COLONY_STATE/operator.key" ||
+        die "could not make the operator key (.colony/operator.key)"
+    chmod 600 "$COLONY_STATE/operator.key"
+    (
+        umask 077
+        printf 'header = "Authorization: Bearer %s"\n' "$(tr -d '[:space:]' <"$COLONY_STATE/operator.key")" \
+            >"$COLONY_STATE/curl-auth.conf"
+    )
+    log "operator key: .colony/operator.key (mode 0600)"
+}
+
+api() { curl -fsS --noproxy '*' -K "$COLONY_STATE/curl-auth.conf" "$@"; }
+
+# write_env_file: .colony/env, what another Colony process on this host
+# needs (URLs and the paths of credential files, never a secret itself):
+#   set -a; . .colony/env; colony worker
+write_env_file() {
+    (
+        umask 077
+        cat >"$COLONY_STATE/env" <<EOF
+# Written by ops/up: source it (set -a; . .colony/env) to run another colony
+# process against this one's NATS and Postgres. Paths, not secrets.
+COLONY_URL=$COLONY_URL
+COLONY_NATS_URL=$COLONY_NATS_URL
+COLONY_DATABASE_URL=$COLONY_DATABASE_URL
+COLONY_API_KEY_FILE=$COLONY_STATE/operator.key
+COLONY_AGENT_IMAGE=$COLONY_AGENT_IMAGE
+COLONY_SOCKET_DIR=$COLONY_SOCKET_DIR
+COLONY_ROLES_DIR=$COLONY_ROOT/roles
+EOF
+    )
+}
+
 # stop_started          stop everything ops started (pid files): ops/down
 # stop_started --mine   stop only what this script run started
 stop_started() {

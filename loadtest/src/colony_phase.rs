@@ -115,8 +115,26 @@ pub async fn run(
         token,
     )));
 
+    // The API needs a key: an operator key of the bench's own database.
+    let store = colony::store_for(&settings, 1)?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the bench database")?;
+    let key = store
+        .create_key("default", "loadtest", store::Scope::Operator)
+        .await
+        .context("cannot make an API key for the bench")?
+        .secret;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .context("the key is not a header value")?,
+    );
     let http = reqwest::Client::builder()
         .no_proxy()
+        .default_headers(headers)
         .pool_max_idle_per_host(args.concurrency.max(1) * 2)
         .timeout(Duration::from_secs(30))
         .build()

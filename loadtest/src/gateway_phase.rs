@@ -56,6 +56,7 @@ pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Gat
         .0
         .downgrade(),
         roles: Arc::new(roles::Roles::empty()),
+        admission: admission::Rules::default(),
     };
     let mut config = gateway::GatewayConfig::default();
     config.provider.base_url = provider.base_url();

@@ -38,6 +38,20 @@ pub(crate) fn messages_v1() -> u32 {
     VERSION
 }
 
+/// The version of [`Event`]: 2 since it carries its tenant (and its subject
+/// the tenant's token, see [`SUBJECT_LAYOUT`]).
+pub const EVENT_VERSION: u32 = 2;
+
+pub(crate) fn event_v() -> u32 {
+    EVENT_VERSION
+}
+
+/// The layout of the subjects: 2 since every subject a tenant's client may
+/// read (`colony.results.<tenant>.…`, `colony.events.<tenant>.…`) carries
+/// the tenant right after its kind, so NATS permissions can give a client
+/// only its own.
+pub const SUBJECT_LAYOUT: u32 = 2;
+
 /// Subject prefix shared by everything Colony publishes.
 const ROOT: &str = "colony";
 
@@ -60,25 +74,36 @@ pub mod subject {
     pub fn work_all() -> String {
         format!("{ROOT}.work.>")
     }
-    /// `colony.events.<goal>.<task>.<kind>`; `goal` is [`NO_GOAL`] for a task
-    /// without one. The task token lets a per-task feed (SSE) be a plain
-    /// subject filter, and the goal token lets a planner follow a whole goal.
-    pub fn events(goal: Option<uuid::Uuid>, task: uuid::Uuid, kind: &str) -> String {
+    /// `colony.events.<tenant>.<goal>.<task>.<kind>`; `goal` is [`NO_GOAL`]
+    /// for a task without one. The tenant token comes first so that NATS
+    /// permissions can give a tenant's client its own events and nothing
+    /// else; the task token lets a per-task feed (SSE) be a plain subject
+    /// filter, and the goal token lets a planner follow a whole goal.
+    pub fn events(tenant: &str, goal: Option<uuid::Uuid>, task: uuid::Uuid, kind: &str) -> String {
         match goal {
-            Some(g) => format!("{ROOT}.events.{g}.{task}.{kind}"),
-            None => format!("{ROOT}.events.{NO_GOAL}.{task}.{kind}"),
+            Some(g) => format!("{ROOT}.events.{tenant}.{g}.{task}.{kind}"),
+            None => format!("{ROOT}.events.{tenant}.{NO_GOAL}.{task}.{kind}"),
         }
     }
     /// Every event of one task, whatever its goal.
-    pub fn events_of_task(task: uuid::Uuid) -> String {
-        format!("{ROOT}.events.*.{task}.>")
+    pub fn events_of_task(tenant: &str, task: uuid::Uuid) -> String {
+        format!("{ROOT}.events.{tenant}.*.{task}.>")
+    }
+    /// Every event of one tenant.
+    pub fn events_of_tenant(tenant: &str) -> String {
+        format!("{ROOT}.events.{tenant}.>")
     }
     pub fn events_all() -> String {
         format!("{ROOT}.events.>")
     }
-    /// `colony.results.<task>`: the final view of a task, once it is final.
-    pub fn result(task: uuid::Uuid) -> String {
-        format!("{ROOT}.results.{task}")
+    /// `colony.results.<tenant>.<task>`: the final view of a task, once it
+    /// is final.
+    pub fn result(tenant: &str, task: uuid::Uuid) -> String {
+        format!("{ROOT}.results.{tenant}.{task}")
+    }
+    /// Every result of one tenant.
+    pub fn results_of_tenant(tenant: &str) -> String {
+        format!("{ROOT}.results.{tenant}.>")
     }
     pub fn results_all() -> String {
         format!("{ROOT}.results.>")
@@ -226,12 +251,21 @@ mod tests {
     }
 
     #[test]
-    fn task_event_filter_matches_goal_and_no_goal() {
+    fn tenant_comes_first_in_what_a_tenant_may_read() {
         let t = uuid::Uuid::nil();
         assert_eq!(
-            subject::events(None, t, "state"),
-            format!("colony.events._.{t}.state")
+            subject::events("acme", None, t, "state"),
+            format!("colony.events.acme._.{t}.state")
         );
-        assert_eq!(subject::events_of_task(t), format!("colony.events.*.{t}.>"));
+        assert_eq!(
+            subject::events_of_task("acme", t),
+            format!("colony.events.acme.*.{t}.>")
+        );
+        assert_eq!(subject::events_of_tenant("acme"), "colony.events.acme.>");
+        assert_eq!(
+            subject::result("acme", t),
+            format!("colony.results.acme.{t}")
+        );
+        assert_eq!(subject::results_of_tenant("acme"), "colony.results.acme.>");
     }
 }

@@ -190,11 +190,14 @@ pub struct TaskView {
     pub employee_id: Option<Uuid>,
 }
 
-/// Published on `colony.events.<goal>.<task>.<kind>`.
+/// Published on `colony.events.<tenant>.<goal>.<task>.<kind>`.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 pub struct Event {
-    #[serde(default = "crate::messages_v1")]
+    /// 2 (see [`crate::EVENT_VERSION`]).
+    #[serde(default = "crate::event_v")]
     pub v: u32,
+    /// The tenant of the task.
+    pub tenant: String,
     pub task_id: Uuid,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goal_id: Option<Uuid>,

@@ -19,7 +19,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("work_item.v1.json", schema_for!(WorkItem)),
         ("task_view.v1.json", schema_for!(TaskView)),
         ("task_accepted.v1.json", schema_for!(TaskAccepted)),
-        ("event.v1.json", schema_for!(Event)),
+        ("event.v2.json", schema_for!(Event)),
         ("api_error.v1.json", schema_for!(ApiError)),
         ("agent_request.v1.json", schema_for!(AgentRequest)),
         ("agent_frame.v1.json", schema_for!(AgentFrame)),

@@ -20,6 +20,20 @@ use subjects::TaskView;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// An HTTP client that sends `key` as its bearer key.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).expect("a header value");
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .no_proxy()
+        .build()
+        .expect("an HTTP client")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -90,6 +104,14 @@ impl Nats {
     }
 }
 
+impl Nats {
+    /// Kill the server now (what a client sees when NATS goes away).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Nats {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -123,10 +145,23 @@ pub struct World {
     pub nats: Nats,
     pub db_name: String,
     pub settings: Settings,
+    /// An operator key (every tenant; `default` unless `X-Colony-Tenant`
+    /// says otherwise), which [`World::http`] sends.
+    pub operator_key: String,
 }
 
 impl World {
+    /// A world whose database is migrated, with an operator key.
     pub async fn new() -> Result<World> {
+        World::create(true).await
+    }
+
+    /// A world whose database is empty (no schema, no key yet).
+    pub async fn unmigrated() -> Result<World> {
+        World::create(false).await
+    }
+
+    async fn create(migrate: bool) -> Result<World> {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("COLONY_LOG").unwrap_or_else(|_| "info".into()))
             .with_test_writer()
@@ -151,12 +186,39 @@ impl World {
         settings.retry_min_ms = 100;
         settings.drain_timeout_ms = 2_000;
         settings.db_pool = 8;
+        // The schema is there before Colony starts (its own migrate then
+        // finds nothing to do), so that keys can be made up front.
+        let operator_key = if migrate {
+            let store = store::Store::connect(&settings.database_url, 1)?;
+            store.migrate().await?;
+            store
+                .create_key("default", "test operator", store::Scope::Operator)
+                .await?
+                .secret
+        } else {
+            String::new()
+        };
         Ok(World {
             id,
             nats,
             db_name,
             settings,
+            operator_key,
         })
+    }
+
+    /// An HTTP client that sends the operator key.
+    pub fn http(&self) -> reqwest::Client {
+        client_with_key(&self.operator_key)
+    }
+
+    /// A new key of `tenant` with `scope`; returns its secret.
+    pub async fn key(&self, tenant: &str, scope: store::Scope) -> Result<String> {
+        let store = store::Store::connect(&self.settings.database_url, 1)?;
+        Ok(store
+            .create_key(tenant, &format!("test {scope}"), scope)
+            .await?
+            .secret)
     }
 
     pub fn url(&self) -> String {
@@ -211,7 +273,8 @@ impl World {
         body: &str,
         key: Option<&str>,
     ) -> Result<(u16, serde_json::Value)> {
-        let mut req = reqwest::Client::new()
+        let mut req = self
+            .http()
             .post(format!("{}/v1/tasks", self.url()))
             .header("content-type", "application/json")
             .body(body.to_string());
@@ -237,7 +300,11 @@ impl World {
     }
 
     pub async fn get_task(&self, id: Uuid) -> Result<TaskView> {
-        let resp = reqwest::get(format!("{}/v1/tasks/{id}", self.url())).await?;
+        let resp = self
+            .http()
+            .get(format!("{}/v1/tasks/{id}", self.url()))
+            .send()
+            .await?;
         Ok(resp.json().await?)
     }
 
@@ -405,7 +472,8 @@ impl World {
 
     /// Hire an employee over HTTP; returns its id.
     pub async fn hire(&self, name: &str, role: &str) -> Result<Uuid> {
-        let resp = reqwest::Client::new()
+        let resp = self
+            .http()
             .post(format!("{}/v1/employees", self.url()))
             .json(&serde_json::json!({"name": name, "role": role}))
             .send()

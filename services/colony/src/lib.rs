@@ -77,6 +77,21 @@ pub struct Settings {
     pub container_labels: Vec<String>,
     #[arg(long, env = "COLONY_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,
+    /// Levels of sub-tasks (an agent's `task.create`) below a task a person
+    /// submitted.
+    #[arg(long, env = "COLONY_MAX_TASK_DEPTH", default_value_t = 3)]
+    pub max_task_depth: u32,
+    /// Sub-tasks one task may create.
+    #[arg(long, env = "COLONY_MAX_SUBTASKS", default_value_t = 50)]
+    pub max_subtasks: u32,
+    /// HTTP requests a second one client address may make, before any key
+    /// is looked up (bursts up to twice this).
+    #[arg(long, env = "COLONY_RATE_PER_PEER", default_value_t = 2000)]
+    pub rate_per_peer: u32,
+    /// HTTP requests a second one API key may make (bursts up to twice
+    /// this).
+    #[arg(long, env = "COLONY_RATE_PER_KEY", default_value_t = 1000)]
+    pub rate_per_key: u32,
     /// Directory of role templates (`<role>.yaml`); default `roles` when
     /// that directory exists, else only the built-in shell role is known.
     #[arg(long, env = "COLONY_ROLES_DIR")]
@@ -304,6 +319,7 @@ impl Settings {
         w.pools = self.pools(roles);
         w.roles = std::sync::Arc::new(roles.clone());
         w.gateway = self.gateway_config(model_base_url)?;
+        w.admission = self.admission_rules(roles);
         w.slots = self.worker_slots.max(1);
         w.ack_wait = Duration::from_millis(self.ack_wait_ms);
         w.heartbeat_interval = Duration::from_millis(self.heartbeat_ms);
@@ -317,14 +333,32 @@ impl Settings {
         Ok(w)
     }
 
+    /// The rules every task is admitted by, at every door.
+    pub fn admission_rules(&self, roles: &roles::Roles) -> admission::Rules {
+        admission::Rules {
+            roles: roles.known(),
+            max_body_bytes: self.max_body_bytes,
+            max_depth: self.max_task_depth,
+            max_children: self.max_subtasks,
+            ..admission::Rules::default()
+        }
+    }
+
     pub fn ingress_config(&self, roles: &roles::Roles) -> ingress::Config {
         let mut c = ingress::Config {
             http_addr: self.http_addr,
             roles: roles.clone(),
+            rules: self.admission_rules(roles),
             ..Default::default()
         };
-        c.rules.max_body_bytes = self.max_body_bytes;
-        c.rules.roles = roles.known();
+        let rate = |per_second: u32| ingress::http::auth::Rate {
+            per_second: per_second.max(1),
+            burst: per_second.max(1).saturating_mul(2),
+        };
+        c.limits = ingress::http::auth::Limits {
+            per_peer: rate(self.rate_per_peer),
+            per_key: rate(self.rate_per_key),
+        };
         c
     }
 }
@@ -500,6 +534,35 @@ pub fn cancel_on_signals(token: CancellationToken) {
 
 /// Apply migrations and exit.
 pub async fn migrate(s: &Settings) -> anyhow::Result<Vec<&'static str>> {
-    let store = store::Store::connect(&s.database_url, 2)?;
+    let store = store_for(s, 2)?;
     Ok(store.migrate().await?)
+}
+
+/// A store for the configured database.
+pub fn store_for(s: &Settings, pool: usize) -> anyhow::Result<store::Store> {
+    Ok(store::Store::connect(&s.database_url, pool)?)
+}
+
+/// Writes `secret` to `path` (mode 0600, parent directories made), through
+/// a temporary file renamed into place, so the file never holds half a
+/// secret and is never readable by others.
+pub fn write_secret_file(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }

@@ -66,6 +66,54 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
+    /// API keys: make, list and revoke them.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a key for a tenant (over HTTP, with an admin or operator key);
+    /// prints it once.
+    Create {
+        /// The tenant (with an operator key; an admin key makes keys of its
+        /// own tenant only).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// read, submit or admin.
+        #[arg(long)]
+        scope: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// List a tenant's keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Make an operator key straight in Postgres (no HTTP, no other key
+    /// needed) and write it to a file (mode 0600) unless one is there.
+    Operator {
+        /// Where the key goes; an existing non-empty file is kept.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[command(flatten)]
+        settings: Settings,
+    },
 }
 
 #[derive(clap::Args)]
@@ -81,6 +129,50 @@ struct Run {
 struct Client {
     #[arg(long, env = "COLONY_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// The API key; unset: the key in COLONY_API_KEY_FILE, else in
+    /// ./.colony/operator.key (which ops/up writes).
+    #[arg(long = "api-key", env = "COLONY_API_KEY", hide_env_values = true)]
+    api_key: Option<colony::Secret>,
+    #[arg(long = "api-key-file", env = "COLONY_API_KEY_FILE")]
+    api_key_file: Option<std::path::PathBuf>,
+}
+
+impl Client {
+    /// An HTTP client that sends the key, and the base URL.
+    fn http(&self, tenant: Option<&str>) -> anyhow::Result<reqwest::Client> {
+        let key = match (&self.api_key, &self.api_key_file) {
+            (Some(k), _) => k.0.trim().to_string(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the API key file {}", path.display()))?
+                .trim()
+                .to_string(),
+            (None, None) => {
+                let default = std::path::Path::new(".colony/operator.key");
+                std::fs::read_to_string(default)
+                    .map(|k| k.trim().to_string())
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "no API key: set COLONY_API_KEY (or COLONY_API_KEY_FILE), or run from the directory where ops/up wrote .colony/operator.key"
+                        )
+                    })?
+            }
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .context("the API key holds characters a header cannot carry")?;
+        auth.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, auth);
+        if let Some(t) = tenant {
+            headers.insert(
+                "x-colony-tenant",
+                reqwest::header::HeaderValue::from_str(t)
+                    .context("the tenant holds characters a header cannot carry")?,
+            );
+        }
+        Ok(reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?)
+    }
 }
 
 #[tokio::main]
@@ -126,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(e) = employee {
                 body["employee_id"] = e.into();
             }
-            let http = reqwest::Client::new();
+            let http = client.http(None)?;
             let mut req = http.post(format!("{}/v1/tasks", client.url)).json(&body);
             if let Some(k) = idempotency_key {
                 req = req.header("Idempotency-Key", k);
@@ -144,10 +236,12 @@ async fn main() -> anyhow::Result<()> {
             return print_task(&http, &client.url, &id, wait).await;
         }
         Command::Get { id, wait, client } => {
-            return print_task(&reqwest::Client::new(), &client.url, &id, wait).await;
+            return print_task(&client.http(None)?, &client.url, &id, wait).await;
         }
+        Command::Keys { command } => return keys(command).await,
         Command::Cancel { id, client } => {
-            let resp = reqwest::Client::new()
+            let resp = client
+                .http(None)?
                 .post(format!("{}/v1/tasks/{id}/cancel", client.url))
                 .send()
                 .await
@@ -160,6 +254,76 @@ async fn main() -> anyhow::Result<()> {
     let token = CancellationToken::new();
     colony::cancel_on_signals(token.clone());
     colony::serve(role, run.settings, token).await
+}
+
+async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    let show = |v: serde_json::Value| -> anyhow::Result<()> {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        Ok(())
+    };
+    match command {
+        KeysCommand::Create {
+            tenant,
+            scope,
+            name,
+            client,
+        } => {
+            let resp = client
+                .http(tenant.as_deref())?
+                .post(format!("{}/v1/keys", client.url))
+                .json(&serde_json::json!({"name": name, "scope": scope}))
+                .send()
+                .await
+                .with_context(|| format!("cannot reach Colony at {}", client.url))?;
+            show(answer(resp).await?)
+        }
+        KeysCommand::List { tenant, client } => {
+            let resp = client
+                .http(tenant.as_deref())?
+                .get(format!("{}/v1/keys", client.url))
+                .send()
+                .await
+                .with_context(|| format!("cannot reach Colony at {}", client.url))?;
+            show(answer(resp).await?)
+        }
+        KeysCommand::Revoke { id, tenant, client } => {
+            let resp = client
+                .http(tenant.as_deref())?
+                .delete(format!("{}/v1/keys/{id}", client.url))
+                .send()
+                .await
+                .with_context(|| format!("cannot reach Colony at {}", client.url))?;
+            show(answer(resp).await?)
+        }
+        KeysCommand::Operator { out, settings } => {
+            match std::fs::read_to_string(&out) {
+                Ok(k) if !k.trim().is_empty() => {
+                    eprintln!("{} holds a key already; kept", out.display());
+                    return Ok(());
+                }
+                _ => {}
+            }
+            let store = colony::store_for(&settings, 2)?;
+            store
+                .migrate()
+                .await
+                .context("cannot migrate the database")?;
+            let created = store
+                .create_key(
+                    "default",
+                    "operator (colony keys operator)",
+                    store::Scope::Operator,
+                )
+                .await?;
+            colony::write_secret_file(&out, &created.secret)?;
+            eprintln!(
+                "operator key {} written to {} (mode 0600)",
+                created.key.prefix,
+                out.display()
+            );
+            Ok(())
+        }
+    }
 }
 
 fn init_logs(filter: &str) {

@@ -9,7 +9,6 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
 use subjects::gateway::{action, ActionRequest, ActionResponse};
-use subjects::TaskSubmission;
 
 use crate::backend::{AuditOutcome, BackendError, ReviewSubmission};
 use crate::reply::{self, error, one_line};
@@ -54,6 +53,11 @@ impl Failure {
 
     fn backend(name: &str, e: BackendError) -> Failure {
         let (status, sentence, detail) = match e {
+            BackendError::Refused { status, reason } => (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY),
+                reason,
+                None,
+            ),
             BackendError::Invalid(s) => (StatusCode::UNPROCESSABLE_ENTITY, s, None),
             BackendError::NotFound(s) => (StatusCode::NOT_FOUND, s, None),
             BackendError::Conflict(s) => (StatusCode::CONFLICT, s, None),
@@ -131,7 +135,12 @@ pub(crate) async fn action(
                 Some(cause) => format!("{}: {cause}", f.sentence),
                 None => f.sentence.clone(),
             };
-            run.audit(gw, &name, f.target, AuditOutcome::Failed, &detail);
+            let outcome = if f.status == StatusCode::FORBIDDEN {
+                AuditOutcome::Denied
+            } else {
+                AuditOutcome::Failed
+            };
+            run.audit(gw, &name, f.target, outcome, &detail);
             error(f.status, f.sentence)
         }
     }
@@ -263,11 +272,13 @@ async fn perform(gw: &Inner, run: &Run, name: &str, args: Value) -> Result<Done,
             })
         }
         action::TASK_CREATE => {
-            let task: TaskSubmission = serde_json::from_value(args)
-                .map_err(|e| Failure::bad(format!("the args of {name} are not a task: {e}")))?;
-            let role = task.role.clone();
+            let role = args
+                .get("role")
+                .and_then(Value::as_str)
+                .map(|r| one_line(r, 64))
+                .unwrap_or_default();
             let created = backend
-                .create_task(&run.ctx, task)
+                .create_task(&run.ctx, args)
                 .await
                 .map_err(|e| Failure::backend(name, e))?;
             let id = created

@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use subjects::TaskSubmission;
 use uuid::Uuid;
 
 use crate::run::RunContext;
@@ -35,6 +34,11 @@ pub enum BackendError {
     /// Storage failed: 500.
     #[error("{0}")]
     Internal(String),
+    /// Refused for good with the status and sentence any other door of
+    /// the platform would give (a sub-task that admission refuses); a 403
+    /// is audited as denied.
+    #[error("{reason}")]
+    Refused { status: u16, reason: String },
 }
 
 /// Where the gateway keeps and finds things. The worker implements it over
@@ -68,12 +72,14 @@ pub trait Backend: Send + Sync + 'static {
         text: &'a str,
     ) -> BoxFuture<'a, Result<(), BackendError>>;
 
-    /// Creates a sub-task of `parent.task_id` in `parent.tenant`; answers
-    /// what the caller should see (at least `{"id": …}`).
+    /// Creates a sub-task of `parent.task_id` in `parent.tenant` from the
+    /// action's args (a task submission, checked by the backend exactly as
+    /// any other door checks one); answers what the caller should see (at
+    /// least `{"id": …}`).
     fn create_task<'a>(
         &'a self,
         parent: &'a RunContext,
-        task: TaskSubmission,
+        args: Value,
     ) -> BoxFuture<'a, Result<Value, BackendError>>;
 
     /// Records `reviewer`'s review of `review.task_id`; answers what the

@@ -579,7 +579,7 @@ async fn bad_arguments_and_backend_refusals_are_one_sentence_and_audited_as_fail
     assert_eq!(a.status, 400);
     assert!(a
         .error()
-        .starts_with("the args of task.create are not a task"));
+        .starts_with("the submission is not a valid task submission"));
     let a = action(
         &sock,
         "review.submit",

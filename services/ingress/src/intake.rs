@@ -15,7 +15,6 @@ use store::Store;
 use subjects::{header, stream, subject};
 use tokio_util::sync::CancellationToken;
 
-use crate::validate::EmployeeRefusal;
 use crate::{Error, Rules};
 
 pub async fn run(
@@ -87,7 +86,7 @@ async fn handle(
             t.idempotency_key = t.idempotency_key.or(key);
             t
         }),
-        None => Err(crate::validate::Rejection {
+        None => Err(admission::Rejection {
             status: 400,
             reason: format!(
                 "subject {} does not name a valid tenant; publish to colony.intake.<tenant>",
@@ -99,25 +98,15 @@ async fn handle(
         Ok(n) => n,
         Err(r) => return dead_letter(js, &msg, &r.reason).await,
     };
-    match crate::validate::check_employee(store, &new).await {
-        Ok(()) => {}
-        Err(EmployeeRefusal::Refused(r)) => return dead_letter(js, &msg, &r.reason).await,
-        Err(EmployeeRefusal::Store(e)) => {
-            tracing::warn!(error = %e, "could not look up an intake message's employee; it will be redelivered");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-                .await;
-            return;
-        }
-    }
-    match store.create_task(&new).await {
+    let tenant = new.tenant.clone();
+    match admission::admit(store, rules, new, None).await {
         Ok(created) => {
-            tracing::info!(task = %created.task.id, created = created.created, tenant = %new.tenant, "task submitted over NATS");
+            tracing::info!(task = %created.task.id, created = created.created, tenant = %tenant, "task submitted over NATS");
             relay.send(created.outbox);
             let _ = msg.ack().await;
         }
-        Err(store::Error::Conflict(reason)) => dead_letter(js, &msg, &reason).await,
-        Err(e) => {
+        Err(admission::Refused::Rejected(r)) => dead_letter(js, &msg, &r.reason).await,
+        Err(admission::Refused::Store(e)) => {
             tracing::warn!(error = %e, "could not store an intake message; it will be redelivered");
             let _ = msg
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))

@@ -1,6 +1,6 @@
 //! Ingress: where tasks enter Colony.
 //!
-//! Two doors, one set of rules ([`validate`]): the HTTP API ([`http`]) and a
+//! Two doors, one set of rules ([`admission`]): the HTTP API ([`http`]) and a
 //! JetStream consumer on `colony.intake.*` ([`intake`]) so that any NATS
 //! client can submit by publishing the same JSON. A valid submission becomes
 //! a task row and its work message in one commit (the outbox); an invalid
@@ -15,7 +15,6 @@
 
 pub mod http;
 pub mod intake;
-pub mod validate;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,7 +23,7 @@ use relay::Relay;
 use store::Store;
 use tokio_util::sync::CancellationToken;
 
-pub use validate::Rules;
+pub use admission::Rules;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -45,10 +44,13 @@ pub struct Config {
     pub rules: Rules,
     /// The role templates employees can be hired for.
     pub roles: roles::Roles,
-    /// Tenant of HTTP submissions without an `X-Colony-Tenant` header.
+    /// The tenant an operator key acts for without an `X-Colony-Tenant`
+    /// header.
     pub default_tenant: String,
     /// Longest `?wait=` a client may ask for.
     pub max_wait: Duration,
+    /// Rate limits per peer address and per API key.
+    pub limits: http::auth::Limits,
 }
 
 impl Default for Config {
@@ -59,6 +61,7 @@ impl Default for Config {
             roles: roles::Roles::empty(),
             default_tenant: subjects::DEFAULT_TENANT.to_string(),
             max_wait: Duration::from_secs(120),
+            limits: http::auth::Limits::default(),
         }
     }
 }
@@ -84,12 +87,17 @@ pub async fn run(
         relay.clone(),
         shutdown.clone(),
     ));
-    let app = http::router(http::AppState::new(cfg.clone(), store, nats, relay));
+    let state = http::AppState::new(cfg.clone(), store, nats, relay);
+    http::auth::spawn_tidying(state.gate(), shutdown.clone());
+    let app = http::router(state);
     tracing::info!(addr = %listener.local_addr().map_err(Error::Serve)?, "HTTP API listening");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .map_err(Error::Serve);
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    .await
+    .map_err(Error::Serve);
     shutdown.cancel();
     match intake.await {
         Ok(r) => r?,

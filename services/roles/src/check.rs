@@ -172,6 +172,7 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Role, Vec<RoleError>> {
     let review: Option<Review> = p.take(&map, "review");
     let max_turns: Option<u32> = p.take(&map, "max_turns");
     let pool: Option<Pool> = p.take(&map, "pool");
+    let may_create: Option<Vec<String>> = p.take(&map, "may_create");
 
     if let Some(n) = &name {
         check_name(&mut p, n, true);
@@ -211,6 +212,9 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Role, Vec<RoleError>> {
     if let Some(pl) = &pool {
         check_pool(&mut p, pl);
     }
+    if let Some(m) = &may_create {
+        check_may_create(&mut p, m);
+    }
 
     let (Some(name), Some(model), Some(system_prompt), true) =
         (name, model, system_prompt, p.list.is_empty())
@@ -231,7 +235,21 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Role, Vec<RoleError>> {
         review: review.unwrap_or_default(),
         max_turns: max_turns.unwrap_or_else(crate::default_max_turns),
         pool: pool.unwrap_or_default(),
+        may_create: may_create.unwrap_or_default(),
     })
+}
+
+fn check_may_create(p: &mut Problems, roles: &[String]) {
+    for (i, r) in roles.iter().enumerate() {
+        if !is_role_name(r) {
+            p.at(
+                format!("may_create[{i}]"),
+                format!("{r:?} is not a role name (lower-case letters, digits and '-')"),
+            );
+        } else if roles[..i].contains(r) {
+            p.at(format!("may_create[{i}]"), format!("{r} is listed twice"));
+        }
+    }
 }
 
 /// Every rule of [`parse`], for a [`Role`] built in code.
@@ -253,6 +271,7 @@ fn check_role(file: &Path, r: &Role) -> Vec<RoleError> {
     check_review(&mut p, &r.review, Some(&r.name));
     check_max_turns(&mut p, r.max_turns);
     check_pool(&mut p, &r.pool);
+    check_may_create(&mut p, &r.may_create);
     p.list
 }
 
@@ -579,6 +598,19 @@ pub(crate) fn together(roles: Vec<(PathBuf, Role)>) -> Result<Vec<Role>, Vec<Rol
                     field: "review.reviewer_role".into(),
                     reason: format!(
                         "no role {reviewer:?} is defined; add roles/{reviewer}.yaml or name a defined role"
+                    ),
+                });
+            }
+        }
+    }
+    for (file, role) in &roles {
+        for (i, made) in role.may_create.iter().enumerate() {
+            if is_role_name(made) && made != SHELL && !first.contains_key(made.as_str()) {
+                errors.push(RoleError {
+                    file: file.clone(),
+                    field: format!("may_create[{i}]"),
+                    reason: format!(
+                        "no role {made:?} is defined; add roles/{made}.yaml or name a defined role"
                     ),
                 });
             }

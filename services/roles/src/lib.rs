@@ -63,6 +63,10 @@ pub struct Role {
     pub max_turns: u32,
     #[serde(default)]
     pub pool: Pool,
+    /// Roles whose tasks this role's runs may create with `task.create`
+    /// (none by default; `shell` must be listed to be allowed).
+    #[serde(default)]
+    pub may_create: Vec<String>,
 }
 
 fn default_max_turns() -> u32 {
@@ -84,6 +88,7 @@ pub const FIELDS: &[&str] = &[
     "review",
     "max_turns",
     "pool",
+    "may_create",
 ];
 
 /// A tool the model may be offered.
@@ -172,6 +177,56 @@ impl Quotas {
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         check::quota_problems(self)
     }
+
+    /// The fields where these overrides would raise `role`'s limit, as
+    /// `(field, asked, role's limit)`. An override of a limit the role does
+    /// not set lowers "unlimited" and raises nothing.
+    pub fn raises(&self, role: &Quotas) -> Vec<(&'static str, String, String)> {
+        fn above<T: PartialOrd + std::fmt::Display + Copy>(
+            out: &mut Vec<(&'static str, String, String)>,
+            field: &'static str,
+            asked: Option<T>,
+            limit: Option<T>,
+        ) {
+            if let (Some(a), Some(l)) = (asked, limit) {
+                if a > l {
+                    out.push((field, a.to_string(), l.to_string()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        above(
+            &mut out,
+            "tokens_per_run",
+            self.tokens_per_run,
+            role.tokens_per_run,
+        );
+        above(
+            &mut out,
+            "cost_usd_per_run",
+            self.cost_usd_per_run,
+            role.cost_usd_per_run,
+        );
+        above(
+            &mut out,
+            "wall_secs_per_run",
+            self.wall_secs_per_run,
+            role.wall_secs_per_run,
+        );
+        above(
+            &mut out,
+            "tokens_per_day",
+            self.tokens_per_day,
+            role.tokens_per_day,
+        );
+        above(
+            &mut out,
+            "cost_usd_per_day",
+            self.cost_usd_per_day,
+            role.cost_usd_per_day,
+        );
+        out
+    }
 }
 
 /// Whether the role's work is reviewed before it is done.
@@ -225,6 +280,11 @@ impl Role {
     /// The image to run, given the configured default.
     pub fn image_or<'a>(&'a self, default: &'a str) -> &'a str {
         self.image.as_deref().unwrap_or(default)
+    }
+
+    /// True when this role's runs may create tasks of `role`.
+    pub fn may_create(&self, role: &str) -> bool {
+        self.may_create.iter().any(|r| r == role)
     }
 
     /// Deny by default: true only for an action the template lists.

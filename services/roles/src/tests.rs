@@ -23,6 +23,7 @@ const BASE: &[(&str, &str)] = &[
     ("review", "{ required: false }"),
     ("max_turns", "30"),
     ("pool", "{ warm: 1, max_active: 8 }"),
+    ("may_create", "[shell, executor]"),
 ];
 
 /// BASE with `changes` applied: `Some(v)` sets (or adds) a field, `None`
@@ -94,7 +95,7 @@ fn every_invalid_field_is_refused_with_file_field_and_reason() {
     let f = "roles/executor.yaml";
     type Changes = Vec<(&'static str, Option<&'static str>)>;
     let cases: Vec<(Changes, String)> = vec![
-        (vec![("tols", Some("[shell]"))], format!("{f}: tols: unknown field, expected one of name, description, image, model, system_prompt, tools, allowed_actions, egress, limits, quotas, review, max_turns, pool")),
+        (vec![("tols", Some("[shell]"))], format!("{f}: tols: unknown field, expected one of name, description, image, model, system_prompt, tools, allowed_actions, egress, limits, quotas, review, max_turns, pool, may_create")),
         (vec![("name", None)], format!("{f}: name: missing; give the role's name, the same as the file name without .yaml")),
         (vec![("name", Some("Exec"))], format!("{f}: name: \"Exec\" is not a valid role name; use 1-64 characters of a-z, 0-9 and -")),
         (vec![("name", Some("planner"))], format!("{f}: name: \"planner\" differs from the file name; rename the file to planner.yaml or set name: executor")),
@@ -246,7 +247,7 @@ fn a_directory_reports_every_problem_of_every_file() {
     assert_eq!(
         text,
         vec![
-            format!("{d}/x.yaml: tols: unknown field, expected one of name, description, image, model, system_prompt, tools, allowed_actions, egress, limits, quotas, review, max_turns, pool"),
+            format!("{d}/x.yaml: tols: unknown field, expected one of name, description, image, model, system_prompt, tools, allowed_actions, egress, limits, quotas, review, max_turns, pool, may_create"),
             format!("{d}/y.yaml: quotas.tokens_per_run: must be greater than 0"),
             format!("{d}/good.yaml: review.reviewer_role: no role \"judge\" is defined; add roles/judge.yaml or name a defined role"),
         ]
@@ -298,12 +299,15 @@ fn roles_built_in_code_obey_the_same_rules() {
         reviewer_role: Some("nobody".into()),
         min_score: None,
     };
+    r.may_create = vec!["ghost".into(), "Bad".into()];
     let errors = Roles::from_roles(vec![r]).expect_err("refused");
     assert_eq!(
         errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
         vec![
             "executor.yaml: quotas.tokens_per_day: must be greater than 0".to_string(),
+            "executor.yaml: may_create[1]: \"Bad\" is not a role name (lower-case letters, digits and '-')".to_string(),
             "executor.yaml: review.reviewer_role: no role \"nobody\" is defined; add roles/nobody.yaml or name a defined role".to_string(),
+            "executor.yaml: may_create[0]: no role \"ghost\" is defined; add roles/ghost.yaml or name a defined role".to_string(),
         ]
     );
 }
@@ -346,4 +350,34 @@ fn quotas_override_field_by_field_and_agent_tools_list_actions() {
     )
     .expect("valid");
     assert_eq!(r.agent_tools(), ["shell", "action.note"]);
+}
+
+#[test]
+fn overrides_that_raise_a_role_limit_are_named() {
+    let role = Quotas {
+        tokens_per_run: Some(1000),
+        cost_usd_per_day: Some(2.0),
+        ..Quotas::default()
+    };
+    let lower = Quotas {
+        tokens_per_run: Some(10),
+        wall_secs_per_run: Some(60),
+        ..Quotas::default()
+    };
+    assert!(
+        lower.raises(&role).is_empty(),
+        "lowering, or limiting the unlimited"
+    );
+    let higher = Quotas {
+        tokens_per_run: Some(1001),
+        cost_usd_per_day: Some(2.5),
+        ..Quotas::default()
+    };
+    assert_eq!(
+        higher.raises(&role),
+        vec![
+            ("tokens_per_run", "1001".to_string(), "1000".to_string()),
+            ("cost_usd_per_day", "2.5".to_string(), "2".to_string()),
+        ]
+    );
 }

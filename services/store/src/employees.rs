@@ -7,15 +7,11 @@
 //! employee is already in is answered with the employee, unchanged, so a
 //! retried request is harmless.
 //!
-//! The token handed out at hire is shown once: only its SHA-256 is kept.
 //! Whether the role exists is ingress's question (the store does not load
 //! templates).
 
-use aes_gcm::aead::rand_core::RngCore;
-use aes_gcm::aead::OsRng;
 use roles::Quotas;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
@@ -57,7 +53,7 @@ impl std::fmt::Display for EmployeeState {
     }
 }
 
-/// An employee as stored (never with its token).
+/// An employee as stored.
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct Employee {
     pub id: Uuid,
@@ -82,14 +78,6 @@ pub struct NewEmployee {
     pub name: String,
     pub role: String,
     pub quotas: Quotas,
-}
-
-/// A new employee and its token, which is not stored and cannot be shown
-/// again.
-#[derive(Clone, Debug)]
-pub struct Hired {
-    pub employee: Employee,
-    pub token: String,
 }
 
 const COLS: &str =
@@ -118,19 +106,8 @@ fn row_to_employee(r: &Row) -> Result<Employee> {
     })
 }
 
-/// SHA-256 of `token`, as stored.
-pub fn token_hash(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
-
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn new_token() -> String {
-    let mut raw = [0u8; 32];
-    OsRng.fill_bytes(&mut raw);
-    format!("colony_{}", hex(&raw))
 }
 
 fn no_such(id: Uuid) -> Error {
@@ -140,7 +117,7 @@ fn no_such(id: Uuid) -> Error {
 impl Store {
     /// Hire an employee: `active` at once. The name must be free among the
     /// tenant's employees that are not offboarded.
-    pub async fn hire(&self, new: &NewEmployee) -> Result<Hired> {
+    pub async fn hire(&self, new: &NewEmployee) -> Result<Employee> {
         if !subjects::is_token(&new.name) {
             return Err(Error::Invalid(format!(
                 "employee name {:?} is not valid; use 1-64 letters, digits, '-' or '_'",
@@ -150,15 +127,14 @@ impl Store {
         if let Some((field, reason)) = new.quotas.problems().into_iter().next() {
             return Err(Error::Invalid(format!("quotas.{field} {reason}")));
         }
-        let token = new_token();
         let now = OffsetDateTime::now_utc();
         let quotas = serde_json::to_value(new.quotas).expect("quotas serialise");
         let client = self.client().await?;
         let row = client
             .query_one(
                 &format!(
-                    "INSERT INTO employees (id, tenant, name, role, state, token_hash, quotas, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, $7)
+                    "INSERT INTO employees (id, tenant, name, role, state, quotas, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, 'active', $5, $6, $6)
                      RETURNING {COLS}"
                 ),
                 &[
@@ -166,7 +142,6 @@ impl Store {
                     &new.tenant,
                     &new.name,
                     &new.role,
-                    &token_hash(&token),
                     &quotas,
                     &now,
                 ],
@@ -184,10 +159,7 @@ impl Store {
                     Error::Db(e)
                 }
             })?;
-        Ok(Hired {
-            employee: row_to_employee(&row)?,
-            token,
-        })
+        row_to_employee(&row)
     }
 
     /// The employee `id`, whatever its tenant and state.
@@ -203,20 +175,6 @@ impl Store {
             .transpose()
     }
 
-    /// The employee a token was handed to at hire.
-    pub async fn employee_by_token(&self, token: &str) -> Result<Option<Employee>> {
-        let client = self.client().await?;
-        client
-            .query_opt(
-                &format!("SELECT {COLS} FROM employees WHERE token_hash = $1"),
-                &[&token_hash(token)],
-            )
-            .await?
-            .map(|r| row_to_employee(&r))
-            .transpose()
-    }
-
-    /// A tenant's employees, oldest first, optionally of one role and state.
     pub async fn list_employees(
         &self,
         tenant: &str,

@@ -6,6 +6,8 @@
 //! change is one guarded statement that also writes its history row and the
 //! outbox rows announcing it, so a change and its message cannot part.
 //!
+//! It keeps the API [`keys`] that open the HTTP API, hashed.
+//!
 //! It also keeps what AI employees leave behind: the employees themselves
 //! ([`employees`]), their key/value [`memory`], the [`audit`] trail of
 //! their actions, the [`usage`] of their model calls, and the tenant's
@@ -15,6 +17,7 @@
 
 pub mod audit;
 pub mod employees;
+pub mod keys;
 pub mod memory;
 pub mod migrate;
 pub mod notes;
@@ -32,7 +35,8 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 pub use audit::{AuditEntry, AuditFilter, NewAudit, Outcome};
-pub use employees::{Employee, EmployeeState, Hired, NewEmployee};
+pub use employees::{Employee, EmployeeState, NewEmployee};
+pub use keys::{ApiKey, CreatedKey, Scope};
 pub use outbox::OutboxMsg;
 pub use state::IllegalTransition;
 pub use usage::{NewUsage, UsageTotals};

@@ -41,6 +41,16 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0006_egress_bytes.sql",
         include_str!("../../../sql/0006_egress_bytes.sql"),
     ),
+    (
+        7,
+        "0007_api_keys.sql",
+        include_str!("../../../sql/0007_api_keys.sql"),
+    ),
+    (
+        8,
+        "0008_subtasks.sql",
+        include_str!("../../../sql/0008_subtasks.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed: the advisory lock that serialises migrators.

@@ -101,7 +101,8 @@ pub fn work_msg(
 /// The event announcing a transition of `task` (already in its new state).
 pub fn state_event(task: &TaskView, from: Option<TaskState>, reason: Option<String>) -> Event {
     Event {
-        v: subjects::VERSION,
+        v: subjects::EVENT_VERSION,
+        tenant: task.tenant.clone(),
         task_id: task.id,
         goal_id: task.goal_id,
         attempt: task.attempt,
@@ -116,7 +117,7 @@ pub fn state_event(task: &TaskView, from: Option<TaskState>, reason: Option<Stri
 
 pub fn event_msg(ev: &Event) -> OutboxMsg {
     OutboxMsg::now(
-        subject::events(ev.goal_id, ev.task_id, ev.body.kind()),
+        subject::events(&ev.tenant, ev.goal_id, ev.task_id, ev.body.kind()),
         json(ev),
         Some(ev.task_id),
     )
@@ -124,7 +125,11 @@ pub fn event_msg(ev: &Event) -> OutboxMsg {
 
 /// The final view of a task on `colony.results.<task>`.
 pub fn result_msg(task: &TaskView) -> OutboxMsg {
-    OutboxMsg::now(subject::result(task.id), json(task), Some(task.id))
+    OutboxMsg::now(
+        subject::result(&task.tenant, task.id),
+        json(task),
+        Some(task.id),
+    )
 }
 
 /// A run's result as Postgres `jsonb` can hold it: strings (and keys) with
@@ -159,6 +164,20 @@ pub struct NewTask {
     /// The employee doing the work; ingress checks that it is active and
     /// of `role` before it asks.
     pub employee_id: Option<Uuid>,
+    /// The task whose run creates this one (`task.create`), and the bounds
+    /// that keep an agent from multiplying work without end.
+    pub parent: Option<ParentLink>,
+}
+
+/// A sub-task's parent and the bounds checked against it, under a lock on
+/// the parent's row so that parallel creations cannot pass them together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParentLink {
+    pub task_id: Uuid,
+    /// Levels below a task a person submitted (which is level 0).
+    pub max_depth: u32,
+    /// Sub-tasks one task may create.
+    pub max_children: u32,
 }
 
 #[derive(Debug)]
@@ -262,6 +281,40 @@ async fn insert_outbox(c: &impl GenericClient, msgs: &[OutboxMsg]) -> Result<()>
 }
 
 /// The announcements of a task reaching a final state.
+/// Locks the parent's row and checks a new sub-task against it; returns the
+/// sub-task's depth.
+async fn check_parent(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant: &str,
+    link: &ParentLink,
+) -> Result<i32> {
+    let row = tx
+        .query_opt(
+            "SELECT depth, (SELECT count(*) FROM tasks c WHERE c.parent_id = p.id)
+             FROM tasks p WHERE p.id = $1 AND p.tenant = $2 FOR UPDATE",
+            &[&link.task_id, &tenant],
+        )
+        .await?
+        .ok_or(Error::NotFound(link.task_id))?;
+    let (depth, children): (i32, i64) = (row.get(0), row.get(1));
+    let depth = depth.saturating_add(1);
+    if depth as u32 > link.max_depth {
+        return Err(Error::Invalid(format!(
+            "task {} is {} levels below the task a person submitted, and sub-tasks may go {} levels deep at most; do the work in this task instead",
+            link.task_id,
+            depth - 1,
+            link.max_depth
+        )));
+    }
+    if children >= i64::from(link.max_children) {
+        return Err(Error::Invalid(format!(
+            "task {} has created {children} sub-tasks, the most one task may create; finish with the ones it has",
+            link.task_id
+        )));
+    }
+    Ok(depth)
+}
+
 fn final_msgs(task: &TaskView, from: TaskState, reason: Option<String>) -> Vec<OutboxMsg> {
     vec![
         event_msg(&state_event(task, Some(from), reason)),
@@ -306,12 +359,13 @@ impl Store {
             event_msg(&state_event(&task, None, None)),
         ];
         let cols = Columns::of(&outbox);
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let sql = format!(
             "WITH u AS (
                  INSERT INTO tasks (id, tenant, role, goal_id, input, state, attempt, max_attempts,
-                                    timeout_secs, idempotency_key, dispatch_id, created_at, updated_at, employee_id)
-                 VALUES ($1, $2, $3, $4, $5, 'queued', 1, $6, $7, $8, $9, $10, $10, $16)
+                                    timeout_secs, idempotency_key, dispatch_id, created_at, updated_at, employee_id,
+                                    parent_id, depth)
+                 VALUES ($1, $2, $3, $4, $5, 'queued', 1, $6, $7, $8, $9, $10, $10, $16, $17, $18)
                  ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                  RETURNING id),
              e AS (INSERT INTO events (task_id, attempt, from_state, to_state, at)
@@ -320,12 +374,12 @@ impl Store {
              SELECT count(*) FROM u",
             insert_for_u(11)
         );
-        let stmt = client.prepare_cached(&sql).await?;
-        let inserted: i64 = client
-            .query_one(
-                &stmt,
-                &[
-                    &task.id,
+        let parent_id = new.parent.map(|p| p.task_id);
+        // The same parameters in both branches (the depth differs).
+        macro_rules! params {
+            ($depth:expr) => {
+                [
+                    &task.id as &(dyn tokio_postgres::types::ToSql + Sync),
                     &task.tenant,
                     &task.role,
                     &task.goal_id,
@@ -341,10 +395,24 @@ impl Store {
                     &cols.available,
                     &cols.claimed,
                     &new.employee_id,
-                ],
-            )
-            .await?
-            .get(0);
+                    &parent_id,
+                    $depth,
+                ]
+            };
+        }
+        let inserted: i64 = match &new.parent {
+            Some(link) => {
+                let tx = client.transaction().await?;
+                let depth = check_parent(&tx, &new.tenant, link).await?;
+                let n: i64 = tx.query_one(&sql, &params!(&depth)).await?.get(0);
+                tx.commit().await?;
+                n
+            }
+            None => {
+                let stmt = client.prepare_cached(&sql).await?;
+                client.query_one(&stmt, &params!(&0i32)).await?.get(0)
+            }
+        };
         if inserted == 1 {
             return Ok(Created {
                 task,
@@ -389,6 +457,22 @@ impl Store {
             .await?;
         client
             .query_opt(&stmt, &[&id])
+            .await?
+            .map(|r| row_to_task(&r))
+            .transpose()
+    }
+
+    /// The task `id` if it belongs to `tenant`; another tenant's task is
+    /// `None`, exactly as a task that does not exist.
+    pub async fn task_of(&self, tenant: &str, id: Uuid) -> Result<Option<TaskRow>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {COLS} FROM tasks WHERE id = $1 AND tenant = $2"
+            ))
+            .await?;
+        client
+            .query_opt(&stmt, &[&id, &tenant])
             .await?
             .map(|r| row_to_task(&r))
             .transpose()
@@ -647,14 +731,16 @@ impl Store {
         Ok(client.execute(&stmt, &[&tasks, &worker_id]).await?)
     }
 
-    /// Cancel a task that is not final. Returns the cancelled task, its
+    /// Cancel `tenant`'s task `id` if it is not final (another tenant's task
+    /// is [`Error::NotFound`]). Returns the cancelled task, its
     /// announcements, and the worker that was running it, if any.
     pub async fn cancel(
         &self,
+        tenant: &str,
         id: Uuid,
         reason: &str,
     ) -> Result<(TaskView, Vec<OutboxMsg>, Option<String>)> {
-        self.end_locked(id, None, TaskState::Cancelled, reason)
+        self.end_locked(id, Some(tenant), None, TaskState::Cancelled, reason)
             .await
     }
 
@@ -666,13 +752,14 @@ impl Store {
         dispatch_id: Uuid,
         reason: &str,
     ) -> Result<(TaskView, Vec<OutboxMsg>, Option<String>)> {
-        self.end_locked(id, Some(dispatch_id), TaskState::Failed, reason)
+        self.end_locked(id, None, Some(dispatch_id), TaskState::Failed, reason)
             .await
     }
 
     async fn end_locked(
         &self,
         id: Uuid,
+        tenant: Option<&str>,
         dispatch_id: Option<Uuid>,
         to: TaskState,
         reason: &str,
@@ -687,6 +774,9 @@ impl Store {
             .await?
             .ok_or(Error::NotFound(id))?;
         let t = row_to_task(&row)?;
+        if tenant.is_some_and(|tenant| tenant != t.view.tenant) {
+            return Err(Error::NotFound(id));
+        }
         if let Some(d) = dispatch_id {
             if t.dispatch_id != Some(d) {
                 return Err(Error::Conflict(format!(

@@ -10,14 +10,11 @@ use gateway::{
 };
 use relay::WeakRelay;
 use serde_json::{json, Value};
+use sha2::Digest;
 use store::Store;
 use subjects::TaskSubmission;
 use time::OffsetDateTime;
 use uuid::Uuid;
-
-/// Defaults for sub-tasks an agent creates without saying.
-const SUBTASK_MAX_ATTEMPTS: u32 = 3;
-const SUBTASK_TIMEOUT_SECS: u32 = 300;
 
 pub struct StoreBackend {
     pub store: Store,
@@ -25,6 +22,8 @@ pub struct StoreBackend {
     /// relay open at shutdown.
     pub relay: WeakRelay,
     pub roles: std::sync::Arc<roles::Roles>,
+    /// The rules every task is admitted by, sub-tasks too.
+    pub admission: admission::Rules,
 }
 
 fn err(e: store::Error) -> BackendError {
@@ -88,56 +87,48 @@ impl Backend for StoreBackend {
     fn create_task<'a>(
         &'a self,
         parent: &'a RunContext,
-        task: TaskSubmission,
+        args: Value,
     ) -> BoxFuture<'a, Result<Value, BackendError>> {
         Box::pin(async move {
-            if !self.roles.is_known(&task.role) {
-                return Err(BackendError::Invalid(format!(
-                    "there is no role {:?}; known roles: {}",
-                    task.role,
-                    self.roles.known().join(", ")
-                )));
-            }
-            if let Some(e) = task.employee_id {
-                let employee = self
-                    .store
-                    .employee(e)
-                    .await
-                    .map_err(err)?
-                    .filter(|x| x.tenant == parent.tenant)
-                    .ok_or_else(|| {
-                        BackendError::NotFound(format!("employee {e} does not exist"))
-                    })?;
-                if employee.role != task.role {
-                    return Err(BackendError::Invalid(format!(
-                        "employee {} is a {}, not a {}",
-                        employee.name, employee.role, task.role
-                    )));
-                }
-                if employee.state != store::employees::EmployeeState::Active {
-                    return Err(BackendError::Conflict(format!(
-                        "employee {} is {} and takes no tasks",
-                        employee.name, employee.state
-                    )));
-                }
-            }
-            let created = self
-                .store
-                .create_task(&store::tasks::NewTask {
-                    tenant: parent.tenant.clone(),
-                    role: task.role.clone(),
-                    goal_id: task.goal_id,
-                    input: task.input.clone(),
-                    max_attempts: task.max_attempts.unwrap_or(SUBTASK_MAX_ATTEMPTS),
-                    timeout_secs: task.timeout_secs.unwrap_or(SUBTASK_TIMEOUT_SECS),
-                    idempotency_key: Some(task.idempotency_key.clone().unwrap_or_else(|| {
-                        // A retried action call creates the sub-task once.
-                        format!("{}:{}", parent.run_id, Uuid::new_v4())
-                    })),
-                    employee_id: task.employee_id,
-                })
-                .await
-                .map_err(err)?;
+            let refused = |r: admission::Rejection| BackendError::Refused {
+                status: r.status,
+                reason: r.reason,
+            };
+            let task: TaskSubmission = admission::parse_value(args).map_err(refused)?;
+            let Some(role) = self.roles.get(&parent.role) else {
+                // A role without a template (shell) runs no agent.
+                return Err(BackendError::Refused {
+                    status: 403,
+                    reason: format!("role {} may not create tasks", parent.role),
+                });
+            };
+            // A retried action call creates the sub-task once: without a key
+            // of its own, the key is the run and what it asked for.
+            let key = task.idempotency_key.clone().unwrap_or_else(|| {
+                let asked = serde_json::to_vec(&task).unwrap_or_default();
+                let digest = sha2::Sha256::digest(&asked);
+                let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+                format!("{}:{hex}", parent.run_id)
+            });
+            let new = self
+                .admission
+                .check_submission(task, &parent.tenant, Some(key))
+                .map_err(refused)?;
+            let created = admission::admit(
+                &self.store,
+                &self.admission,
+                new,
+                Some(admission::Parent {
+                    task_id: parent.task_id,
+                    tenant: &parent.tenant,
+                    role,
+                }),
+            )
+            .await
+            .map_err(|e| match e {
+                admission::Refused::Rejected(r) => refused(r),
+                admission::Refused::Store(e) => err(e),
+            })?;
             self.relay.send(created.outbox);
             Ok(json!({
                 "id": created.task.id,

@@ -533,7 +533,8 @@ async fn finish_with_retries(
 
 fn event(running: &Running, body: EventBody) -> Event {
     Event {
-        v: subjects::VERSION,
+        v: subjects::EVENT_VERSION,
+        tenant: running.task.tenant.clone(),
         task_id: running.task.id,
         goal_id: running.task.goal_id,
         attempt: running.task.attempt,
@@ -559,7 +560,7 @@ fn event_headers(running: &Running, msg_id: String) -> HeaderMap {
 /// stream is the live feed).
 async fn publish_event(shared: &Shared, running: &Running, id_suffix: &str, body: EventBody) {
     let ev = event(running, body);
-    let subj = subject::events(ev.goal_id, ev.task_id, ev.body.kind());
+    let subj = subject::events(&ev.tenant, ev.goal_id, ev.task_id, ev.body.kind());
     let headers = event_headers(running, format!("{}-{id_suffix}", running.run_id));
     let payload = serde_json::to_vec(&ev).expect("events serialise");
     if let Err(e) = shared
@@ -583,7 +584,7 @@ async fn publish_output(shared: Arc<Shared>, running: Running, mut rx: mpsc::Rec
             Progress::Event(event) => EventBody::Agent { event },
         };
         let ev = event(&running, body);
-        let subj = subject::events(ev.goal_id, ev.task_id, ev.body.kind());
+        let subj = subject::events(&ev.tenant, ev.goal_id, ev.task_id, ev.body.kind());
         let headers = event_headers(&running, format!("{}-out-{seq}", running.run_id));
         let payload = serde_json::to_vec(&ev).expect("events serialise");
         match shared

@@ -81,6 +81,9 @@ pub struct Config {
     pub roles: Arc<roles::Roles>,
     /// The model provider, prices and bounds of the gateway agent runs use.
     pub gateway: gateway::GatewayConfig,
+    /// How sub-tasks an agent creates are admitted (the same rules as
+    /// every other door).
+    pub admission: admission::Rules,
     /// How often the worker writes its status (runs, pool metrics) to the
     /// worker registry; an entry not refreshed for 3× this disappears.
     pub status_interval: Duration,
@@ -107,6 +110,7 @@ impl Config {
             status_interval: Duration::from_secs(5),
             roles: Arc::new(roles::Roles::empty()),
             gateway: gateway::GatewayConfig::default(),
+            admission: admission::Rules::default(),
             runtime,
         }
     }
@@ -172,6 +176,7 @@ pub async fn run(
         store: store.clone(),
         relay: relay.downgrade(),
         roles: cfg.roles.clone(),
+        admission: cfg.admission.clone(),
     };
     let gateway = gateway::Gateway::new(cfg.gateway.clone(), Arc::new(backend))
         .map_err(|e| Error::Gateway(e.to_string()))?;
@@ -530,7 +535,19 @@ async fn control(shared: Arc<Shared>, nats: async_nats::Client, stop: Cancellati
             tracing::warn!(subject = %msg.subject, "control command without an id");
             continue;
         };
+        // Anyone on NATS could send these: act only on what Postgres says.
         if msg.subject.ends_with(subject::CTL_OFFBOARD) {
+            match shared.store.employee(id).await {
+                Ok(Some(e)) if e.state == store::EmployeeState::Offboarded => {}
+                Ok(_) => {
+                    tracing::warn!(employee = %id, "an offboard command for an employee who is not offboarded; ignored");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(employee = %id, error = %e, "cannot check an offboard command; ignored (idle containers are reaped)");
+                    continue;
+                }
+            }
             let removed = shared.runtime.offboard(id).await;
             if let Err(e) = shared.runtime.remove_workspace(id).await {
                 tracing::debug!(employee = %id, error = %e, "workspace volume not removed (a run may still use it)");
@@ -541,9 +558,24 @@ async fn control(shared: Arc<Shared>, nats: async_nats::Client, stop: Cancellati
         if !msg.subject.ends_with(subject::CTL_CANCEL) {
             continue;
         }
-        if let Some(token) = shared.inflight.lock().expect("inflight lock").get(&id) {
-            tracing::info!(task = %id, "cancelling run");
-            token.cancel();
+        let token = shared
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .get(&id)
+            .cloned();
+        let Some(token) = token else { continue };
+        match shared.store.get_task(id).await {
+            Ok(Some(t)) if t.view.state == subjects::TaskState::Cancelled => {
+                tracing::info!(task = %id, "cancelling run");
+                token.cancel();
+            }
+            Ok(_) => {
+                tracing::warn!(task = %id, "a cancel command for a task that is not cancelled; ignored")
+            }
+            Err(e) => {
+                tracing::warn!(task = %id, error = %e, "cannot check a cancel command; the run goes on (its result is dropped if the task was cancelled)")
+            }
         }
     }
 }

@@ -75,7 +75,10 @@ fn output(task: &subjects::TaskView) -> AgentOutput {
 }
 
 async fn audit(w: &World, employee: Uuid) -> Vec<Value> {
-    let v: Value = reqwest::get(format!("{}/v1/audit?employee={employee}", w.url()))
+    let v: Value = w
+        .http()
+        .get(format!("{}/v1/audit?employee={employee}", w.url()))
+        .send()
         .await
         .expect("audit")
         .json()
@@ -141,7 +144,10 @@ async fn an_employee_works_with_tools_keeps_its_workspace_and_memory_and_is_audi
         store.memory_get(ada, "last").await.expect("memory"),
         Some(json!("wrote notes.txt"))
     );
-    let memory: Value = reqwest::get(format!("{}/v1/employees/{ada}/memory", w.url()))
+    let memory: Value = w
+        .http()
+        .get(format!("{}/v1/employees/{ada}/memory", w.url()))
+        .send()
         .await
         .expect("GET memory")
         .json()
@@ -167,7 +173,12 @@ async fn an_employee_works_with_tools_keeps_its_workspace_and_memory_and_is_audi
     let js = async_nats::jetstream::new(w.nats_client().await.expect("nats"));
     let events = js.get_stream(stream::EVENTS).await.expect("events");
     let last = events
-        .get_last_raw_message_by_subject(&subject::events(None, id, subject::EVENT_AGENT))
+        .get_last_raw_message_by_subject(&subject::events(
+            "default",
+            None,
+            id,
+            subject::EVENT_AGENT,
+        ))
         .await
         .expect("an agent event");
     let ev: subjects::Event = serde_json::from_slice(&last.payload).expect("event");
@@ -187,7 +198,8 @@ async fn an_employee_works_with_tools_keeps_its_workspace_and_memory_and_is_audi
     );
 
     // Offboarding removes its containers and its workspace; history stays.
-    let resp = reqwest::Client::new()
+    let resp = w
+        .http()
         .delete(format!("{}/v1/employees/{ada}", w.url()))
         .send()
         .await
@@ -272,7 +284,8 @@ async fn no_secret_reaches_the_container_and_the_vault_credential_reaches_the_ho
     w.settings.model_api_key = Some(Secret(model_key.into()));
     w.settings.vault_key = Some(Secret("ab".repeat(32)));
     let colony = w.start(Role::All).await.expect("colony");
-    let resp = reqwest::Client::new()
+    let resp = w
+        .http()
         .post(format!("{}/v1/credentials", w.url()))
         .json(
             &json!({"name": "host-key", "url_prefix": format!("http://127.0.0.1:{port}/"),
@@ -500,7 +513,8 @@ async fn a_configured_provider_replaces_the_scripted_one_and_employee_quotas_ove
     assert_eq!(output(&task).message, "from the external provider");
 
     // The role has no quota; this employee has one of its own.
-    let resp = reqwest::Client::new()
+    let resp = w
+        .http()
         .post(format!("{}/v1/employees", w.url()))
         .json(&json!({"name": "frugal", "role": "open", "quotas": {"tokens_per_run": 5}}))
         .send()

@@ -55,7 +55,7 @@ async fn call(
     body: Option<Value>,
     tenant: Option<&str>,
 ) -> (u16, Value) {
-    let http = reqwest::Client::new();
+    let http = w.http();
     let url = format!("{}{path}", w.url());
     let mut req = match method {
         "GET" => http.get(url),
@@ -86,7 +86,7 @@ fn refused(got: (u16, Value), status: u16, error: &str) {
     assert_eq!(got.1["error"].as_str(), Some(error), "{}", got.1);
 }
 
-async fn hire(w: &World, name: &str, role: &str) -> (Uuid, String) {
+async fn hire(w: &World, name: &str, role: &str) -> Uuid {
     let (status, v) = call(
         w,
         "POST",
@@ -96,10 +96,7 @@ async fn hire(w: &World, name: &str, role: &str) -> (Uuid, String) {
     )
     .await;
     assert_eq!(status, 201, "{v}");
-    (
-        Uuid::parse_str(v["id"].as_str().expect("id")).expect("uuid"),
-        v["token"].as_str().expect("token").to_string(),
-    )
+    Uuid::parse_str(v["id"].as_str().expect("id")).expect("uuid")
 }
 
 fn task(role: &str, employee: Uuid) -> Value {
@@ -111,7 +108,7 @@ async fn employees_are_hired_paused_resumed_and_offboarded_with_their_history_ke
     let w = World::new().await.expect("world");
     let colony = start(&w, false).await;
 
-    // Hire: 201 with the token, shown once and stored only as its hash.
+    // Hire: 201 with the employee.
     let (status, ada) = call(
         &w,
         "POST",
@@ -136,28 +133,10 @@ async fn employees_are_hired_paused_resumed_and_offboarded_with_their_history_ke
         )
     );
     assert!(ada["created_at"].is_string());
-    let token = ada["token"].as_str().expect("token");
-    assert!(token.starts_with("colony_") && token.len() == 71, "{token}");
+    assert!(ada.get("token").is_none(), "employees have no token: {ada}");
     let id = Uuid::parse_str(ada["id"].as_str().expect("id")).expect("uuid");
     let db = w.db().await.expect("db");
-    let row = db
-        .query_one(
-            "SELECT to_jsonb(e)::text, token_hash FROM employees e WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .expect("row");
-    let (whole, hash): (String, String) = (row.get(0), row.get(1));
-    assert_eq!(hash, store::employees::token_hash(token));
-    assert!(!whole.contains(token), "the token itself is not stored");
     let st = store(&w, false).await;
-    assert_eq!(
-        st.employee_by_token(token)
-            .await
-            .expect("lookup")
-            .map(|e| e.id),
-        Some(id)
-    );
 
     // Refusals, in one sentence each, with nothing written.
     let hire_cases: Vec<(Value, u16, String)> = vec![
@@ -198,7 +177,7 @@ async fn employees_are_hired_paused_resumed_and_offboarded_with_their_history_ke
     assert_eq!(n, 1, "no refused hire was written");
 
     // List and read.
-    let (pid, _) = hire(&w, "pat", "planner").await;
+    let pid = hire(&w, "pat", "planner").await;
     let (_, list) = call(&w, "GET", "/v1/employees", None, None).await;
     let names: Vec<&str> = list["employees"]
         .as_array()
@@ -445,7 +424,7 @@ async fn employees_are_hired_paused_resumed_and_offboarded_with_their_history_ke
         .expect("open");
     assert_eq!(again.payload, msg.payload);
     // The name is free again.
-    let (new_id, _) = hire(&w, "ada", "executor").await;
+    let new_id = hire(&w, "ada", "executor").await;
     assert_ne!(new_id, id);
     let (_, list) = call(&w, "GET", "/v1/employees?state=offboarded", None, None).await;
     assert_eq!(list["employees"][0]["id"], id.to_string());
@@ -456,7 +435,7 @@ async fn employees_are_hired_paused_resumed_and_offboarded_with_their_history_ke
 async fn nats_intake_dead_letters_tasks_for_unusable_employees() {
     let w = World::new().await.expect("world");
     let colony = start(&w, false).await;
-    let (id, _) = hire(&w, "ada", "executor").await;
+    let id = hire(&w, "ada", "executor").await;
     let (status, _) = call(&w, "POST", &format!("/v1/employees/{id}/pause"), None, None).await;
     assert_eq!(status, 200);
     let ghost = Uuid::now_v7();
@@ -910,7 +889,7 @@ async fn memory_is_bounded_per_employee() {
         })
         .await
         .expect("hire");
-    let id = hired.employee.id;
+    let id = hired.id;
     assert_eq!(st.memory_get(id, "k").await.expect("get"), None);
     st.memory_set(id, "k", &json!({"a": 1})).await.expect("set");
     st.memory_set(id, "k", &json!({"a": 2}))

@@ -37,7 +37,10 @@ async fn http_submission_runs_in_a_container_and_publishes_the_result() {
         .expect("submit");
 
     // The waiting GET returns once the task is final.
-    let resp = reqwest::get(format!("{}/v1/tasks/{id}?wait=60", w.url()))
+    let resp = w
+        .http()
+        .get(format!("{}/v1/tasks/{id}?wait=60", w.url()))
+        .send()
         .await
         .expect("get");
     let task: TaskView = resp.json().await.expect("task json");
@@ -62,7 +65,7 @@ async fn http_submission_runs_in_a_container_and_publishes_the_result() {
     let js = jetstream::new(w.nats_client().await.expect("nats"));
     let results = js.get_stream(stream::RESULTS).await.expect("stream");
     let msg = results
-        .get_last_raw_message_by_subject(&subject::result(id))
+        .get_last_raw_message_by_subject(&subject::result("default", id))
         .await
         .expect("result message");
     let published: TaskView = serde_json::from_slice(&msg.payload).expect("TaskView");
@@ -217,7 +220,10 @@ async fn events_stream_as_sse_until_the_task_is_final() {
         .submit_shell("echo line-a; echo line-b >&2", serde_json::json!({}))
         .await
         .expect("submit");
-    let resp = reqwest::get(format!("{}/v1/tasks/{id}/events", w.url()))
+    let resp = w
+        .http()
+        .get(format!("{}/v1/tasks/{id}/events", w.url()))
+        .send()
         .await
         .expect("sse");
     assert_eq!(resp.status(), 200);
@@ -254,7 +260,8 @@ async fn cancelling_a_running_task_stops_it_and_the_worker_goes_on() {
     w.wait_for(id, 60, |t| t.state == TaskState::Running)
         .await
         .expect("running");
-    let resp = reqwest::Client::new()
+    let resp = w
+        .http()
         .post(format!("{}/v1/tasks/{id}/cancel", w.url()))
         .send()
         .await
@@ -263,7 +270,8 @@ async fn cancelling_a_running_task_stops_it_and_the_worker_goes_on() {
     let task: TaskView = resp.json().await.expect("json");
     assert_eq!(task.state, TaskState::Cancelled);
     // Cancelling again is an illegal transition, told in one sentence.
-    let again = reqwest::Client::new()
+    let again = w
+        .http()
         .post(format!("{}/v1/tasks/{id}/cancel", w.url()))
         .send()
         .await

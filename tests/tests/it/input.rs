@@ -43,7 +43,7 @@ async fn http_refuses_bad_requests_in_one_sentence() {
         assert!(err.contains(needle), "{err:?} lacks {needle:?}");
         assert!(!err.contains('\n'));
     }
-    let http = reqwest::Client::new();
+    let http = w.http();
     let r = http
         .get(format!("{}/v1/tasks/not-a-uuid", w.url()))
         .send()

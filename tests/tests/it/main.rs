@@ -10,3 +10,5 @@ mod input;
 mod pool;
 mod sandbox;
 mod schema;
+mod subtasks;
+mod tenancy;

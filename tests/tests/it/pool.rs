@@ -403,13 +403,15 @@ async fn operators_see_each_workers_runs_and_pool_in_the_registry() {
     // The status is written every few seconds; wait for one after the run.
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        let list: Vec<subjects::status::WorkerStatus> =
-            reqwest::get(format!("{}/v1/workers", w.url()))
-                .await
-                .expect("GET /v1/workers")
-                .json()
-                .await
-                .expect("a list of worker statuses");
+        let list: Vec<subjects::status::WorkerStatus> = w
+            .http()
+            .get(format!("{}/v1/workers", w.url()))
+            .send()
+            .await
+            .expect("GET /v1/workers")
+            .json()
+            .await
+            .expect("a list of worker statuses");
         let mine = list.into_iter().find(|s| s.worker_id == worker);
         // A status written after the container went back to the pool.
         if let Some(s) = mine.filter(|s| {

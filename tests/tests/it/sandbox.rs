@@ -133,7 +133,10 @@ async fn escapes_fail_inside_the_sandbox_and_the_worker_stays_healthy() {
     let (state, out, err) = run(&w, "echo alive", serde_json::json!({})).await;
     assert_eq!(state, TaskState::Done, "{err:?}");
     assert_eq!(out.expect("output").stdout, "alive\n");
-    let health = reqwest::get(format!("{}/healthz", w.url()))
+    let health = w
+        .http()
+        .get(format!("{}/healthz", w.url()))
+        .send()
         .await
         .expect("health");
     assert_eq!(health.status(), 200);

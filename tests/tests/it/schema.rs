@@ -7,7 +7,7 @@ use subjects::TaskState;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_migrating_at_once_apply_each_migration_once() {
-    let w = World::new().await.expect("world");
+    let w = World::unmigrated().await.expect("world");
     let a = Store::connect(&w.settings.database_url, 2).expect("a");
     let b = Store::connect(&w.settings.database_url, 2).expect("b");
     let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
@@ -51,6 +51,7 @@ async fn the_store_refuses_illegal_transitions_and_stale_finishes() {
             timeout_secs: 5,
             idempotency_key: None,
             employee_id: None,
+            parent: None,
         })
         .await
         .expect("create");
@@ -105,7 +106,7 @@ async fn the_store_refuses_illegal_transitions_and_stale_finishes() {
         }
     ));
     // done → cancelled is illegal and says so.
-    let err = s.cancel(id, "late cancel").await.expect_err("illegal");
+    let err = s.cancel("t", id, "late cancel").await.expect_err("illegal");
     assert_eq!(err.to_string(), "a task cannot go from done to cancelled");
     let db = w.db().await.expect("db");
     let dones: i64 = db
@@ -133,6 +134,7 @@ async fn the_schema_refuses_unknown_states_and_the_store_refuses_zero_limits() {
         timeout_secs,
         idempotency_key: None,
         employee_id: None,
+        parent: None,
     };
     let err = s.create_task(&new(0, 5)).await.expect_err("0 attempts");
     assert_eq!(

@@ -121,9 +121,14 @@ impl Backend for MemBackend {
     fn create_task<'a>(
         &'a self,
         parent: &'a RunContext,
-        task: TaskSubmission,
+        args: Value,
     ) -> BoxFuture<'a, Result<Value, BackendError>> {
         Box::pin(async move {
+            let task: TaskSubmission =
+                serde_json::from_value(args).map_err(|e| BackendError::Refused {
+                    status: 400,
+                    reason: format!("the submission is not a valid task submission: {e}"),
+                })?;
             if task.role == "no-such-role" {
                 return Err(BackendError::Invalid(format!(
                     "there is no role {}",

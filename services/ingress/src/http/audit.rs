@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use store::audit::MAX_LIMIT;
@@ -14,13 +13,13 @@ use store::{AuditFilter, Outcome};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{refuse, store_refusal, tenant, AppState};
+use super::{AppState, Caller, Refusal};
 
-fn bad(reason: String) -> Response {
-    refuse(StatusCode::BAD_REQUEST, reason)
+fn bad(reason: String) -> Refusal {
+    Refusal::bad(reason)
 }
 
-fn time_of(name: &str, v: &str) -> Result<OffsetDateTime, Response> {
+fn time_of(name: &str, v: &str) -> Result<OffsetDateTime, Refusal> {
     // An unescaped `+` in a query string arrives as a space.
     OffsetDateTime::parse(v, &Rfc3339)
         .or_else(|_| OffsetDateTime::parse(&v.replace(' ', "+"), &Rfc3339))
@@ -32,7 +31,7 @@ fn time_of(name: &str, v: &str) -> Result<OffsetDateTime, Response> {
 }
 
 /// The filter a query string asks for, or the one-sentence refusal.
-fn filter(tenant: String, q: &BTreeMap<String, String>) -> Result<AuditFilter, Response> {
+fn filter(tenant: String, q: &BTreeMap<String, String>) -> Result<AuditFilter, Refusal> {
     let mut f = AuditFilter::tenant(&tenant);
     for (k, v) in q {
         match k.as_str() {
@@ -90,24 +89,15 @@ fn filter(tenant: String, q: &BTreeMap<String, String>) -> Result<AuditFilter, R
 
 pub(super) async fn query(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     q: Result<Query<BTreeMap<String, String>>, QueryRejection>,
-) -> Response {
-    let tenant = match tenant(&s, &headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+) -> Result<Response, Refusal> {
     let Ok(Query(q)) = q else {
-        return bad("the query string is malformed; use ?employee=…&action=…&outcome=…&since=…&until=…&limit=…".into());
+        return Err(bad("the query string is malformed; use ?employee=…&action=…&outcome=…&since=…&until=…&limit=…".into()));
     };
-    let f = match filter(tenant, &q) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    match s.0.store.query_audit(&f).await {
-        Ok(entries) => Json(serde_json::json!({ "entries": entries })).into_response(),
-        Err(e) => store_refusal(e),
-    }
+    let f = filter(caller.tenant, &q)?;
+    let entries = s.0.store.query_audit(&f).await?;
+    Ok(Json(serde_json::json!({ "entries": entries })).into_response())
 }
 
 #[cfg(test)]
@@ -170,15 +160,11 @@ mod tests {
             ),
         ];
         for (pairs, want) in cases {
-            let Err(resp) = filter("t".into(), &q(pairs)) else {
+            let Err(refusal) = filter("t".into(), &q(pairs)) else {
                 panic!("{pairs:?} accepted");
             };
-            assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-            let body = axum::body::to_bytes(resp.into_body(), 4096)
-                .await
-                .expect("body");
-            let v: subjects::ApiError = serde_json::from_slice(&body).expect("ApiError");
-            assert_eq!(&v.error, want);
+            assert_eq!(refusal.status, axum::http::StatusCode::BAD_REQUEST);
+            assert_eq!(&refusal.error, want);
         }
     }
 }

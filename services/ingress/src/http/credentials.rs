@@ -6,15 +6,14 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use store::NewCredential;
 
-use super::{read_json, refuse, store_refusal, tenant, uuid_of, AppState};
+use super::{read_json, uuid_of, AppState, Caller, Refusal};
 
-/// Body of `POST /v1/credentials`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CredentialRequest {
@@ -24,71 +23,47 @@ struct CredentialRequest {
     value: String,
 }
 
-/// The tenant, once the vault is known to be there.
-fn ready(s: &AppState, headers: &HeaderMap) -> Result<String, Response> {
-    if !s.0.store.has_vault() {
-        return Err(refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            store::Error::NoVault.to_string(),
-        ));
+fn ready(s: &AppState) -> Result<(), Refusal> {
+    if s.0.store.has_vault() {
+        Ok(())
+    } else {
+        Err(store::Error::NoVault.into())
     }
-    tenant(s, headers)
 }
 
-pub(super) async fn put(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let tenant = match ready(&s, &headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let req: CredentialRequest = match read_json(body, "credential").await {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+pub(super) async fn put(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Body,
+) -> Result<Response, Refusal> {
+    ready(&s)?;
+    let req: CredentialRequest = read_json(body, "credential").await?;
     let new = NewCredential {
-        tenant,
+        tenant: caller.tenant,
         name: req.name,
         url_prefix: req.url_prefix,
         header: req.header,
         value: req.value,
     };
-    match s.0.store.put_credential(&new).await {
-        Ok(c) => {
-            tracing::info!(credential = %c.id, name = %c.name, url_prefix = %c.url_prefix, "credential stored");
-            (StatusCode::CREATED, Json(c)).into_response()
-        }
-        Err(e) => store_refusal(e),
-    }
+    let c = s.0.store.put_credential(&new).await?;
+    tracing::info!(credential = %c.id, name = %c.name, url_prefix = %c.url_prefix, "credential stored");
+    Ok((StatusCode::CREATED, Json(c)).into_response())
 }
 
-pub(super) async fn list(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let tenant = match ready(&s, &headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    match s.0.store.list_credentials(&tenant).await {
-        Ok(list) => Json(serde_json::json!({ "credentials": list })).into_response(),
-        Err(e) => store_refusal(e),
-    }
+pub(super) async fn list(State(s): State<AppState>, caller: Caller) -> Result<Response, Refusal> {
+    ready(&s)?;
+    let list = s.0.store.list_credentials(&caller.tenant).await?;
+    Ok(Json(serde_json::json!({ "credentials": list })).into_response())
 }
 
 pub(super) async fn remove(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(raw): Path<String>,
-) -> Response {
-    let tenant = match ready(&s, &headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let id = match uuid_of(&raw, "a credential") {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
-    match s.0.store.delete_credential(&tenant, id).await {
-        Ok(()) => {
-            tracing::info!(credential = %id, "credential deleted");
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(e) => store_refusal(e),
-    }
+) -> Result<Response, Refusal> {
+    ready(&s)?;
+    let id = uuid_of(&raw, "a credential")?;
+    s.0.store.delete_credential(&caller.tenant, id).await?;
+    tracing::info!(credential = %id, "credential deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

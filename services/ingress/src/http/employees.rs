@@ -1,7 +1,8 @@
 //! Employee routes: hire, list, read, pause, resume and offboard.
 //!
-//! Every route acts within the request's tenant; an employee of another
-//! tenant does not exist for it. Offboarding keeps the employee's row and
+//! Every route acts within the caller's tenant; an employee of another
+//! tenant does not exist for it. An employee's quotas may only lower its
+//! role's, unless the caller's key is an admin key. Offboarding keeps the employee's row and
 //! history and tells every worker, over core NATS, to remove its containers.
 
 use std::collections::BTreeMap;
@@ -9,16 +10,16 @@ use std::collections::BTreeMap;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use roles::{Quotas, Roles, SHELL};
 use serde::{Deserialize, Serialize};
-use store::{Employee, EmployeeState, NewEmployee, UsageTotals};
+use store::{Employee, EmployeeState, NewEmployee, Scope, UsageTotals};
 use subjects::subject;
 use uuid::Uuid;
 
-use super::{read_json, refuse, store_refusal, tenant, uuid_of, AppState};
+use super::{read_json, uuid_of, AppState, Caller, Refusal};
 
 /// Body of `POST /v1/employees`.
 #[derive(Deserialize)]
@@ -29,14 +30,6 @@ struct HireRequest {
     /// Overrides of the role's quotas, field by field.
     #[serde(default)]
     quotas: Quotas,
-}
-
-/// The answer to a hire: the employee and its token, shown this once.
-#[derive(Serialize)]
-struct HiredView<'a> {
-    #[serde(flatten)]
-    employee: &'a Employee,
-    token: &'a str,
 }
 
 /// `GET /v1/employees/{id}`: the employee, the quotas it works under, and
@@ -63,88 +56,72 @@ fn hireable(roles: &Roles) -> String {
     }
 }
 
-fn check_hire(roles: &Roles, req: &HireRequest) -> Result<(), Response> {
+/// A hire request the loaded roles can take. `may_raise`: the caller's key
+/// may give the employee quotas above its role's (an admin key).
+fn check_hire(roles: &Roles, req: &HireRequest, may_raise: bool) -> Result<(), Refusal> {
     if !subjects::is_token(&req.name) {
-        return Err(refuse(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "employee name {:?} is not valid; use 1-64 letters, digits, '-' or '_'",
-                req.name
-            ),
-        ));
+        return Err(Refusal::bad(format!(
+            "employee name {:?} is not valid; use 1-64 letters, digits, '-' or '_'",
+            req.name
+        )));
     }
+    let unprocessable = |e: String| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, e);
     if req.role == SHELL {
-        return Err(refuse(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "role shell is built in and runs commands without a model, so it has no employees; {}",
-                hireable(roles)
-            ),
-        ));
+        return Err(unprocessable(format!(
+            "role shell is built in and runs commands without a model, so it has no employees; {}",
+            hireable(roles)
+        )));
     }
-    if roles.get(&req.role).is_none() {
-        return Err(refuse(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("unknown role {:?}; {}", req.role, hireable(roles)),
-        ));
-    }
+    let Some(role) = roles.get(&req.role) else {
+        return Err(unprocessable(format!(
+            "unknown role {:?}; {}",
+            req.role,
+            hireable(roles)
+        )));
+    };
     if let Some((field, reason)) = req.quotas.problems().into_iter().next() {
-        return Err(refuse(
-            StatusCode::BAD_REQUEST,
-            format!("quotas.{field} {reason}; leave it out for the role's quota"),
-        ));
+        return Err(Refusal::bad(format!(
+            "quotas.{field} {reason}; leave it out for the role's quota"
+        )));
+    }
+    if !may_raise {
+        if let Some((field, asked, limit)) = req.quotas.raises(&role.quotas).into_iter().next() {
+            return Err(unprocessable(format!(
+                "quotas.{field} {asked} is above role {}'s {limit}; an employee's quota may only lower its role's (raising one needs an admin key)",
+                role.name
+            )));
+        }
     }
     Ok(())
 }
 
-pub(super) async fn hire(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let tenant = match tenant(&s, &headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let req: HireRequest = match read_json(body, "hire request").await {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_hire(&s.0.cfg.roles, &req) {
-        return r;
-    }
+pub(super) async fn hire(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Body,
+) -> Result<Response, Refusal> {
+    let req: HireRequest = read_json(body, "hire request").await?;
+    check_hire(&s.0.cfg.roles, &req, caller.scope >= Scope::Admin)?;
     let new = NewEmployee {
-        tenant,
+        tenant: caller.tenant,
         name: req.name,
         role: req.role,
         quotas: req.quotas,
     };
-    match s.0.store.hire(&new).await {
-        Ok(h) => {
-            tracing::info!(employee = %h.employee.id, name = %h.employee.name, role = %h.employee.role, tenant = %h.employee.tenant, "employee hired");
-            (
-                StatusCode::CREATED,
-                Json(HiredView {
-                    employee: &h.employee,
-                    token: &h.token,
-                }),
-            )
-                .into_response()
-        }
-        Err(e) => store_refusal(e),
-    }
+    let employee = s.0.store.hire(&new).await?;
+    tracing::info!(employee = %employee.id, name = %employee.name, role = %employee.role, tenant = %employee.tenant, "employee hired");
+    Ok((StatusCode::CREATED, Json(employee)).into_response())
 }
 
 pub(super) async fn list(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     q: Result<Query<BTreeMap<String, String>>, QueryRejection>,
-) -> Response {
-    let tenant = match tenant(&s, &headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+) -> Result<Response, Refusal> {
     let Ok(Query(q)) = q else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "the query string is malformed; use ?role=<role>&state=<state>".into(),
-        );
+        return Err(Refusal::bad(
+            "the query string is malformed; use ?role=<role>&state=<state>",
+        ));
     };
     let mut role = None;
     let mut state = None;
@@ -154,80 +131,62 @@ pub(super) async fn list(
             "state" => match EmployeeState::parse(v) {
                 Some(st) => state = Some(st),
                 None => {
-                    return refuse(
-                        StatusCode::BAD_REQUEST,
-                        format!("state must be active, paused or offboarded, not {v:?}"),
-                    )
+                    return Err(Refusal::bad(format!(
+                        "state must be active, paused or offboarded, not {v:?}"
+                    )))
                 }
             },
             other => {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown filter {other:?}; use role or state"),
-                )
+                return Err(Refusal::bad(format!(
+                    "unknown filter {other:?}; use role or state"
+                )))
             }
         }
     }
-    match s.0.store.list_employees(&tenant, role, state).await {
-        Ok(list) => Json(serde_json::json!({ "employees": list })).into_response(),
-        Err(e) => store_refusal(e),
-    }
+    let list =
+        s.0.store
+            .list_employees(&caller.tenant, role, state)
+            .await?;
+    Ok(Json(serde_json::json!({ "employees": list })).into_response())
 }
 
-/// The employee `raw` names, if it exists in the request's tenant.
-async fn find(s: &AppState, headers: &HeaderMap, raw: &str) -> Result<Employee, Response> {
-    let tenant = tenant(s, headers)?;
+/// The employee `raw` names, if it exists in the caller's tenant.
+async fn find(s: &AppState, caller: &Caller, raw: &str) -> Result<Employee, Refusal> {
     let id = uuid_of(raw, "an employee")?;
-    match s.0.store.employee(id).await {
-        Ok(Some(e)) if e.tenant == tenant => Ok(e),
-        Ok(_) => Err(refuse(
-            StatusCode::NOT_FOUND,
-            format!("employee {id} does not exist"),
-        )),
-        Err(e) => Err(store_refusal(e)),
+    match s.0.store.employee(id).await? {
+        Some(e) if e.tenant == caller.tenant => Ok(e),
+        _ => Err(Refusal::not_found(format!("employee {id} does not exist"))),
     }
 }
 
 pub(super) async fn get_one(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(raw): Path<String>,
-) -> Response {
-    let employee = match find(&s, &headers, &raw).await {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    let usage = match s.0.store.usage_of_employee(employee.id).await {
-        Ok(u) => u,
-        Err(e) => return store_refusal(e),
-    };
+) -> Result<Response, Refusal> {
+    let employee = find(&s, &caller, &raw).await?;
+    let usage = s.0.store.usage_of_employee(employee.id).await?;
     let effective_quotas =
         s.0.cfg
             .roles
             .get(&employee.role)
             .map(|r| r.quotas.overridden_by(&employee.quotas));
-    Json(EmployeeView {
+    Ok(Json(EmployeeView {
         employee: &employee,
         effective_quotas,
         usage,
     })
-    .into_response()
+    .into_response())
 }
 
 /// The employee's memory (key → value), as its next run will see it.
 pub(super) async fn memory(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(raw): Path<String>,
-) -> Response {
-    let employee = match find(&s, &headers, &raw).await {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    match s.0.store.memory_list(employee.id).await {
-        Ok(m) => Json(m).into_response(),
-        Err(e) => store_refusal(e),
-    }
+) -> Result<Response, Refusal> {
+    let employee = find(&s, &caller, &raw).await?;
+    Ok(Json(s.0.store.memory_list(employee.id).await?).into_response())
 }
 
 #[derive(Clone, Copy)]
@@ -237,26 +196,25 @@ enum Move {
     Offboard,
 }
 
-async fn transition(s: &AppState, headers: &HeaderMap, raw: &str, how: Move) -> Response {
-    let id: Uuid = match find(s, headers, raw).await {
-        Ok(e) => e.id,
-        Err(r) => return r,
-    };
+async fn transition(
+    s: &AppState,
+    caller: &Caller,
+    raw: &str,
+    how: Move,
+) -> Result<Response, Refusal> {
+    let id: Uuid = find(s, caller, raw).await?.id;
     let store = &s.0.store;
-    let moved = match how {
+    let employee = match how {
         Move::Pause => store.pause_employee(id).await,
         Move::Resume => store.resume_employee(id).await,
         Move::Offboard => store.offboard_employee(id).await,
-    };
-    let employee = match moved {
-        Ok(e) => e,
-        Err(e) => return store_refusal(e),
-    };
+    }?;
     tracing::info!(employee = %id, state = %employee.state, "employee state changed");
     if let Move::Offboard = how {
         // Core NATS, repeated by a repeated DELETE: a worker that misses it
         // keeps idle containers of an employee no task can name any more,
-        // and reaps them as idle.
+        // and reaps them as idle. A worker acts only once Postgres says the
+        // employee is offboarded.
         let sent =
             s.0.nats
                 .publish(
@@ -271,31 +229,31 @@ async fn transition(s: &AppState, headers: &HeaderMap, raw: &str, how: Move) -> 
             tracing::warn!(employee = %id, error = %e, "could not tell the workers to remove an offboarded employee's containers; repeat the DELETE");
         }
     }
-    Json(employee).into_response()
+    Ok(Json(employee).into_response())
 }
 
 pub(super) async fn pause(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(raw): Path<String>,
-) -> Response {
-    transition(&s, &headers, &raw, Move::Pause).await
+) -> Result<Response, Refusal> {
+    transition(&s, &caller, &raw, Move::Pause).await
 }
 
 pub(super) async fn resume(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(raw): Path<String>,
-) -> Response {
-    transition(&s, &headers, &raw, Move::Resume).await
+) -> Result<Response, Refusal> {
+    transition(&s, &caller, &raw, Move::Resume).await
 }
 
 pub(super) async fn offboard(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(raw): Path<String>,
-) -> Response {
-    transition(&s, &headers, &raw, Move::Offboard).await
+) -> Result<Response, Refusal> {
+    transition(&s, &caller, &raw, Move::Offboard).await
 }
 
 #[cfg(test)]
@@ -323,7 +281,7 @@ mod tests {
 
     #[tokio::test]
     async fn hires_are_checked_against_the_loaded_roles() {
-        assert!(check_hire(&roles(), &req("ada", "executor", Quotas::default())).is_ok());
+        assert!(check_hire(&roles(), &req("ada", "executor", Quotas::default()), false).is_ok());
         let zero = Quotas {
             tokens_per_day: Some(0),
             ..Quotas::default()
@@ -336,13 +294,35 @@ mod tests {
             (roles(), req("ada", "executor", zero), 400, "quotas.tokens_per_day must be greater than 0; leave it out for the role's quota"),
         ];
         for (roles, r, status, want) in cases {
-            let resp = check_hire(&roles, &r).expect_err(want);
-            assert_eq!(resp.status().as_u16(), status, "{want}");
-            let body = axum::body::to_bytes(resp.into_body(), 4096)
-                .await
-                .expect("body");
-            let v: subjects::ApiError = serde_json::from_slice(&body).expect("ApiError");
-            assert_eq!(v.error, want);
+            let refusal = check_hire(&roles, &r, false).expect_err(want);
+            assert_eq!(refusal.status.as_u16(), status, "{want}");
+            assert_eq!(refusal.error, want);
         }
+    }
+
+    #[test]
+    fn only_an_admin_key_may_raise_a_role_quota() {
+        let limited = roles::Role::parse(
+            Path::new("executor.yaml"),
+            "name: executor\nmodel: scripted\nsystem_prompt: work\nquotas: { tokens_per_run: 1000 }\n",
+        )
+        .expect("template");
+        let roles = Roles::from_roles(vec![limited]).expect("roles");
+        let more = Quotas {
+            tokens_per_run: Some(5000),
+            ..Quotas::default()
+        };
+        let refusal = check_hire(&roles, &req("ada", "executor", more), false).expect_err("raise");
+        assert_eq!(refusal.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            refusal.error,
+            "quotas.tokens_per_run 5000 is above role executor's 1000; an employee's quota may only lower its role's (raising one needs an admin key)"
+        );
+        assert!(check_hire(&roles, &req("ada", "executor", more), true).is_ok());
+        let less = Quotas {
+            tokens_per_run: Some(10),
+            ..Quotas::default()
+        };
+        assert!(check_hire(&roles, &req("ada", "executor", less), false).is_ok());
     }
 }

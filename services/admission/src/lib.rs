@@ -1,13 +1,19 @@
-//! Turning a submission into a task to create, or a one-sentence refusal.
+//! The one way work enters Colony.
 //!
-//! The same checks, and the same sentences, serve the HTTP API (as a 4xx
-//! body) and the NATS intake (as the DLQ reason header). [`Rules::check`]
-//! needs nothing but the submission; [`check_employee`] then asks the store
-//! about the employee a task names.
+//! Three doors, one set of rules, the same sentences: the HTTP API (as a
+//! 4xx body), the NATS intake (as the reason of a `colony.dlq.intake`
+//! entry), and an agent's `task.create` action (as the action's refusal,
+//! audited). [`Rules::check`] parses and checks a submission's bytes;
+//! [`Rules::check_submission`] checks one already parsed (the agent door);
+//! [`admit`] then asks the store about the employee it names and, for an
+//! agent's sub-task, whether the parent's role may create that role, and
+//! creates the task — a sub-task under a lock on its parent's row that
+//! bounds its depth and its parent's fan-out.
 
-use store::tasks::NewTask;
+use store::tasks::{Created, NewTask, ParentLink};
 use store::{EmployeeState, Store};
 use subjects::{is_token, ShellInput, TaskSubmission};
+use uuid::Uuid;
 
 /// Limits and defaults for submissions.
 #[derive(Clone, Debug)]
@@ -17,6 +23,10 @@ pub struct Rules {
     pub max_body_bytes: usize,
     pub default_max_attempts: u32,
     pub default_timeout_secs: u32,
+    /// Levels of sub-tasks below a task a person submitted.
+    pub max_depth: u32,
+    /// Sub-tasks one task may create.
+    pub max_children: u32,
 }
 
 impl Default for Rules {
@@ -26,6 +36,8 @@ impl Default for Rules {
             max_body_bytes: 256 * 1024,
             default_max_attempts: 3,
             default_timeout_secs: 300,
+            max_depth: 3,
+            max_children: 50,
         }
     }
 }
@@ -42,6 +54,40 @@ fn bad(reason: String) -> Rejection {
         status: 400,
         reason,
     }
+}
+
+/// Why a submission was not admitted.
+#[derive(Debug)]
+pub enum Refused {
+    /// The submission is wrong or not allowed; retrying it will not help.
+    Rejected(Rejection),
+    /// The store could not answer; try again later.
+    Store(store::Error),
+}
+
+impl From<Rejection> for Refused {
+    fn from(r: Rejection) -> Refused {
+        Refused::Rejected(r)
+    }
+}
+
+/// The run creating a sub-task with `task.create`.
+#[derive(Clone, Debug)]
+pub struct Parent<'a> {
+    pub task_id: Uuid,
+    pub tenant: &'a str,
+    /// The parent run's role (whose `may_create` decides).
+    pub role: &'a roles::Role,
+}
+
+/// A submission from a JSON value (the agent door's action args), refused
+/// with the sentence [`Rules::check`] gives for bytes that do not fit.
+pub fn parse_value(v: serde_json::Value) -> Result<TaskSubmission, Rejection> {
+    serde_json::from_value(v).map_err(|e| {
+        bad(format!(
+            "the submission is not a valid task submission: {e}"
+        ))
+    })
 }
 
 impl Rules {
@@ -74,6 +120,17 @@ impl Rules {
             };
             bad(format!("the submission {what}: {e}"))
         })?;
+        self.check_submission(sub, tenant, key)
+    }
+
+    /// Check a parsed submission for `tenant` (what [`Rules::check`] does
+    /// after parsing, and all the agent door has to check).
+    pub fn check_submission(
+        &self,
+        sub: TaskSubmission,
+        tenant: &str,
+        key: Option<String>,
+    ) -> Result<NewTask, Rejection> {
         if sub.v != subjects::VERSION {
             return Err(bad(format!(
                 "submission version {} is not supported; send \"v\": {}",
@@ -97,6 +154,7 @@ impl Rules {
             });
         }
         self.check_input(&sub.role, &sub.input)?;
+        Self::check_nul(&sub.input)?;
         let max_attempts = sub.max_attempts.unwrap_or(self.default_max_attempts);
         if !(1..=10).contains(&max_attempts) {
             return Err(bad(format!(
@@ -111,9 +169,9 @@ impl Rules {
         }
         let idempotency_key = key.or(sub.idempotency_key);
         if let Some(k) = &idempotency_key {
-            if k.is_empty() || k.len() > 200 {
+            if k.is_empty() || k.len() > 200 || k.chars().any(char::is_control) {
                 return Err(bad(
-                    "the idempotency key must be 1-200 characters long".to_string()
+                    "the idempotency key must be 1-200 printable characters".to_string(),
                 ));
             }
         }
@@ -126,6 +184,7 @@ impl Rules {
             timeout_secs,
             idempotency_key,
             employee_id: sub.employee_id,
+            parent: None,
         })
     }
 
@@ -157,11 +216,84 @@ impl Rules {
         }
         Ok(())
     }
+
+    /// `check_input`'s last word: no string anywhere in the input may hold
+    /// NUL, which Postgres cannot store.
+    fn check_nul(input: &serde_json::Value) -> Result<(), Rejection> {
+        if subjects::text::json_has_nul(input) {
+            return Err(bad(
+                "the input contains a NUL character (\\u0000), which Colony cannot store; remove it or encode the data (e.g. base64)".to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Admit `new`: check the employee it names and, for a sub-task, that the
+/// parent's role may create its role; then create it (a sub-task within its
+/// depth and its parent's fan-out, checked under a lock on the parent).
+pub async fn admit(
+    store: &Store,
+    rules: &Rules,
+    mut new: NewTask,
+    parent: Option<Parent<'_>>,
+) -> Result<Created, Refused> {
+    if let Some(p) = &parent {
+        if p.tenant != new.tenant {
+            return Err(bad(format!(
+                "a sub-task belongs to its parent's tenant {}, not {}",
+                p.tenant, new.tenant
+            ))
+            .into());
+        }
+        if !p.role.may_create(&new.role) {
+            let may = if p.role.may_create.is_empty() {
+                "none".to_string()
+            } else {
+                p.role.may_create.join(", ")
+            };
+            return Err(Rejection {
+                status: 403,
+                reason: format!(
+                    "role {} may not create tasks of role {}; the roles it may create (may_create): {may}",
+                    p.role.name, new.role
+                ),
+            }
+            .into());
+        }
+        new.parent = Some(ParentLink {
+            task_id: p.task_id,
+            max_depth: rules.max_depth,
+            max_children: rules.max_children,
+        });
+    }
+    match check_employee(store, &new).await {
+        Ok(()) => {}
+        Err(EmployeeRefusal::Refused(r)) => return Err(r.into()),
+        Err(EmployeeRefusal::Store(e)) => return Err(Refused::Store(e)),
+    }
+    store.create_task(&new).await.map_err(|e| match e {
+        // The bounds the store checks under the parent's lock, and an
+        // idempotency key reused for another task: for good.
+        store::Error::Invalid(reason) => Refused::Rejected(Rejection {
+            status: 422,
+            reason,
+        }),
+        store::Error::Conflict(reason) => Refused::Rejected(Rejection {
+            status: 409,
+            reason,
+        }),
+        store::Error::NotFound(id) => Refused::Rejected(Rejection {
+            status: 404,
+            reason: format!("the parent task {id} does not exist"),
+        }),
+        other => Refused::Store(other),
+    })
 }
 
 /// Why a task naming an employee cannot be created.
 #[derive(Debug)]
-pub enum EmployeeRefusal {
+enum EmployeeRefusal {
     /// The employee is missing, not active, or of another role.
     Refused(Rejection),
     /// The store could not answer; try again later.
@@ -170,7 +302,7 @@ pub enum EmployeeRefusal {
 
 /// The employee `task` names (if any) must exist in its tenant, be active,
 /// and be of the task's role.
-pub async fn check_employee(store: &Store, task: &NewTask) -> Result<(), EmployeeRefusal> {
+async fn check_employee(store: &Store, task: &NewTask) -> Result<(), EmployeeRefusal> {
     let Some(id) = task.employee_id else {
         return Ok(());
     };
@@ -277,6 +409,16 @@ mod tests {
                 r#"{"role":"shell","input":{"command":"x"},"idempotency_key":""}"#,
                 400,
                 "idempotency key",
+            ),
+            (
+                r#"{"role":"shell","input":{"command":"x"},"idempotency_key":"a\nb"}"#,
+                400,
+                "the idempotency key must be 1-200 printable characters",
+            ),
+            (
+                r#"{"role":"shell","input":{"command":"a\u0000b"}}"#,
+                400,
+                "the input contains a NUL character",
             ),
         ];
         for &(body, status, needle) in cases {
