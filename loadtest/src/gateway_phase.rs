@@ -71,10 +71,10 @@ pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Gat
         employee_id: None,
         tenant: "loadtest".into(),
         role: "bench".into(),
+        model: "scripted:echo".into(),
         allowed_actions: Default::default(),
         egress: Vec::new(),
         quotas: Default::default(),
-        used_today: Default::default(),
     });
 
     let body = Bytes::from(

@@ -463,13 +463,21 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
                     .await
                     .context("cannot start the scripted provider")?;
                 let url = provider.base_url();
-                tracing::warn!(%url, "no COLONY_MODEL_BASE_URL: agent runs use the SCRIPTED provider (a test double; every answer's model is scripted:<script>)");
+                tracing::warn!(%url, "no COLONY_MODEL_BASE_URL: agent runs use the SCRIPTED provider (a test double; every answer's model is scripted:<script>; it costs nothing)");
                 scripted = Some(provider);
                 url
             }
         };
+        let mut worker_cfg = s.worker_config(&roles, base_url)?;
+        if scripted.is_some() {
+            // The scripted provider is free: a role with a cost quota may
+            // call it (a model without a price is refused under one).
+            for model in roles.iter().map(|r| r.model.clone()) {
+                worker_cfg.gateway.prices.entry(model).or_default();
+            }
+        }
         let (cfg, store, nats, relay, token) = (
-            s.worker_config(&roles, base_url)?,
+            worker_cfg,
             store.clone(),
             nats.clone(),
             relay.clone(),

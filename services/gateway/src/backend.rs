@@ -17,6 +17,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The `action` of audit records about the network (fetch and proxy).
 pub const EGRESS_ACTION: &str = "egress";
 
+/// The `action` of audit records of refused model calls (a model the role
+/// may not call, or one without a price under a cost quota).
+pub const MODEL_ACTION: &str = "model";
+
 /// Why a backend call failed. The sentence of every kind but
 /// [`Internal`](BackendError::Internal) goes to the caller as is; an internal
 /// one is logged and audited, and the caller gets a generic sentence.
@@ -93,6 +97,18 @@ pub trait Backend: Send + Sync + 'static {
     fn audit(&self, record: AuditRecord) -> BoxFuture<'_, Result<(), BackendError>>;
 
     fn record_usage(&self, record: UsageRecord) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Adds `tokens` and `cost_usd` (negative to give some back) to today's
+    /// (UTC) spend of the run's employee — or, for a run without one, of the
+    /// run's role in its tenant — and answers the day's totals after the
+    /// change. One atomic statement: parallel runs, in any process, each see
+    /// the others' spend, so the daily quotas hold across them.
+    fn charge_day<'a>(
+        &'a self,
+        run: &'a RunContext,
+        tokens: i64,
+        cost_usd: f64,
+    ) -> BoxFuture<'a, Result<crate::DailyUsage, BackendError>>;
 
     /// Vault credentials of `tenant` for `url` (e.g. those whose URL prefix
     /// matches), as header name and value. They are added to the outbound

@@ -17,10 +17,10 @@ use futures_util::stream::{BoxStream, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::backend::UsageRecord;
+use crate::backend::{AuditOutcome, BackendError, BoxFuture, UsageRecord, MODEL_ACTION};
 use crate::reply::{self, error, one_line};
-use crate::run::Run;
-use crate::{Inner, Shared};
+use crate::run::{DailyUsage, Run};
+use crate::{Inner, Price, Shared};
 
 /// How long a streamed answer whose reader went away is still read, so that
 /// its usage is counted.
@@ -60,7 +60,63 @@ pub(crate) async fn completions(State(shared): State<Arc<Shared>>, body: Body) -
         Ok(p) => p,
         Err(sentence) => return error(StatusCode::BAD_REQUEST, sentence),
     };
-    let request_bytes = bytes.len() as u64;
+    // The role's own model, and nothing else.
+    if prepared.model != run.ctx.model {
+        let sentence = format!(
+            "role {} may call only its model {}, not {}",
+            run.ctx.role,
+            run.ctx.model,
+            one_line(&prepared.model, 100)
+        );
+        run.audit(
+            gw,
+            MODEL_ACTION,
+            Some(one_line(&prepared.model, 100)),
+            AuditOutcome::Denied,
+            &sentence,
+        );
+        return error(StatusCode::FORBIDDEN, sentence);
+    }
+    let price = match gw.price(&prepared.provider_model, &prepared.model) {
+        Some(p) => p,
+        None if run.ctx.quotas.has_cost() => {
+            let sentence = format!(
+                "model {} has no price (COLONY_MODEL_PRICES) and role {} has a cost quota, so its calls cannot be metered; the operator must give it a price",
+                prepared.provider_model, run.ctx.role
+            );
+            run.audit(
+                gw,
+                MODEL_ACTION,
+                Some(prepared.provider_model.clone()),
+                AuditOutcome::Denied,
+                &sentence,
+            );
+            return error(StatusCode::FORBIDDEN, sentence);
+        }
+        None => {
+            gw.warn_once(format!("price:{}", prepared.provider_model), || {
+                format!(
+                    "gateway: no price for model {}; its calls are metered at cost 0",
+                    prepared.provider_model
+                )
+            });
+            Price::default()
+        }
+    };
+    // A daily quota: the prompt is charged to the day before it is sent.
+    let daily = run.ctx.quotas.has_daily();
+    let (mut charged_tokens, mut charged_cost) = (0u64, 0.0);
+    if daily {
+        let tokens = prepared.prompt_tokens;
+        let cost = price.cost(tokens, 0);
+        let backend = gw.backend.as_ref();
+        if let Some(reason) = run.charge_day(backend, tokens as i64, cost).await {
+            // Not sent: give the charge back.
+            let _ = backend.charge_day(&run.ctx, -(tokens as i64), -cost).await;
+            return reply::over_quota(&reason);
+        }
+        (charged_tokens, charged_cost) = (tokens, cost);
+    }
     let body = prepared.body.unwrap_or(bytes);
 
     let mut upstream = gw
@@ -96,8 +152,12 @@ pub(crate) async fn completions(State(shared): State<Arc<Shared>>, body: Body) -
         shared: shared.clone(),
         model: prepared.model,
         provider_model: prepared.provider_model,
-        request_bytes,
+        prompt_tokens: prepared.prompt_tokens,
         started,
+        price,
+        daily,
+        charged_tokens,
+        charged_cost,
     };
     let is_sse = resp
         .headers()
@@ -109,6 +169,8 @@ pub(crate) async fn completions(State(shared): State<Arc<Shared>>, body: Body) -
             inner: Some(resp.bytes_stream().boxed()),
             scan: SseScan::default(),
             call: Some(call),
+            held: None,
+            ending: false,
         };
         let mut out = Response::new(Body::from_stream(stream));
         let headers = out.headers_mut();
@@ -137,7 +199,7 @@ pub(crate) async fn completions(State(shared): State<Arc<Shared>>, body: Body) -
     let usage = serde_json::from_slice::<WithUsage>(&answer)
         .ok()
         .and_then(|w| w.usage);
-    call.finish(usage, answer.len() as u64, false);
+    call.finish(usage, (answer.len() as u64).div_ceil(4), false);
     reply::bytes_with(status, content_type, answer)
 }
 
@@ -147,6 +209,10 @@ struct Prepared {
     model: String,
     provider_model: String,
     stream: bool,
+    /// Estimated prompt tokens: a token per four characters of the
+    /// messages' text and tool calls (what is charged to the day before
+    /// the call is sent).
+    prompt_tokens: u64,
     /// `None`: send the request's bytes as they came.
     body: Option<Bytes>,
 }
@@ -169,12 +235,19 @@ fn prepare(gw: &Inner, bytes: &[u8]) -> Result<Prepared, String> {
             })?
             .unwrap_or(false),
     };
+    let prompt_tokens = top
+        .get("messages")
+        .and_then(|raw| serde_json::from_str::<Vec<Message>>(raw.get()).ok())
+        .map(|m| prompt_chars(&m))
+        .unwrap_or(bytes.len())
+        .div_ceil(4) as u64;
     let mapped = gw.models.get(&model);
     if mapped.is_none() && !stream {
         return Ok(Prepared {
             provider_model: model.clone(),
             model,
             stream,
+            prompt_tokens,
             body: None,
         });
     }
@@ -206,8 +279,43 @@ fn prepare(gw: &Inner, bytes: &[u8]) -> Result<Prepared, String> {
         provider_model: mapped.cloned().unwrap_or_else(|| model.clone()),
         model,
         stream,
+        prompt_tokens,
         body: Some(Bytes::from(body)),
     })
+}
+
+/// A chat message, as far as its size goes.
+#[derive(Deserialize)]
+struct Message {
+    #[serde(default)]
+    content: Option<serde_json::Value>,
+    #[serde(default)]
+    tool_calls: Vec<serde_json::Value>,
+}
+
+/// Characters of the messages' text (a string, or parts with `text`) and
+/// of their tool calls' names and arguments.
+fn prompt_chars(messages: &[Message]) -> usize {
+    fn text(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::String(s) => s.chars().count(),
+            serde_json::Value::Array(parts) => {
+                parts.iter().map(|p| p.get("text").map_or(0, text)).sum()
+            }
+            _ => 0,
+        }
+    }
+    messages
+        .iter()
+        .map(|m| {
+            m.content.as_ref().map_or(0, text)
+                + m.tool_calls
+                    .iter()
+                    .filter_map(|c| c.get("function"))
+                    .map(|f| f.get("name").map_or(0, text) + f.get("arguments").map_or(0, text))
+                    .sum::<usize>()
+        })
+        .sum()
 }
 
 /// A provider's non-2xx answer: 4xx passes with its message in one
@@ -291,14 +399,35 @@ struct Call {
     shared: Arc<Shared>,
     model: String,
     provider_model: String,
-    request_bytes: u64,
+    /// Estimated prompt tokens (see [`Prepared::prompt_tokens`]).
+    prompt_tokens: u64,
     started: Instant,
+    price: Price,
+    /// The run has a daily quota: the call is charged to the day as it
+    /// goes (prompt first, then chunk by chunk), and settled at its end.
+    daily: bool,
+    /// What was charged to the day so far (estimates).
+    charged_tokens: u64,
+    charged_cost: f64,
 }
 
 impl Call {
+    /// Charges `tokens` more to the day (a streamed chunk's).
+    fn charge(
+        &self,
+        tokens: u64,
+        cost: f64,
+    ) -> BoxFuture<'static, Result<DailyUsage, BackendError>> {
+        let (backend, run) = (self.shared.gw.backend.clone(), self.run.clone());
+        Box::pin(async move { backend.charge_day(&run.ctx, tokens as i64, cost).await })
+    }
+
     /// Counts the call. Without usage from the provider the tokens are
-    /// estimated (four bytes a token), so that quotas still hold.
-    fn finish(self, usage: Option<Usage>, answer_bytes: u64, streamed: bool) {
+    /// estimated (the prompt's characters, and `answer_tokens`: what the
+    /// answer carried), so that quotas still hold. With a daily quota, the
+    /// day is settled: what was charged as estimates is replaced by what
+    /// the call really used.
+    fn finish(self, usage: Option<Usage>, answer_tokens: u64, streamed: bool) {
         let gw = &self.shared.gw;
         let (usage, estimated) = match usage {
             Some(u) => (u, false),
@@ -311,18 +440,27 @@ impl Call {
                 });
                 (
                     Usage {
-                        prompt_tokens: self.request_bytes.div_ceil(4),
-                        completion_tokens: answer_bytes.div_ceil(4),
+                        prompt_tokens: self.prompt_tokens,
+                        completion_tokens: answer_tokens,
                     },
                     true,
                 )
             }
         };
-        let cost = gw
-            .price(&self.provider_model, &self.model)
+        let cost = self
+            .price
             .cost(usage.prompt_tokens, usage.completion_tokens);
         self.run
             .meter(usage.prompt_tokens, usage.completion_tokens, cost);
+        if self.daily {
+            let tokens =
+                (usage.prompt_tokens + usage.completion_tokens) as i64 - self.charged_tokens as i64;
+            let cost = cost - self.charged_cost;
+            let (backend, run) = (gw.backend.clone(), self.run.clone());
+            self.run.writes.spawn(async move {
+                run.charge_day(backend.as_ref(), tokens, cost).await;
+            });
+        }
         let ctx = &self.run.ctx;
         self.run.record_usage(
             gw,
@@ -356,6 +494,66 @@ pub(crate) struct SseScan {
     pub(crate) usage: Option<Usage>,
     /// Bytes of `data:` payloads (the estimate's basis without usage).
     pub(crate) data_bytes: u64,
+    /// Estimated tokens of what the answer carried so far (its text and
+    /// tool-call arguments, a token per four characters): what a chunk is
+    /// charged to the day until the call is settled with the real usage.
+    pub(crate) tokens: u64,
+}
+
+/// The tokens a streamed chunk carries, estimated from its delta's text
+/// and tool-call arguments (a token per four characters, at least one for a
+/// chunk that carries anything).
+fn delta_tokens(data: &[u8]) -> u64 {
+    #[derive(Deserialize)]
+    struct Chunk {
+        #[serde(default)]
+        choices: Vec<Choice>,
+    }
+    #[derive(Deserialize)]
+    struct Choice {
+        #[serde(default)]
+        delta: Option<Delta>,
+    }
+    #[derive(Deserialize)]
+    struct Delta {
+        #[serde(default)]
+        content: Option<String>,
+        #[serde(default)]
+        tool_calls: Vec<ToolCall>,
+    }
+    #[derive(Deserialize)]
+    struct ToolCall {
+        #[serde(default)]
+        function: Option<Function>,
+    }
+    #[derive(Deserialize)]
+    struct Function {
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        arguments: Option<String>,
+    }
+    let Ok(chunk) = serde_json::from_slice::<Chunk>(data) else {
+        // Not the shape we know: charge it by its size.
+        return (data.len() as u64).div_ceil(4);
+    };
+    let chars: usize = chunk
+        .choices
+        .iter()
+        .filter_map(|c| c.delta.as_ref())
+        .map(|d| {
+            d.content.as_deref().map_or(0, |t| t.chars().count())
+                + d.tool_calls
+                    .iter()
+                    .filter_map(|t| t.function.as_ref())
+                    .map(|f| {
+                        f.name.as_deref().map_or(0, str::len)
+                            + f.arguments.as_deref().map_or(0, |a| a.chars().count())
+                    })
+                    .sum::<usize>()
+        })
+        .sum();
+    (chars as u64).div_ceil(4)
 }
 
 impl SseScan {
@@ -402,6 +600,9 @@ impl SseScan {
         };
         let data = data.strip_prefix(b" ").unwrap_or(data);
         self.data_bytes += data.len() as u64;
+        if data != b"[DONE]" {
+            self.tokens += delta_tokens(data);
+        }
         if has_usage_object(data) {
             if let Ok(WithUsage { usage: Some(u) }) = serde_json::from_slice(data) {
                 self.usage = Some(u);
@@ -428,11 +629,24 @@ fn has_usage_object(data: &[u8]) -> bool {
 
 /// The provider's event stream, passed through chunk by chunk while its
 /// usage is picked out. When the reader goes away before the end, the rest
-/// is read in the background so that the call is still metered.
+/// is read in the background so that the call is still metered. With a
+/// daily quota, each chunk is charged to the day before it is passed on;
+/// the chunk that crosses the quota is the last one passed.
 struct MeteredStream {
     inner: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
     scan: SseScan,
     call: Option<Call>,
+    /// A chunk waiting for its charge to be answered, with what it charges.
+    held: Option<Held>,
+    /// The day's quota was crossed: end after the chunk that crossed it.
+    ending: bool,
+}
+
+struct Held {
+    chunk: Bytes,
+    charge: BoxFuture<'static, Result<DailyUsage, BackendError>>,
+    tokens: u64,
+    cost: f64,
 }
 
 impl MeteredStream {
@@ -440,7 +654,28 @@ impl MeteredStream {
         self.inner = None;
         if let Some(call) = self.call.take() {
             self.scan.end();
-            call.finish(self.scan.usage, self.scan.data_bytes, true);
+            call.finish(self.scan.usage, self.scan.tokens, true);
+        }
+    }
+
+    /// The answer to a held chunk's charge: counts it, and ends the stream
+    /// after this chunk when the day is over its quota.
+    fn charged(&mut self, answer: Result<DailyUsage, BackendError>, tokens: u64, cost: f64) {
+        let Some(call) = self.call.as_mut() else {
+            return;
+        };
+        call.charged_tokens += tokens;
+        call.charged_cost += cost;
+        let reason = match answer {
+            Ok(day) => crate::run::crossed_day(&call.run.ctx.quotas, &day, &call.run.whose()),
+            Err(e) => {
+                tracing::error!(run = %call.run.ctx.run_id, "gateway: the daily budget could not be charged: {e}");
+                Some("quota_exceeded: the daily budget could not be checked (the database did not answer); the run stops rather than spend unmetered".to_string())
+            }
+        };
+        if let Some(reason) = reason {
+            call.run.exceed(reason);
+            self.ending = true;
         }
     }
 }
@@ -450,23 +685,53 @@ impl Stream for MeteredStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match inner.poll_next_unpin(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(chunk))) => {
-                this.scan.feed(&chunk);
-                Poll::Ready(Some(Ok(chunk)))
+        loop {
+            if let Some(held) = this.held.as_mut() {
+                let answer = match held.charge.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(a) => a,
+                };
+                let Some(held) = this.held.take() else {
+                    return Poll::Ready(None);
+                };
+                this.charged(answer, held.tokens, held.cost);
+                return Poll::Ready(Some(Ok(held.chunk)));
             }
-            Poll::Ready(Some(Err(e))) => {
-                tracing::warn!("gateway: the provider's stream broke off: {e}");
+            if this.ending {
                 this.done();
-                Poll::Ready(Some(Err(e)))
+                return Poll::Ready(None);
             }
-            Poll::Ready(None) => {
-                this.done();
-                Poll::Ready(None)
+            let Some(inner) = this.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match inner.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let before = this.scan.tokens;
+                    this.scan.feed(&chunk);
+                    let tokens = this.scan.tokens - before;
+                    match this.call.as_ref() {
+                        Some(call) if call.daily && tokens > 0 => {
+                            let cost = call.price.cost(0, tokens);
+                            this.held = Some(Held {
+                                chunk,
+                                charge: call.charge(tokens, cost),
+                                tokens,
+                                cost,
+                            });
+                        }
+                        _ => return Poll::Ready(Some(Ok(chunk))),
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!("gateway: the provider's stream broke off: {e}");
+                    this.done();
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => {
+                    this.done();
+                    return Poll::Ready(None);
+                }
             }
         }
     }
@@ -487,7 +752,7 @@ impl Drop for MeteredStream {
             })
             .await;
             scan.end();
-            call.finish(scan.usage, scan.data_bytes, true);
+            call.finish(scan.usage, scan.tokens, true);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(_) => {
@@ -542,6 +807,27 @@ mod tests {
                 completion_tokens: 2
             })
         );
+    }
+
+    #[test]
+    fn chunks_are_estimated_from_their_text_and_arguments() {
+        assert_eq!(
+            delta_tokens(br#"{"choices":[{"delta":{"content":"Hello there"}}]}"#),
+            3
+        );
+        assert_eq!(
+            delta_tokens(br#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#),
+            0
+        );
+        assert_eq!(
+            delta_tokens(br#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"shell","arguments":"{\"c"}}]}}]}"#),
+            2
+        );
+        assert_eq!(
+            delta_tokens(br#"{"choices":[],"usage":{"prompt_tokens":1}}"#),
+            0
+        );
+        assert_eq!(delta_tokens(b"not json at all"), 4);
     }
 
     #[test]

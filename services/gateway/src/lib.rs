@@ -49,7 +49,7 @@ use uuid::Uuid;
 
 pub use backend::{
     AuditOutcome, AuditRecord, Backend, BackendError, BoxFuture, ReviewSubmission, ReviewVerdict,
-    UsageRecord, EGRESS_ACTION,
+    UsageRecord, EGRESS_ACTION, MODEL_ACTION,
 };
 pub use run::{DailyUsage, Quotas, RunContext, RunMeter, RunTotals};
 pub use subjects::TaskSubmission;
@@ -185,18 +185,13 @@ impl Inner {
     }
 
     /// The price of a call: by provider model, then by the role's name for it.
-    pub(crate) fn price(&self, provider_model: &str, model: &str) -> Price {
-        if let Some(p) = self
-            .prices
+    /// The price of a call: by provider model, then by the role's name for
+    /// it; `None` when neither has one.
+    pub(crate) fn price(&self, provider_model: &str, model: &str) -> Option<Price> {
+        self.prices
             .get(provider_model)
             .or_else(|| self.prices.get(model))
-        {
-            return *p;
-        }
-        self.warn_once(format!("price:{provider_model}"), || {
-            format!("gateway: no price for model {provider_model}; its calls are metered at cost 0")
-        });
-        Price::default()
+            .copied()
     }
 }
 

@@ -33,15 +33,29 @@ pub struct Quotas {
     /// (fractions allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_secs_per_run: Option<f64>,
-    /// Tokens of the employee's day: [`RunContext::used_today`] plus this run.
+    /// Tokens of the day (UTC) of the run's employee, or of its role in its
+    /// tenant for a run without one, over every run in every process: kept
+    /// by [`crate::Backend::charge_day`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_day: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_usd_per_day: Option<f64>,
 }
 
-/// What the employee (or, without one, the role in this tenant) had spent
-/// today before the run began.
+impl Quotas {
+    /// A daily quota is set: every model call is charged to the day.
+    pub fn has_daily(&self) -> bool {
+        self.tokens_per_day.is_some() || self.cost_usd_per_day.is_some()
+    }
+
+    /// A cost quota is set: a model without a price cannot be metered.
+    pub fn has_cost(&self) -> bool {
+        self.cost_usd_per_run.is_some() || self.cost_usd_per_day.is_some()
+    }
+}
+
+/// What the employee (or, without one, the role in this tenant) has spent
+/// today, over every run.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
 pub struct DailyUsage {
     pub tokens: u64,
@@ -58,13 +72,15 @@ pub struct RunContext {
     pub employee_id: Option<Uuid>,
     pub tenant: String,
     pub role: String,
+    /// The one model name the role's runs may ask for (the gateway maps it
+    /// to the provider's).
+    pub model: String,
     /// Platform actions the role allows (deny by default).
     pub allowed_actions: BTreeSet<String>,
     /// Hosts the run may reach: an exact host name or IP address, or
     /// `*.suffix` for any name below `suffix` (not `suffix` itself).
     pub egress: Vec<String>,
     pub quotas: Quotas,
-    pub used_today: DailyUsage,
 }
 
 /// What a run has spent so far.
@@ -117,10 +133,6 @@ impl Run {
             egress_in: AtomicU64::new(0),
             egress_out: AtomicU64::new(0),
         });
-        // A day already over its quota stops the run before its first call.
-        if let Some(reason) = crossed(&run.ctx.quotas, &run.ctx.used_today, &RunTotals::default()) {
-            run.exceed(reason);
-        }
         run
     }
 
@@ -171,7 +183,7 @@ impl Run {
             t.completion_tokens += completion_tokens;
             t.cost_usd += cost_usd;
             t.calls += 1;
-            crossed(&self.ctx.quotas, &self.ctx.used_today, &t)
+            crossed(&self.ctx.quotas, &t)
         };
         if let Some(reason) = crossed_now {
             self.exceed(reason);
@@ -213,6 +225,35 @@ impl Run {
         });
     }
 
+    /// Whose day a daily quota counts, in the sentence of a crossing.
+    pub(crate) fn whose(&self) -> String {
+        match self.ctx.employee_id {
+            Some(e) => format!("employee {e}"),
+            None => format!("role {} in tenant {}", self.ctx.role, self.ctx.tenant),
+        }
+    }
+
+    /// Charges `tokens` and `cost_usd` (negative: gives back) to the day;
+    /// `Some(reason)` when the day's totals are now over a daily quota (the
+    /// run is then over quota too). A budget that cannot be checked counts
+    /// as crossed: money is not spent blind.
+    pub(crate) async fn charge_day(
+        &self,
+        backend: &dyn crate::Backend,
+        tokens: i64,
+        cost_usd: f64,
+    ) -> Option<String> {
+        let reason = match backend.charge_day(&self.ctx, tokens, cost_usd).await {
+            Ok(day) => crossed_day(&self.ctx.quotas, &day, &self.whose())?,
+            Err(e) => {
+                tracing::error!(run = %self.ctx.run_id, "gateway: the daily budget could not be charged: {e}");
+                "quota_exceeded: the daily budget could not be checked (the database did not answer); the run stops rather than spend unmetered".to_string()
+            }
+        };
+        self.exceed(reason.clone());
+        Some(reason)
+    }
+
     pub(crate) fn record_usage(&self, gw: &Inner, record: UsageRecord) {
         let backend = gw.backend.clone();
         self.writes.spawn(async move {
@@ -224,9 +265,9 @@ impl Run {
     }
 }
 
-/// The first quota `t` crosses, as the sentence the worker and the model
-/// see.
-fn crossed(q: &Quotas, today: &DailyUsage, t: &RunTotals) -> Option<String> {
+/// The first per-run quota `t` crosses, as the sentence the worker and the
+/// model see.
+fn crossed(q: &Quotas, t: &RunTotals) -> Option<String> {
     let tokens = t.tokens();
     if let Some(max) = q.tokens_per_run {
         if tokens > max {
@@ -247,24 +288,26 @@ fn crossed(q: &Quotas, today: &DailyUsage, t: &RunTotals) -> Option<String> {
             ));
         }
     }
+    None
+}
+
+/// The first daily quota the day's totals `day` cross (after a charge of
+/// this run's), as the sentence the worker and the model see.
+pub(crate) fn crossed_day(q: &Quotas, day: &DailyUsage, whose: &str) -> Option<String> {
     if let Some(max) = q.tokens_per_day {
-        let day = today.tokens + tokens;
-        if day > max {
+        if day.tokens > max {
             return Some(format!(
-                "quota_exceeded: tokens_per_day {day} > {max} ({} earlier today, {tokens} in this run)",
-                today.tokens
+                "quota_exceeded: tokens_per_day {} > {max} (today's total of {whose}, over every run)",
+                day.tokens
             ));
         }
     }
     if let Some(max) = q.cost_usd_per_day {
-        let day = today.cost_usd + t.cost_usd;
-        if day > max {
+        if day.cost_usd > max {
             return Some(format!(
-                "quota_exceeded: cost_usd_per_day {} > {} ({} earlier today, {} in this run)",
-                usd(day),
-                usd(max),
-                usd(today.cost_usd),
-                usd(t.cost_usd)
+                "quota_exceeded: cost_usd_per_day {} > {} (today's total of {whose}, over every run)",
+                usd(day.cost_usd),
+                usd(max)
             ));
         }
     }
@@ -397,35 +440,31 @@ mod tests {
             tokens_per_run: Some(1000),
             ..Quotas::default()
         };
-        let today = DailyUsage::default();
-        assert_eq!(crossed(&q, &today, &totals(600, 400, 0.0)), None);
+        assert_eq!(crossed(&q, &totals(600, 400, 0.0)), None);
         assert_eq!(
-            crossed(&q, &today, &totals(900, 334, 0.0)).as_deref(),
+            crossed(&q, &totals(900, 334, 0.0)).as_deref(),
             Some("quota_exceeded: tokens_per_run 1234 > 1000 (prompt 900, completion 334)")
         );
     }
 
     #[test]
-    fn daily_quotas_count_what_was_used_earlier() {
+    fn daily_quotas_judge_the_days_totals() {
         let q = Quotas {
             tokens_per_day: Some(5000),
             cost_usd_per_day: Some(1.0),
             ..Quotas::default()
         };
-        let today = DailyUsage {
-            tokens: 4000,
-            cost_usd: 0.5,
-        };
-        assert_eq!(crossed(&q, &today, &totals(500, 500, 0.1)), None);
+        let day = |tokens, cost_usd| DailyUsage { tokens, cost_usd };
+        assert!(q.has_daily() && q.has_cost());
+        assert!(!Quotas::default().has_daily());
+        assert_eq!(crossed_day(&q, &day(5000, 1.0), "employee ada"), None);
         assert_eq!(
-            crossed(&q, &today, &totals(700, 500, 0.1)).as_deref(),
-            Some(
-                "quota_exceeded: tokens_per_day 5200 > 5000 (4000 earlier today, 1200 in this run)"
-            )
+            crossed_day(&q, &day(5200, 0.5), "employee ada").as_deref(),
+            Some("quota_exceeded: tokens_per_day 5200 > 5000 (today's total of employee ada, over every run)")
         );
         assert_eq!(
-            crossed(&q, &today, &totals(1, 1, 0.75)).as_deref(),
-            Some("quota_exceeded: cost_usd_per_day 1.25 > 1 (0.5 earlier today, 0.75 in this run)")
+            crossed_day(&q, &day(10, 1.25), "role coder").as_deref(),
+            Some("quota_exceeded: cost_usd_per_day 1.25 > 1 (today's total of role coder, over every run)")
         );
     }
 

@@ -87,7 +87,7 @@ async fn the_key_goes_upstream_never_back_and_the_containers_own_is_stripped() {
 #[tokio::test]
 async fn a_model_without_a_price_costs_nothing_and_a_model_without_usage_is_estimated() {
     let s = Setup::new().await;
-    let meter = s.container.begin_run(s.ctx());
+    let meter = s.container.begin_run(s.ctx_model("unpriced-model"));
     let a = chat(&s.sock(), "unpriced-model").await;
     assert_eq!(a.status, 200);
     assert_eq!(s.upstream.seen()[0].json()["model"], "unpriced-model");
@@ -96,7 +96,9 @@ async fn a_model_without_a_price_costs_nothing_and_a_model_without_usage_is_esti
         (t.prompt_tokens, t.completion_tokens, t.cost_usd),
         (PROMPT_TOKENS, COMPLETION_TOKENS, 0.0)
     );
+    drop(meter);
 
+    let meter = s.container.begin_run(s.ctx_model("no-usage"));
     let a = chat(&s.sock(), "no-usage").await;
     assert_eq!(a.status, 200);
     let usage = {
@@ -112,9 +114,39 @@ async fn a_model_without_a_price_costs_nothing_and_a_model_without_usage_is_esti
 }
 
 #[tokio::test]
-async fn a_stream_passes_through_as_it_arrives_and_its_usage_is_metered() {
+async fn a_run_may_call_only_its_roles_model_and_a_priceless_one_not_under_a_cost_quota() {
     let s = Setup::new().await;
     let meter = s.container.begin_run(s.ctx());
+    let a = chat(&s.sock(), "gpt-expensive").await;
+    assert_eq!(a.status, 403);
+    assert_eq!(
+        a.error(),
+        "role coder may call only its model worker-model, not gpt-expensive"
+    );
+    drop(meter);
+    let mut ctx = s.ctx_model("unpriced-model");
+    ctx.quotas.cost_usd_per_day = Some(5.0);
+    let meter = s.container.begin_run(ctx);
+    let a = chat(&s.sock(), "unpriced-model").await;
+    assert_eq!(a.status, 403);
+    assert_eq!(
+        a.error(),
+        "model unpriced-model has no price (COLONY_MODEL_PRICES) and role coder has a cost quota, so its calls cannot be metered; the operator must give it a price"
+    );
+    meter.finish().await;
+    assert!(
+        s.upstream.seen().is_empty(),
+        "neither call left the gateway"
+    );
+    let audits = s.backend.audits_of(gateway::MODEL_ACTION);
+    assert_eq!(outcome_of(&audits), vec![AuditOutcome::Denied; 2]);
+    assert_eq!(audits[0].target.as_deref(), Some("gpt-expensive"));
+}
+
+#[tokio::test]
+async fn a_stream_passes_through_as_it_arrives_and_its_usage_is_metered() {
+    let s = Setup::new().await;
+    let meter = s.container.begin_run(s.ctx_model("gated"));
     let req = Request::builder()
         .method("POST")
         .uri("/v1/chat/completions")
@@ -188,7 +220,7 @@ async fn a_stream_keeps_the_callers_stream_options() {
 #[tokio::test]
 async fn a_reader_that_leaves_mid_stream_is_still_metered() {
     let s = Setup::new().await;
-    let meter = s.container.begin_run(s.ctx());
+    let meter = s.container.begin_run(s.ctx_model("gated"));
     {
         let req = Request::builder()
             .method("POST")
@@ -235,7 +267,7 @@ async fn a_provider_that_is_down_is_a_502_with_one_sentence() {
 #[tokio::test]
 async fn provider_refusals_pass_their_status_in_one_sentence_without_the_key() {
     let s = Setup::new().await;
-    let _meter = s.container.begin_run(s.ctx());
+    let meter = s.container.begin_run(s.ctx_model("fail-400"));
     let a = chat(&s.sock(), "fail-400").await;
     assert_eq!(a.status, 400);
     let e = a.error();
@@ -248,6 +280,8 @@ async fn provider_refusals_pass_their_status_in_one_sentence_without_the_key() {
     assert!(!e.contains(KEY), "{e}");
     assert!(e.contains("[redacted]"), "{e}");
 
+    drop(meter);
+    let _meter = s.container.begin_run(s.ctx_model("fail-500"));
     let a = chat(&s.sock(), "fail-500").await;
     assert_eq!(a.status, 502);
     assert_eq!(
@@ -342,41 +376,94 @@ async fn the_cost_quota_counts_dollars_by_the_price_table() {
 }
 
 #[tokio::test]
-async fn daily_quotas_count_what_was_used_earlier_today() {
+async fn daily_quotas_count_what_every_run_spent_today() {
     let s = Setup::new().await;
     let mut ctx = s.ctx();
     ctx.quotas.tokens_per_day = Some(5000);
-    ctx.used_today = DailyUsage {
-        tokens: 4000,
-        cost_usd: 0.0,
-    };
-    let meter = s.container.begin_run(ctx);
-    assert!(!meter.exceeded().is_cancelled());
+    s.backend.spent_today(
+        &ctx,
+        DailyUsage {
+            tokens: 4000,
+            cost_usd: 0.0,
+        },
+    );
+    let meter = s.container.begin_run(ctx.clone());
     assert_eq!(chat(&s.sock(), ROLE_MODEL).await.status, 200);
+    // Settled to what the call used: 4000 + 1234 crosses 5000.
+    tokio::time::timeout(Duration::from_secs(5), meter.exceeded().cancelled())
+        .await
+        .expect("the crossing is noticed");
+    assert_eq!(s.backend.today(&ctx).tokens, 5234);
     assert_eq!(
         meter.exceeded_reason().as_deref(),
-        Some("quota_exceeded: tokens_per_day 5234 > 5000 (4000 earlier today, 1234 in this run)")
+        Some(format!("quota_exceeded: tokens_per_day 5234 > 5000 (today's total of employee {}, over every run)", ctx.employee_id.unwrap()).as_str())
     );
     assert_eq!(chat(&s.sock(), ROLE_MODEL).await.status, 429);
     drop(meter);
 
-    // A day already spent stops the next run before its first call.
+    // A day already spent stops the next run at its first call, which is
+    // not sent and not charged.
     let mut ctx = s.ctx();
     ctx.quotas.cost_usd_per_day = Some(1.0);
-    ctx.used_today = DailyUsage {
-        tokens: 0,
-        cost_usd: 1.5,
-    };
-    let meter = s.container.begin_run(ctx);
-    assert!(meter.exceeded().is_cancelled());
+    s.backend.spent_today(
+        &ctx,
+        DailyUsage {
+            tokens: 0,
+            cost_usd: 1.5,
+        },
+    );
+    let meter = s.container.begin_run(ctx.clone());
     let a = chat(&s.sock(), ROLE_MODEL).await;
     assert_eq!(a.status, 429);
-    assert!(
-        a.error().contains("cost_usd_per_day 1.5 > 1"),
-        "{}",
-        a.text()
-    );
+    assert!(a.error().contains("cost_usd_per_day 1.5"), "{}", a.text());
+    assert!(meter.exceeded().is_cancelled());
+    assert_eq!(s.backend.today(&ctx).cost_usd, 1.5, "given back");
     assert_eq!(s.upstream.seen_at("/v1/chat/completions").len(), 1);
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_charged_chunk_by_chunk_and_ends_at_the_crossing() {
+    let s = Setup::new().await;
+    let mut ctx = s.ctx_model("gated");
+    // The prompt's estimate (a token per four characters) just fits; the
+    // first content chunk (a token) crosses.
+    ctx.quotas.tokens_per_day = Some(1000);
+    // "Say hello": 9 characters, 3 tokens.
+    let prompt = 3;
+    s.backend.spent_today(
+        &ctx,
+        DailyUsage {
+            tokens: 1000 - prompt,
+            cost_usd: 0.0,
+        },
+    );
+    let meter = s.container.begin_run(ctx.clone());
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("host", "gateway")
+        .header("content-type", "application/json")
+        .body(Body::from(chat_body("gated", true).to_string()))
+        .unwrap();
+    let resp = send(&s.sock(), req).await;
+    assert_eq!(resp.status(), 200);
+    let mut frames = Body::new(resp.into_body()).into_data_stream();
+    let mut got = Vec::new();
+    while let Ok(Some(Ok(f))) = tokio::time::timeout(Duration::from_secs(5), frames.next()).await {
+        got.push(String::from_utf8_lossy(&f).into_owned());
+        if got.len() == 1 {
+            // Let the rest come: it must not pass.
+            s.upstream.state.gate.notify_one();
+        }
+    }
+    assert_eq!(got.len(), 1, "only the chunk that crossed passed: {got:?}");
+    assert!(got[0].contains("Hel"));
+    assert!(meter.exceeded().is_cancelled());
+    let reason = meter.exceeded_reason().unwrap_or_default();
+    assert!(
+        reason.starts_with("quota_exceeded: tokens_per_day"),
+        "{reason}"
+    );
 }
 
 // ------------------------------------------------------------------ runs
@@ -1032,10 +1119,10 @@ impl RunContextExt {
             employee_id: None,
             tenant: "t".into(),
             role: "r".into(),
+            model: "m".into(),
             allowed_actions: Default::default(),
             egress: vec![],
             quotas: Quotas::default(),
-            used_today: DailyUsage::default(),
         }
     }
 }

@@ -51,6 +51,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0008_subtasks.sql",
         include_str!("../../../sql/0008_subtasks.sql"),
     ),
+    (
+        9,
+        "0009_day_budgets.sql",
+        include_str!("../../../sql/0009_day_budgets.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed: the advisory lock that serialises migrators.

@@ -33,7 +33,49 @@ pub struct UsageTotals {
     pub cost_usd: f64,
 }
 
+/// Today's spend of one budget subject, after a charge.
+#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct DaySpend {
+    pub tokens: i64,
+    pub cost_usd: f64,
+}
+
 impl Store {
+    /// Adds to today's (UTC) spend of `subject` in `tenant` (`employee` or
+    /// the role) and answers the totals after the change; see
+    /// `sql/0009_day_budgets.sql`.
+    pub async fn charge_day(
+        &self,
+        tenant: &str,
+        employee: Option<Uuid>,
+        role: &str,
+        tokens: i64,
+        cost_usd: f64,
+    ) -> Result<DaySpend> {
+        let subject = match employee {
+            Some(e) => format!("employee:{e}"),
+            None => format!("role:{role}"),
+        };
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO day_budgets (tenant, subject, day, tokens, cost_usd)
+                 VALUES ($1, $2, (now() AT TIME ZONE 'UTC')::date, $3, $4)
+                 ON CONFLICT (tenant, subject, day) DO UPDATE
+                     SET tokens = day_budgets.tokens + EXCLUDED.tokens,
+                         cost_usd = day_budgets.cost_usd + EXCLUDED.cost_usd
+                 RETURNING tokens, cost_usd",
+            )
+            .await?;
+        let row = client
+            .query_one(&stmt, &[&tenant, &subject, &tokens, &cost_usd])
+            .await?;
+        Ok(DaySpend {
+            tokens: row.get(0),
+            cost_usd: row.get(1),
+        })
+    }
+
     /// What a run's egress moved, in bytes (received, sent), on its run row.
     pub async fn record_run_egress(&self, run: Uuid, bytes_in: u64, bytes_out: u64) -> Result<()> {
         let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);

@@ -210,6 +210,25 @@ impl Backend for StoreBackend {
         })
     }
 
+    fn charge_day<'a>(
+        &'a self,
+        run: &'a RunContext,
+        tokens: i64,
+        cost_usd: f64,
+    ) -> BoxFuture<'a, Result<gateway::DailyUsage, BackendError>> {
+        Box::pin(async move {
+            let spend = self
+                .store
+                .charge_day(&run.tenant, run.employee_id, &run.role, tokens, cost_usd)
+                .await
+                .map_err(err)?;
+            Ok(gateway::DailyUsage {
+                tokens: spend.tokens.max(0) as u64,
+                cost_usd: spend.cost_usd.max(0.0),
+            })
+        })
+    }
+
     fn credentials_for<'a>(
         &'a self,
         tenant: &'a str,

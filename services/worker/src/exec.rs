@@ -263,29 +263,13 @@ async fn plan(shared: &Shared, running: &Running) -> Result<Plan, Outcome> {
         quotas = quotas.overridden_by(&employee.quotas);
         memory = shared.store.memory_list(e).await.map_err(store_err)?;
     }
-    // The daily quotas count the employee's last 24 hours, or, without an
-    // employee, those of the role's runs without one in this tenant.
-    let day_ago = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-    let used = match task.employee_id {
-        Some(e) => shared.store.employee_usage_since(e, day_ago).await,
-        None => {
-            shared
-                .store
-                .role_usage_since(&task.tenant, &role.name, day_ago)
-                .await
-        }
-    }
-    .map_err(store_err)?;
-    let used_today = gateway::DailyUsage {
-        tokens: used.total_tokens,
-        cost_usd: used.cost_usd,
-    };
     let ctx = gateway::RunContext {
         task_id: task.id,
         run_id: running.run_id,
         employee_id: task.employee_id,
         tenant: task.tenant.clone(),
         role: role.name.clone(),
+        model: role.model.clone(),
         allowed_actions: role.allowed_actions.iter().cloned().collect(),
         egress: role.egress.clone(),
         quotas: gateway::Quotas {
@@ -295,7 +279,6 @@ async fn plan(shared: &Shared, running: &Running) -> Result<Plan, Outcome> {
             tokens_per_day: quotas.tokens_per_day,
             cost_usd_per_day: quotas.cost_usd_per_day,
         },
-        used_today,
     };
     let spec = AgentSpec {
         model: role.model.clone(),

@@ -540,3 +540,74 @@ async fn a_configured_provider_replaces_the_scripted_one_and_employee_quotas_ove
     w.remove_workspace(frugal);
     provider.shutdown().await.expect("provider stops");
 }
+
+/// Six runs at once against one daily budget of 300 tokens. Alone, each run
+/// would spend about 500; charged to one ledger in Postgres as they stream,
+/// together they stop at the budget, each overshooting it by at most the
+/// chunk that crossed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_runs_share_one_daily_budget_and_overshoot_it_by_a_chunk_each_at_most() {
+    let mut w = World::new().await.expect("world");
+    let long = "spend ".repeat(300);
+    let scripts = json!({"scripts": {"spend": [{"text": long}]}});
+    w.use_roles(
+        &[(
+            "spender",
+            &format!(
+                "{}pool: {{ warm: 0, max_active: 6 }}\n",
+                role_yaml("spender", "", "", "tokens_per_day: 300")
+            ),
+        )],
+        &scripts.to_string(),
+    )
+    .expect("roles");
+    w.settings.worker_slots = 6;
+    let colony = w.start(Role::All).await.expect("colony");
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(
+            w.submit(
+                json!({"role": "spender", "input": {"prompt": format!("[script:spend] go {i}")}}),
+            )
+            .await
+            .expect("submit"),
+        );
+    }
+    let mut stopped = 0;
+    for id in &ids {
+        let t = w.wait_final(*id, 120).await.expect("final");
+        if t.state == TaskState::Failed {
+            let e = t.error.clone().unwrap_or_default();
+            assert!(e.contains("tokens_per_day"), "{e}");
+            stopped += 1;
+        }
+    }
+    let db = w.db().await.expect("db");
+    let day: i64 = db
+        .query_one(
+            "SELECT tokens FROM day_budgets WHERE tenant = 'default' AND subject = 'role:spender'",
+            &[],
+        )
+        .await
+        .expect("the day's row")
+        .get(0);
+    // A chunk is one "spend " (6 characters, 2 tokens).
+    let bound = 300 + 6 * 2;
+    println!("daily budget: 6 parallel runs spent {day} of 300 tokens ({stopped} stopped by the quota; bound {bound})");
+    assert!(day <= bound, "{day} tokens spent against a 300-token day");
+    assert!(
+        stopped >= 5,
+        "at most one run fits the day: {stopped} stopped"
+    );
+    // What the usage history says agrees with the ledger.
+    let used: i64 = db
+        .query_one(
+            "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0)::bigint FROM usage",
+            &[],
+        )
+        .await
+        .expect("usage")
+        .get(0);
+    assert!(used <= bound, "usage rows: {used}");
+    colony.stop().await.expect("stop");
+}

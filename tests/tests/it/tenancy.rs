@@ -783,3 +783,50 @@ async fn the_cli_makes_an_operator_key_then_tenant_keys_with_it() {
     assert!(!ok && err.contains("no API key"), "{err}");
     colony.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_employee_quota_above_its_roles_needs_an_admin_key() {
+    let w = World::new().await.expect("world");
+    let colony = start(&w, |_| {}).await;
+    let submit = w.key("acme", Scope::Submit).await.expect("key");
+    let admin = w.key("acme", Scope::Admin).await.expect("key");
+    // roles/executor.yaml: tokens_per_run 200000, cost_usd_per_day 10.
+    let above = json!({"name": "big", "role": "executor", "quotas": {"tokens_per_run": 500000}});
+    let (s, v) = call(
+        &w,
+        Some(&submit),
+        Method::POST,
+        "/v1/employees",
+        Some(&above),
+        None,
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(
+        v["error"].as_str(),
+        Some("quotas.tokens_per_run 500000 is above role executor's 200000; an employee's quota may only lower its role's (raising one needs an admin key)")
+    );
+    let below = json!({"name": "small", "role": "executor", "quotas": {"tokens_per_run": 1000, "cost_usd_per_day": 0.5}});
+    let (s, v) = call(
+        &w,
+        Some(&submit),
+        Method::POST,
+        "/v1/employees",
+        Some(&below),
+        None,
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &w,
+        Some(&admin),
+        Method::POST,
+        "/v1/employees",
+        Some(&above),
+        None,
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["quotas"]["tokens_per_run"], 500000);
+    colony.stop().await.expect("stop");
+}

@@ -57,6 +57,8 @@ pub struct MemBackend {
     pub usage: Mutex<Vec<UsageRecord>>,
     /// (tenant, URL prefix, header, value)
     pub vault: Mutex<Vec<(String, String, String, String)>>,
+    /// Today's spend, by employee (or `role:<name>`).
+    pub day: Mutex<BTreeMap<String, DailyUsage>>,
 }
 
 impl MemBackend {
@@ -69,7 +71,44 @@ impl MemBackend {
     }
 }
 
+fn day_subject(run: &RunContext) -> String {
+    match run.employee_id {
+        Some(e) => e.to_string(),
+        None => format!("role:{}", run.role),
+    }
+}
+
+impl MemBackend {
+    /// Sets today's spend of `run`'s employee (or role), as if earlier runs
+    /// had spent it.
+    pub fn spent_today(&self, run: &RunContext, day: DailyUsage) {
+        lock(&self.day).insert(day_subject(run), day);
+    }
+
+    pub fn today(&self, run: &RunContext) -> DailyUsage {
+        lock(&self.day)
+            .get(&day_subject(run))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
 impl Backend for MemBackend {
+    fn charge_day<'a>(
+        &'a self,
+        run: &'a RunContext,
+        tokens: i64,
+        cost_usd: f64,
+    ) -> BoxFuture<'a, Result<DailyUsage, BackendError>> {
+        Box::pin(async move {
+            let mut days = lock(&self.day);
+            let d = days.entry(day_subject(run)).or_default();
+            d.tokens = (d.tokens as i64 + tokens).max(0) as u64;
+            d.cost_usd += cost_usd;
+            Ok(*d)
+        })
+    }
+
     fn memory_get<'a>(
         &'a self,
         employee_id: Uuid,
@@ -488,6 +527,7 @@ impl Setup {
             employee_id: Some(Uuid::new_v4()),
             tenant: "t1".into(),
             role: "coder".into(),
+            model: ROLE_MODEL.into(),
             allowed_actions: BTreeSet::from([
                 "memory.get".to_string(),
                 "memory.set".to_string(),
@@ -500,7 +540,14 @@ impl Setup {
                 "*.example.org".into(),
             ],
             quotas: Quotas::default(),
-            used_today: DailyUsage::default(),
+        }
+    }
+
+    /// [`Setup::ctx`] for a run whose role's model is `model`.
+    pub fn ctx_model(&self, model: &str) -> RunContext {
+        RunContext {
+            model: model.into(),
+            ..self.ctx()
         }
     }
 }
