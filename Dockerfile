@@ -31,8 +31,10 @@ RUN set -eux; \
 # The image tasks run in. Same layout as images/agentd/Dockerfile (which
 # ops/build-agentd-image builds from the host's binaries without a registry):
 # a static busybox, agentd, nobody (65534). agentd serves
-# /run/colony/agent.sock (the worker bind-mounts a per-container host dir
-# there) and runs requests in /workspace; docker's --init (tini) is PID 1.
+# /run/colony/agent/agent.sock (the worker bind-mounts a per-container host
+# dir, root's with an agent/ subdirectory for the container, there), runs
+# requests in /workspace and kills what a run leaves behind (--sweep);
+# docker's --init (tini) is PID 1.
 FROM scratch AS agentd-image
 COPY --from=busybox /bin/busybox /bin/busybox
 RUN ["/bin/busybox", "--install", "-s", "/bin"]
@@ -40,7 +42,7 @@ COPY images/agentd/passwd images/agentd/group /etc/
 COPY --from=build /out/agentd /usr/local/bin/agentd
 RUN ["/bin/sh", "-c", "set -e; \
     mkdir -p /workspace /tmp /run/colony; \
-    chown 65534:65534 /workspace /run/colony; \
+    chown 65534:65534 /workspace; \
     chmod 0700 /workspace; \
     chmod 0755 /run/colony; \
     chmod 1777 /tmp; \
@@ -48,7 +50,7 @@ RUN ["/bin/sh", "-c", "set -e; \
     chmod 0755 /usr/local/bin/agentd"]
 USER 65534:65534
 WORKDIR /workspace
-ENTRYPOINT ["/usr/local/bin/agentd"]
+ENTRYPOINT ["/usr/local/bin/agentd", "--sweep"]
 
 # ---------------------------------------------------------------- colony (default)
 FROM debian:bookworm-slim

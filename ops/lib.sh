@@ -245,7 +245,47 @@ _pg_setup_paths() {
 }
 
 _pg() { (cd / && runuser -u postgres -- "$@"); }
-_psql() { PGCONNECT_TIMEOUT=5 PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$(pg_port)" "$@"; }
+# psql over TCP as the application role, with the password from the
+# pgpass file (never on a command line).
+_psql() { PGPASSFILE="$COLONY_STATE/pgpass" PGCONNECT_TIMEOUT=5 PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$(pg_port)" "$@"; }
+# psql as the postgres superuser over the cluster's unix socket (peer
+# authentication: only root, through runuser, gets there). SQL on stdin.
+_psql_admin() { _pg env PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PGRUN" -p "$(pg_port)" -U postgres -d postgres "$@"; }
+
+# random_secret: 64 hex characters from the kernel's randomness.
+random_secret() { od -An -tx1 -N32 /dev/urandom | tr -d ' \n'; }
+
+# The application role's password, made once: .colony/pg.password (0600),
+# and the pgpass file psql reads it from.
+_pg_password() {
+    local f="$COLONY_STATE/pg.password"
+    if [ ! -s "$f" ]; then
+        (umask 077 && random_secret >"$f.tmp" && mv -f "$f.tmp" "$f")
+    fi
+    chmod 600 "$f"
+    (umask 077 && printf '127.0.0.1:%s:*:colony:%s\n' "$(pg_port)" "$(cat "$f")" >"$COLONY_STATE/pgpass")
+}
+
+# Only the postgres superuser through the unix socket (peer), and passwords
+# (scram-sha-256) over TCP on loopback.
+_pg_write_hba() {
+    local hba="$PGDATA_DIR/pg_hba.conf" want
+    want=$(
+        cat <<EOF
+# Written by ops/lib.sh on every start; edit ops/lib.sh instead.
+local   all   postgres                  peer
+host    all   all        127.0.0.1/32   scram-sha-256
+host    all   all        ::1/128        scram-sha-256
+EOF
+    )
+    if [ "$(cat "$hba" 2>/dev/null)" != "$want" ]; then
+        printf '%s\n' "$want" >"$hba"
+        chown postgres: "$hba"
+        chmod 600 "$hba"
+        return 0
+    fi
+    return 1
+}
 
 _pg_running() { _pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; }
 
@@ -257,6 +297,7 @@ port = $(pg_port)
 unix_socket_directories = '$PGRUN'
 max_connections = 200
 fsync = on
+password_encryption = 'scram-sha-256'
 EOF
     chown postgres: "$PGDATA_DIR/colony.conf"
     grep -q "^include_if_exists = 'colony.conf'" "$PGDATA_DIR/postgresql.conf" ||
@@ -287,6 +328,7 @@ start_postgres() {
     elif port_open "$port"; then
         # Not our cluster, but something holds the port: reuse it only if it is
         # a Postgres that lets the colony role in.
+        _pg_password
         if _psql -U colony -d postgres -c 'select 1' >/dev/null 2>&1; then
             log "reusing the Postgres already listening on 127.0.0.1:$port (not started by ops)"
         else
@@ -297,13 +339,14 @@ start_postgres() {
             log "initdb $PGDATA_DIR"
             find "$PGDATA_DIR" -mindepth 1 -delete # a half-done earlier initdb
             _pg "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres -E UTF8 --no-locale \
-                --auth-local=peer --auth-host=trust >>"$PGLOG" 2>&1 ||
+                --auth-local=peer --auth-host=scram-sha-256 >>"$PGLOG" 2>&1 ||
                 {
                     tail -n 20 "$PGLOG" >&2
                     die "initdb failed (log: $PGLOG)"
                 }
         fi
         _pg_write_conf
+        _pg_write_hba || true
         log "starting postgres on 127.0.0.1:$port ($PGDATA_DIR)"
         if ! _pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGLOG" -w -t 60 start >/dev/null; then
             tail -n 30 "$PGLOG" >&2
@@ -318,16 +361,34 @@ start_postgres() {
         sleep 0.5
     done
 
-    # role + database (idempotent). Over TCP with trust as the postgres superuser.
-    if [ "$(_psql -U postgres -d postgres -tAc "select 1 from pg_roles where rolname = 'colony'" 2>/dev/null)" != 1 ]; then
-        _psql -U postgres -d postgres -c 'create role colony login superuser' >/dev/null ||
-            die "could not create role colony"
+    if [ "$_OPS_STARTED_PG" = 0 ] && [ -s "$PGDATA_DIR/PG_VERSION" ] && _pg_running; then
+        # An earlier cluster of ours: passwords over TCP from now on.
+        _pg_write_conf
+        if _pg_write_hba; then
+            _pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" reload >/dev/null || die "postgres reload failed"
+        fi
     fi
-    if [ "$(_psql -U colony -d postgres -tAc "select 1 from pg_database where datname = 'colony'")" != 1 ]; then
-        _psql -U colony -d postgres -c 'create database colony owner colony' >/dev/null ||
-            die "could not create database colony"
+    _pg_password
+    # The application role: a password, not a superuser, may create the
+    # databases the tests use, owns its own. Idempotent; the password goes
+    # in on stdin, never on a command line.
+    if _pg_running; then
+        {
+            printf "DO \$\$ BEGIN\n"
+            printf "  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'colony') THEN CREATE ROLE colony; END IF;\n"
+            printf "END \$\$;\n"
+            printf "ALTER ROLE colony LOGIN NOSUPERUSER CREATEDB NOCREATEROLE PASSWORD '%s';\n" "$(cat "$COLONY_STATE/pg.password")"
+        } | _psql_admin -f - >/dev/null || die "could not set up the role colony (log: $PGLOG)"
+        if [ "$(_psql_admin -tAc "select 1 from pg_database where datname = 'colony'")" != 1 ]; then
+            _psql_admin -c 'create database colony owner colony' >/dev/null ||
+                die "could not create database colony"
+        else
+            _psql_admin -c 'alter database colony owner to colony' >/dev/null ||
+                die "could not give database colony to the role colony"
+        fi
     fi
     export COLONY_DATABASE_URL="postgres://colony@127.0.0.1:$port/colony"
+    export COLONY_DATABASE_PASSWORD_FILE="$COLONY_STATE/pg.password"
 }
 
 stop_postgres() {
@@ -344,10 +405,24 @@ stop_postgres() {
 
 # ---------------------------------------------------------------- nats
 
-# spawn_nats PORT MONITOR_PORT(or "") STORE_DIR PIDFILE LOGFILE
+# write_nats_config COLONY_BIN [OUT]: OUT (default .colony/nats.conf) is
+# ops/nats.conf followed by Colony's NATS users (one per process kind, one
+# per tenant, each allowed only its subjects; passwords, 0600, in
+# .colony/nats-creds/, only their bcrypt hashes in the file). Exports
+# COLONY_NATS_CREDENTIALS for the colony processes.
+write_nats_config() {
+    local bin=$1 out=${2:-$COLONY_STATE/nats.conf}
+    state_dirs
+    "$bin" nats-config --credentials "$COLONY_STATE/nats-creds" \
+        --server-config "$COLONY_ROOT/ops/nats.conf" --tenant default --out "$out" >&2 ||
+        die "colony nats-config failed"
+    export COLONY_NATS_CREDENTIALS="$COLONY_STATE/nats-creds"
+}
+
+# spawn_nats PORT MONITOR_PORT(or "") STORE_DIR PIDFILE LOGFILE CONF
 spawn_nats() {
-    local port=$1 mport=$2 store=$3 pidfile=$4 logfile=$5
-    local args=(-js -a 127.0.0.1 -p "$port" -sd "$store")
+    local port=$1 mport=$2 store=$3 pidfile=$4 logfile=$5 conf=$6
+    local args=(-c "$conf" -js -a 127.0.0.1 -p "$port" -sd "$store")
     [ -n "$mport" ] && args+=(-m "$mport")
     [ -n "${COLONY_NATS_SERVER:-}" ] || ensure_nats_binary
     port_open "$port" && die "127.0.0.1:$port is already taken; cannot start nats-server there"
@@ -356,13 +431,25 @@ spawn_nats() {
     wait_port "$port" 30 "$pidfile" nats-server "$logfile"
 }
 
-# Starts (or reuses) the dev nats-server; exports COLONY_NATS_URL.
+# start_nats COLONY_BIN: starts (or reuses) the dev nats-server, run from
+# .colony/nats.conf (write_nats_config); exports COLONY_NATS_URL.
 start_nats() {
+    local bin=$1
     state_dirs
     local port=${COLONY_NATS_PORT:-4222} mport=${COLONY_NATS_MONITOR_PORT:-8222}
     local pidfile="$COLONY_STATE/nats.pid" logfile="$COLONY_STATE/logs/nats.log"
+    local conf="$COLONY_STATE/nats.conf"
+    write_nats_config "$bin" "$conf"
+    # One of ours from before users existed runs without them: restart it.
+    if pid_alive "$pidfile" nats-server &&
+        ! tr '\0' '\n' <"/proc/$(cat "$pidfile")/cmdline" | grep -qxF "$conf"; then
+        log "restarting the nats-server ops started earlier, now with users and permissions"
+        stop_nats
+    fi
     if pid_alive "$pidfile" nats-server; then
         wait_port "$port" 15 "$pidfile" nats-server "$logfile"
+        "$COLONY_NATS_SERVER" --signal "reload=$(cat "$pidfile")" >/dev/null 2>&1 ||
+            log "nats-server did not take the reload signal; new tenants wait for its restart"
         log "nats-server already running (pid $(cat "$pidfile"), 127.0.0.1:$port)"
     elif port_open "$port"; then
         # Someone else's server: reuse it only if it is a nats with JetStream.
@@ -375,7 +462,7 @@ start_nats() {
         rm -f "$pidfile"
         [ -n "${COLONY_NATS_SERVER:-}" ] || ensure_nats_binary
         log "starting nats-server on 127.0.0.1:$port (monitor 127.0.0.1:$mport, store .colony/nats)"
-        spawn_nats "$port" "$mport" "$COLONY_STATE/nats" "$pidfile" "$logfile"
+        spawn_nats "$port" "$mport" "$COLONY_STATE/nats" "$pidfile" "$logfile" "$conf"
         _OPS_STARTED_NATS=1
     fi
     export COLONY_NATS_URL="nats://127.0.0.1:$port"
@@ -480,6 +567,8 @@ write_env_file() {
 COLONY_URL=$COLONY_URL
 COLONY_NATS_URL=$COLONY_NATS_URL
 COLONY_DATABASE_URL=$COLONY_DATABASE_URL
+COLONY_DATABASE_PASSWORD_FILE=$COLONY_STATE/pg.password
+COLONY_NATS_CREDENTIALS=$COLONY_STATE/nats-creds
 COLONY_API_KEY_FILE=$COLONY_STATE/operator.key
 COLONY_AGENT_IMAGE=$COLONY_AGENT_IMAGE
 COLONY_SOCKET_DIR=$COLONY_SOCKET_DIR

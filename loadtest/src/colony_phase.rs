@@ -67,7 +67,7 @@ pub async fn run(
     settings.container_labels = vec![format!("{BENCH_LABEL_KEY}={BENCH_LABEL_VALUE}")];
 
     // Listen for results before anything can finish.
-    let nats = colony::connect_nats(&settings.nats_url).await?;
+    let nats = colony::connect_nats(&settings, subjects::auth::Kind::Admin).await?;
     let mut results = nats
         .subscribe(subjects::subject::results_all())
         .await

@@ -16,6 +16,7 @@
 //! only the names of the states live here because they are on the wire.
 
 pub mod agent;
+pub mod auth;
 pub mod gateway;
 pub mod messages;
 #[cfg(feature = "nats")]
@@ -114,6 +115,10 @@ pub mod subject {
     }
     pub fn ctl_all(worker: &str) -> String {
         format!("{ROOT}.ctl.{worker}.>")
+    }
+    /// Every control subject.
+    pub fn ctl_any() -> String {
+        format!("{ROOT}.ctl.>")
     }
     /// Every control subject of every worker (for broadcasting a cancel).
     pub fn ctl_broadcast(command: &str) -> String {

@@ -49,6 +49,8 @@ pub struct Nats {
     pub url: String,
     /// Its HTTP monitor (`/varz`, `/jsz`, …).
     pub monitor_url: String,
+    /// The users' password files (COLONY_NATS_CREDENTIALS).
+    pub credentials: PathBuf,
 }
 
 #[derive(serde::Deserialize)]
@@ -57,13 +59,31 @@ struct PortsFile {
     monitoring: Vec<String>,
 }
 
+/// Tenants every test's server has a client user for.
+pub const TEST_TENANTS: [&str; 3] = ["default", "acme", "globex"];
+
 impl Nats {
+    /// A server run, as ops/up runs it, from `ops/nats.conf` plus the users
+    /// of `colony nats-config`: every Colony process kind and the
+    /// [`TEST_TENANTS`], each with only its subjects. Their passwords are in
+    /// [`Nats::credentials`].
     pub fn start(id: &str) -> Result<Nats> {
         let bin = std::env::var("COLONY_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
         let dir = std::env::temp_dir().join(format!("colony-test-nats-{id}"));
         let ports_dir = dir.join("ports");
         std::fs::create_dir_all(&ports_dir)?;
+        let credentials = dir.join("credentials");
+        let conf = dir.join("nats.conf");
+        let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../ops/nats.conf");
+        colony::nats_auth::write_config(
+            &credentials,
+            Some(&base),
+            &TEST_TENANTS.map(String::from),
+            &conf,
+        )?;
         let mut child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
             .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-sd"])
             .arg(dir.join("store"))
             .arg("--ports_file_dir")
@@ -100,6 +120,7 @@ impl Nats {
             dir,
             url,
             monitor_url,
+            credentials,
         })
     }
 }
@@ -125,16 +146,31 @@ fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://colony@127.0.0.1:54329/postgres".into())
 }
 
-async fn admin_exec(sql: String) -> Result<()> {
-    let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach the test Postgres at {} (ops/test starts it)",
-                admin_url()
-            )
-        })?;
+/// The database password file ops/test passes on (COLONY_DATABASE_PASSWORD_FILE).
+fn password_file() -> Option<PathBuf> {
+    std::env::var_os("COLONY_DATABASE_PASSWORD_FILE").map(PathBuf::from)
+}
+
+/// A connection to `url` with the test password, if there is one.
+async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
+    let mut cfg: tokio_postgres::Config = url.parse()?;
+    if let Some(path) = password_file() {
+        let pw = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        cfg.password(pw.trim());
+    }
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn admin_exec(sql: String) -> Result<()> {
+    let client = pg_connect(&admin_url()).await.with_context(|| {
+        format!(
+            "cannot reach the test Postgres at {} (ops/test starts it)",
+            admin_url()
+        )
+    })?;
     client.batch_execute(&sql).await?;
     Ok(())
 }
@@ -174,6 +210,8 @@ impl World {
         let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
         let mut settings = Settings::from_env();
         settings.nats_url = nats.url.clone();
+        settings.nats_credentials = Some(nats.credentials.clone());
+        settings.database_password_file = password_file();
         settings.database_url = format!("{base}/{db_name}");
         settings.http_addr = format!("127.0.0.1:{}", free_port()).parse()?;
         settings.worker_id = Some(format!("test-{id}"));
@@ -189,7 +227,7 @@ impl World {
         // The schema is there before Colony starts (its own migrate then
         // finds nothing to do), so that keys can be made up front.
         let operator_key = if migrate {
-            let store = store::Store::connect(&settings.database_url, 1)?;
+            let store = colony::store_for(&settings, 1)?;
             store.migrate().await?;
             store
                 .create_key("default", "test operator", store::Scope::Operator)
@@ -214,7 +252,7 @@ impl World {
 
     /// A new key of `tenant` with `scope`; returns its secret.
     pub async fn key(&self, tenant: &str, scope: store::Scope) -> Result<String> {
-        let store = store::Store::connect(&self.settings.database_url, 1)?;
+        let store = self.store(1);
         Ok(store
             .create_key(tenant, &format!("test {scope}"), scope)
             .await?
@@ -257,14 +295,29 @@ impl World {
     }
 
     pub async fn db(&self) -> Result<tokio_postgres::Client> {
-        let (client, conn) =
-            tokio_postgres::connect(&self.settings.database_url, tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        Ok(client)
+        pg_connect(&self.settings.database_url).await
     }
 
+    /// A store on this world's database (with its password).
+    pub fn store(&self, pool: usize) -> store::Store {
+        colony::store_for(&self.settings, pool).expect("a store")
+    }
+
+    /// A NATS client as the operator's admin user (no limits).
     pub async fn nats_client(&self) -> Result<async_nats::Client> {
-        Ok(async_nats::connect(&self.nats.url).await?)
+        self.nats_as(subjects::auth::Kind::Admin.user()).await
+    }
+
+    /// A NATS client as `user` (a process kind's, or `tenant-<t>`), with
+    /// its password and its own inbox prefix, as a real client would.
+    pub async fn nats_as(&self, user: &str) -> Result<async_nats::Client> {
+        let password = colony::nats_auth::read_password(&self.nats.credentials, user)?;
+        Ok(
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password)
+                .custom_inbox_prefix(subjects::auth::inbox_prefix(user))
+                .connect(&self.nats.url)
+                .await?,
+        )
     }
 
     /// POST a JSON body to /v1/tasks; returns (status, body).
@@ -315,7 +368,7 @@ impl World {
         secs: u64,
         pred: impl Fn(&TaskView) -> bool,
     ) -> Result<TaskView> {
-        let store = store::Store::connect(&self.settings.database_url, 1)?;
+        let store = self.store(1);
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             if let Some(t) = store.get_task(id).await? {
@@ -393,7 +446,13 @@ impl World {
         Ok(Command::new(Self::colony_bin()?)
             .arg(role)
             .env("COLONY_NATS_URL", &s.nats_url)
+            .env("COLONY_NATS_CREDENTIALS", &self.nats.credentials)
             .env("COLONY_DATABASE_URL", &s.database_url)
+            .envs(
+                s.database_password_file
+                    .iter()
+                    .map(|p| ("COLONY_DATABASE_PASSWORD_FILE", p.as_os_str())),
+            )
             .env("COLONY_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
             .env("COLONY_WORKER_ID", worker_id)
             .env("COLONY_CONTAINER_LABELS", s.container_labels.join(","))

@@ -15,17 +15,30 @@ use backon::{ExponentialBuilder, Retryable};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
+pub mod nats_auth;
+
 /// Settings shared by every role: defaults → `COLONY_*` environment → flags.
 #[derive(Args, Clone, Debug)]
 pub struct Settings {
     #[arg(long, env = "COLONY_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// Directory of NATS passwords, one file per user (`colony-worker.password`,
+    /// …; see `colony nats-config`): each process connects as the user of
+    /// its kind. Unset: connect without a user (a server without
+    /// authorization).
+    #[arg(long, env = "COLONY_NATS_CREDENTIALS")]
+    pub nats_credentials: Option<PathBuf>,
     #[arg(
         long,
         env = "COLONY_DATABASE_URL",
         default_value = "postgres://colony@127.0.0.1:54329/colony"
     )]
     pub database_url: String,
+    /// A file holding the database password (never put it in the URL or
+    /// on the command line); `ops/up` writes `.colony/pg.password`.
+    #[arg(long, env = "COLONY_DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
+
     #[arg(long, env = "COLONY_DB_POOL", default_value_t = 16)]
     pub db_pool: usize,
     #[arg(long, env = "COLONY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
@@ -168,22 +181,9 @@ impl Settings {
         })
     }
 
-    /// The database URL without its password, for logs.
+    /// The settings without secrets, for logs.
     pub fn redacted(&self) -> String {
-        let db = match (self.database_url.find("://"), self.database_url.rfind('@')) {
-            (Some(s), Some(at)) if at > s => {
-                let userinfo = &self.database_url[s + 3..at];
-                match userinfo.split_once(':') {
-                    Some((user, _)) => format!(
-                        "{}{user}:***{}",
-                        &self.database_url[..s + 3],
-                        &self.database_url[at..]
-                    ),
-                    None => self.database_url.clone(),
-                }
-            }
-            _ => self.database_url.clone(),
-        };
+        let db = store::redact_url(&self.database_url);
         format!(
             "nats={} database={db} http={} image={} sockets={} worker={} pools={:?} slots={} roles={} vault={} model={} egress_private={:?}",
             self.nats_url,
@@ -372,16 +372,33 @@ pub enum Role {
     Relay,
 }
 
-/// Connect to NATS, retrying for a while (the server may be starting too).
-pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+/// Connect to NATS as the user of `kind` (with its password from
+/// `COLONY_NATS_CREDENTIALS` and its own inbox), retrying for a while (the
+/// server may be starting too).
+pub async fn connect_nats(
+    s: &Settings,
+    kind: subjects::auth::Kind,
+) -> anyhow::Result<async_nats::Client> {
+    let url = s.nats_url.clone();
+    let login = match &s.nats_credentials {
+        Some(dir) => Some((kind.user(), nats_auth::read_password(dir, kind.user())?)),
+        None => None,
+    };
     (|| {
-        async_nats::ConnectOptions::new()
-            .name("colony")
-            .connect(url)
+        let mut opts = async_nats::ConnectOptions::new().name(kind.user());
+        if let Some((user, password)) = &login {
+            opts = async_nats::ConnectOptions::with_user_and_password(
+                user.to_string(),
+                password.clone(),
+            )
+            .name(kind.user())
+            .custom_inbox_prefix(subjects::auth::inbox_prefix(user));
+        }
+        opts.connect(url.clone())
     })
     .retry(ExponentialBuilder::default().with_max_times(8))
     .await
-    .with_context(|| format!("cannot connect to NATS at {url}"))
+    .with_context(|| format!("cannot connect to NATS at {url} as {}", kind.user()))
 }
 
 /// Connect, prepare streams and schema, and run `role` until `shutdown`.
@@ -394,12 +411,15 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
         .map(|k| store::Vault::parse(&k.0))
         .transpose()
         .context("COLONY_VAULT_KEY is not usable")?;
-    let nats = connect_nats(&s.nats_url).await?;
+    use subjects::auth::Kind;
+    // Each part of the process talks to NATS as its own user: the relay
+    // (which every role runs) publishes what the outbox holds.
+    let nats = connect_nats(&s, Kind::Relay).await?;
     let js = async_nats::jetstream::new(nats.clone());
     subjects::nats::ensure(&js, &subjects::nats::StreamSettings::default())
         .await
         .context("cannot create the JetStream streams")?;
-    let mut store = store::Store::connect(&s.database_url, s.db_pool)?;
+    let mut store = store_for(&s, s.db_pool)?;
     if let Some(vault) = vault {
         store = store.with_vault(vault);
     }
@@ -425,7 +445,7 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
         let (cfg, store, nats, relay, token) = (
             s.ingress_config(&roles),
             store.clone(),
-            nats.clone(),
+            connect_nats(&s, Kind::Ingress).await?,
             relay.clone(),
             shutdown.clone(),
         );
@@ -479,7 +499,7 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
         let (cfg, store, nats, relay, token) = (
             worker_cfg,
             store.clone(),
-            nats.clone(),
+            connect_nats(&s, Kind::Worker).await?,
             relay.clone(),
             shutdown.clone(),
         );
@@ -546,9 +566,32 @@ pub async fn migrate(s: &Settings) -> anyhow::Result<Vec<&'static str>> {
     Ok(store.migrate().await?)
 }
 
-/// A store for the configured database.
+/// A store for the configured database, with the password from
+/// `COLONY_DATABASE_PASSWORD_FILE` when one is set.
 pub fn store_for(s: &Settings, pool: usize) -> anyhow::Result<store::Store> {
-    Ok(store::Store::connect(&s.database_url, pool)?)
+    let password = match &s.database_password_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| {
+                    format!(
+                        "cannot read the database password file {} (COLONY_DATABASE_PASSWORD_FILE)",
+                        path.display()
+                    )
+                })?
+                .trim()
+                .to_string(),
+        ),
+        // Or the password itself from the environment (a container's env
+        // file); never from the command line.
+        None => std::env::var("COLONY_DATABASE_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty()),
+    };
+    Ok(store::Store::connect_with(
+        &s.database_url,
+        password.as_deref(),
+        pool,
+    )?)
 }
 
 /// Writes `secret` to `path` (mode 0600, parent directories made), through

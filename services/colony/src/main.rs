@@ -66,6 +66,24 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
+    /// Write the nats-server configuration with Colony's users: a password
+    /// file per user under --credentials (made when missing), and --out
+    /// (the --server-config text, then every user with only its subjects).
+    NatsConfig {
+        /// Directory of password files (COLONY_NATS_CREDENTIALS for the
+        /// processes).
+        #[arg(long, env = "COLONY_NATS_CREDENTIALS")]
+        credentials: std::path::PathBuf,
+        /// The server settings to start from (ops/nats.conf).
+        #[arg(long)]
+        server_config: Option<std::path::PathBuf>,
+        /// Add a tenant's client user (repeatable); tenants with a password
+        /// file already are kept.
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// API keys: make, list and revoke them.
     Keys {
         #[command(subcommand)]
@@ -239,6 +257,27 @@ async fn main() -> anyhow::Result<()> {
             return print_task(&client.http(None)?, &client.url, &id, wait).await;
         }
         Command::Keys { command } => return keys(command).await,
+        Command::NatsConfig {
+            credentials,
+            server_config,
+            tenants,
+            out,
+        } => {
+            let all = colony::nats_auth::write_config(
+                &credentials,
+                server_config.as_deref(),
+                &tenants,
+                &out,
+            )?;
+            eprintln!(
+                "{} written: {} process users and tenants {:?}; passwords in {}",
+                out.display(),
+                subjects::auth::Kind::ALL.len(),
+                all,
+                credentials.display()
+            );
+            return Ok(());
+        }
         Command::Cancel { id, client } => {
             let resp = client
                 .http(None)?

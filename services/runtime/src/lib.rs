@@ -276,7 +276,8 @@ impl Runtime {
 
     /// As [`Runtime::connect`], with container leases in NATS KV.
     pub async fn connect_with(cfg: Config, leases: Option<lease::Leases>) -> Result<Arc<Runtime>> {
-        let docker = Docker::connect_with_unix_defaults()
+        // DOCKER_HOST (a socket proxy, say) when set, else the local socket.
+        let docker = Docker::connect_with_defaults()
             .map_err(Error::Engine)?
             .negotiate_version()
             .await

@@ -71,6 +71,17 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `url` without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
+
 /// What a database error was about: the server's message, SQLSTATE and
 /// detail when the server refused a statement, else the client-side cause
 /// chain (`db error` alone names nothing).
@@ -118,9 +129,24 @@ impl Store {
     /// Build a pool for `url` (`postgres://user@host:port/db`). Connections
     /// are opened lazily; [`Store::ping`] checks that the database answers.
     pub fn connect(url: &str, max_connections: usize) -> Result<Store> {
-        let pg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| Error::Invalid(format!("the database URL {url:?} is not valid: {e}")))?;
+        Store::connect_with(url, None, max_connections)
+    }
+
+    /// As [`Store::connect`], with a password kept out of the URL.
+    pub fn connect_with(
+        url: &str,
+        password: Option<&str>,
+        max_connections: usize,
+    ) -> Result<Store> {
+        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
+            Error::Invalid(format!(
+                "the database URL {} is not valid: {e}",
+                redact_url(url)
+            ))
+        })?;
+        if let Some(p) = password {
+            pg.password(p);
+        }
         let mgr = Manager::from_config(
             pg,
             NoTls,

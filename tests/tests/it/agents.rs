@@ -139,7 +139,7 @@ async fn an_employee_works_with_tools_keeps_its_workspace_and_memory_and_is_audi
     assert!(out.usage.prompt_tokens > 0 && out.usage.completion_tokens > 0);
 
     // Memory written through the allowed action; the denied one audited.
-    let store = store::Store::connect(&w.settings.database_url, 1).expect("store");
+    let store = w.store(1);
     assert_eq!(
         store.memory_get(ada, "last").await.expect("memory"),
         Some(json!("wrote notes.txt"))
@@ -437,7 +437,7 @@ async fn a_crossed_quota_stops_the_run_in_flight_and_fails_the_task_with_the_fig
     assert!(error.contains("quota_exceeded"), "{error}");
     assert!(error.contains("tokens_per_run"), "{error}");
     assert_eq!(task.attempt, 1, "a quota is not retried");
-    let store = store::Store::connect(&w.settings.database_url, 1).expect("store");
+    let store = w.store(1);
     let usage = store.usage_of_task(id).await.expect("usage");
     assert!(
         usage.calls <= 2,

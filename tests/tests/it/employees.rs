@@ -39,7 +39,7 @@ async fn start(w: &World, vault: bool) -> colony_tests::Running {
 }
 
 async fn store(w: &World, vault: bool) -> Store {
-    let s = Store::connect(&w.settings.database_url, 2).expect("store");
+    let s = w.store(2);
     if vault {
         s.with_vault(Vault::parse(VAULT_KEY).expect("key"))
     } else {
@@ -738,9 +738,7 @@ async fn credentials_are_write_only_and_sealed_in_the_database() {
             .expect("lookup"),
         vec![]
     );
-    let wrong_key = Store::connect(&w.settings.database_url, 1)
-        .expect("store")
-        .with_vault(Vault::from_key(&[9u8; 32]));
+    let wrong_key = w.store(1).with_vault(Vault::from_key(&[9u8; 32]));
     let err = wrong_key
         .credentials_for_url("default", "https://api.github.com/user")
         .await

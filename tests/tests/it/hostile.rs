@@ -220,8 +220,9 @@ async fn an_endless_frame_fails_its_run_and_the_worker_stays_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_error_names_its_cause() {
     let w = World::new().await.expect("world");
-    let url = format!("{}_missing", w.settings.database_url);
-    let store = store::Store::connect(&url, 1).expect("store");
+    let mut settings = w.settings.clone();
+    settings.database_url = format!("{}_missing", w.settings.database_url);
+    let store = colony::store_for(&settings, 1).expect("store");
     let err = store.ping().await.expect_err("no such database");
     let text = err.to_string();
     assert!(

@@ -7,6 +7,7 @@ mod failures;
 mod flow;
 mod hostile;
 mod input;
+mod natsauth;
 mod pool;
 mod sandbox;
 mod schema;

@@ -2,14 +2,13 @@
 
 use colony_tests::World;
 use store::tasks::{Finish, NewTask};
-use store::Store;
 use subjects::TaskState;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_migrating_at_once_apply_each_migration_once() {
     let w = World::unmigrated().await.expect("world");
-    let a = Store::connect(&w.settings.database_url, 2).expect("a");
-    let b = Store::connect(&w.settings.database_url, 2).expect("b");
+    let a = w.store(2);
+    let b = w.store(2);
     let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
     let (ra, rb) = (ra.expect("a migrates"), rb.expect("b migrates"));
     let mut applied: Vec<_> = ra.iter().chain(rb.iter()).cloned().collect();
@@ -39,7 +38,7 @@ async fn two_processes_migrating_at_once_apply_each_migration_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_refuses_illegal_transitions_and_stale_finishes() {
     let w = World::new().await.expect("world");
-    let s = Store::connect(&w.settings.database_url, 2).expect("store");
+    let s = w.store(2);
     s.migrate().await.expect("migrate");
     let created = s
         .create_task(&NewTask {
@@ -123,7 +122,7 @@ async fn the_store_refuses_illegal_transitions_and_stale_finishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schema_refuses_unknown_states_and_the_store_refuses_zero_limits() {
     let w = World::new().await.expect("world");
-    let s = Store::connect(&w.settings.database_url, 2).expect("store");
+    let s = w.store(2);
     s.migrate().await.expect("migrate");
     let new = |max_attempts, timeout_secs| NewTask {
         tenant: "t".into(),

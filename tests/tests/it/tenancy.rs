@@ -11,7 +11,7 @@ use colony::Role;
 use colony_tests::{client_with_key, World};
 use reqwest::Method;
 use serde_json::{json, Value};
-use store::{NewAudit, Outcome, Scope, Store, Vault};
+use store::{NewAudit, Outcome, Scope, Vault};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -115,8 +115,8 @@ async fn acme_owns(w: &World, admin: &str) -> Acme {
     .await;
     assert_eq!(s, 201, "{key}");
     let employee_id = Uuid::parse_str(&id_of(&employee)).expect("uuid");
-    let st = Store::connect(&w.settings.database_url, 1)
-        .expect("store")
+    let st = w
+        .store(1)
         .with_vault(Vault::parse(VAULT_KEY).expect("vault"));
     st.memory_set(employee_id, "plan", &json!("acme's secret plan"))
         .await

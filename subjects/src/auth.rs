@@ -1,0 +1,262 @@
+//! Who may publish and subscribe to what on NATS.
+//!
+//! Every Colony process connects as the user of its kind ([`Kind`]) and
+//! every tenant's client as that tenant's user ([`tenant_user`]); the
+//! nats-server's configuration (written by `colony nats-config` from
+//! [`authorization`]) gives each user only its subjects. So:
+//!
+//! - a tenant's client may submit to `colony.intake.<tenant>` and read
+//!   `colony.results.<tenant>.>` and `colony.events.<tenant>.>`, and
+//!   nothing else: not another tenant's, not the work queue, not a control
+//!   subject, not the JetStream API;
+//! - only ingress publishes control commands, only the relay publishes
+//!   results, only workers write the container lease bucket;
+//! - every user gets its replies on an inbox of its own
+//!   (`_INBOX_<user>.>`): a client must set that inbox prefix.
+//!
+//! Colony's processes also manage streams and consumers through the
+//! JetStream API, minus what destroys data (deleting or purging streams and
+//! messages), which no process needs.
+
+use std::fmt::Write as _;
+
+use crate::subject;
+
+/// The kinds of Colony process, each a NATS user of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// The operator's own user (tools, tests, the load generator): no
+    /// limits. Never given to a Colony process or a tenant.
+    Admin,
+    Ingress,
+    Relay,
+    Worker,
+    Planner,
+    Reviewer,
+    Patrol,
+    Scheduler,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::Admin,
+        Kind::Ingress,
+        Kind::Relay,
+        Kind::Worker,
+        Kind::Planner,
+        Kind::Reviewer,
+        Kind::Patrol,
+        Kind::Scheduler,
+    ];
+
+    /// The NATS user name.
+    pub fn user(self) -> &'static str {
+        match self {
+            Kind::Admin => "colony-admin",
+            Kind::Ingress => "colony-ingress",
+            Kind::Relay => "colony-relay",
+            Kind::Worker => "colony-worker",
+            Kind::Planner => "colony-planner",
+            Kind::Reviewer => "colony-reviewer",
+            Kind::Patrol => "colony-patrol",
+            Kind::Scheduler => "colony-scheduler",
+        }
+    }
+
+    pub fn from_user(user: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.user() == user)
+    }
+}
+
+/// The NATS user of a tenant's client.
+pub fn tenant_user(tenant: &str) -> String {
+    format!("tenant-{tenant}")
+}
+
+/// The tenant a user name belongs to, for a tenant's user.
+pub fn tenant_of_user(user: &str) -> Option<&str> {
+    user.strip_prefix("tenant-").filter(|t| crate::is_token(t))
+}
+
+/// The inbox prefix `user` must connect with (its replies arrive there).
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{user}")
+}
+
+/// What one user may publish and subscribe to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish_allow: Vec<String>,
+    pub publish_deny: Vec<String>,
+    pub subscribe_allow: Vec<String>,
+}
+
+/// JetStream API calls that destroy data: no process needs them.
+const JS_DESTROY: [&str; 6] = [
+    "$JS.API.STREAM.DELETE.>",
+    "$JS.API.STREAM.PURGE.>",
+    "$JS.API.STREAM.MSG.DELETE.>",
+    "$JS.API.ACCOUNT.PURGE.>",
+    "$JS.API.SERVER.>",
+    "$JS.API.META.>",
+];
+
+/// The permissions of a Colony process of `kind`.
+pub fn permissions(kind: Kind) -> Permissions {
+    let user = kind.user();
+    if kind == Kind::Admin {
+        return Permissions {
+            publish_allow: vec![">".into()],
+            publish_deny: Vec::new(),
+            subscribe_allow: vec![">".into()],
+        };
+    }
+    let mut p = Permissions {
+        publish_allow: vec!["$JS.API.>".into()],
+        publish_deny: JS_DESTROY.iter().map(|s| s.to_string()).collect(),
+        subscribe_allow: vec![format!("{}.>", inbox_prefix(user))],
+    };
+    let ack = |stream: &str| format!("$JS.ACK.{stream}.>");
+    let kv = |bucket: &str| format!("$KV.{bucket}.>");
+    match kind {
+        Kind::Admin => {}
+        Kind::Ingress => {
+            p.publish_allow.extend([
+                ack(crate::stream::INTAKE),
+                subject::ctl_any(),
+                subject::dlq(subject::DLQ_INTAKE),
+            ]);
+            // A result only wakes a waiting GET, which then reads Postgres.
+            p.subscribe_allow.push(subject::results_all());
+        }
+        Kind::Relay => {
+            p.publish_allow.extend([
+                subject::work_all(),
+                subject::events_all(),
+                subject::results_all(),
+                subject::dlq_all(),
+            ]);
+        }
+        Kind::Worker => {
+            p.publish_allow.extend([
+                ack(crate::stream::WORK),
+                subject::events_all(),
+                subject::dlq(subject::DLQ_WORK),
+                kv(crate::kv::LEASES),
+                kv(crate::kv::WORKERS),
+            ]);
+            p.subscribe_allow.push(subject::ctl_any());
+        }
+        Kind::Planner | Kind::Reviewer | Kind::Patrol | Kind::Scheduler => {
+            p.publish_allow.push(ack(crate::stream::EVENTS));
+            p.subscribe_allow.push(subject::events_all());
+        }
+    }
+    p
+}
+
+/// The permissions of tenant `tenant`'s clients.
+pub fn tenant_permissions(tenant: &str) -> Permissions {
+    Permissions {
+        publish_allow: vec![subject::intake(tenant)],
+        publish_deny: Vec::new(),
+        subscribe_allow: vec![
+            subject::results_of_tenant(tenant),
+            subject::events_of_tenant(tenant),
+            format!("{}.>", inbox_prefix(&tenant_user(tenant))),
+        ],
+    }
+}
+
+/// One user of the server's configuration: its name, its password's bcrypt
+/// hash (never the password), and its permissions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub password_hash: String,
+    pub permissions: Permissions,
+}
+
+fn quoted(list: &[String]) -> String {
+    list.iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The nats-server `authorization` block for `users`.
+pub fn authorization(users: &[User]) -> String {
+    let mut out = String::from("authorization {\n  users = [\n");
+    for u in users {
+        let p = &u.permissions;
+        let _ = write!(
+            out,
+            "    {{user: {:?}, password: {:?}, permissions: {{publish: {{allow: [{}]",
+            u.name,
+            u.password_hash,
+            quoted(&p.publish_allow)
+        );
+        if !p.publish_deny.is_empty() {
+            let _ = write!(out, ", deny: [{}]", quoted(&p.publish_deny));
+        }
+        let _ = writeln!(
+            out,
+            "}}, subscribe: {{allow: [{}]}}}}}}",
+            quoted(&p.subscribe_allow)
+        );
+    }
+    out.push_str("  ]\n}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_reads_only_its_own_subjects() {
+        let p = tenant_permissions("acme");
+        assert_eq!(p.publish_allow, vec!["colony.intake.acme"]);
+        assert_eq!(
+            p.subscribe_allow,
+            vec![
+                "colony.results.acme.>",
+                "colony.events.acme.>",
+                "_INBOX_tenant-acme.>"
+            ]
+        );
+        assert_eq!(tenant_of_user("tenant-acme"), Some("acme"));
+        assert_eq!(tenant_of_user("colony-worker"), None);
+    }
+
+    #[test]
+    fn only_the_right_kind_publishes_control_results_and_leases() {
+        let publishes = |k: Kind, s: &str| permissions(k).publish_allow.iter().any(|a| a == s);
+        assert!(publishes(Kind::Ingress, &subject::ctl_any()));
+        assert!(!publishes(Kind::Worker, &subject::ctl_any()));
+        assert!(publishes(Kind::Relay, &subject::results_all()));
+        assert!(!publishes(Kind::Worker, &subject::results_all()));
+        assert!(!publishes(Kind::Ingress, &subject::results_all()));
+        assert!(publishes(Kind::Worker, "$KV.colony_leases.>"));
+        assert!(!publishes(Kind::Ingress, "$KV.colony_leases.>"));
+        for k in Kind::ALL.into_iter().filter(|k| *k != Kind::Admin) {
+            assert!(permissions(k)
+                .publish_deny
+                .contains(&"$JS.API.STREAM.DELETE.>".to_string()));
+            assert_eq!(Kind::from_user(k.user()), Some(k));
+        }
+    }
+
+    #[test]
+    fn the_block_is_nats_configuration() {
+        let text = authorization(&[User {
+            name: "tenant-acme".into(),
+            password_hash: "$2b$04$x".into(),
+            permissions: tenant_permissions("acme"),
+        }]);
+        assert_eq!(
+            text,
+            "authorization {\n  users = [\n    {user: \"tenant-acme\", password: \"$2b$04$x\", permissions: {publish: {allow: [\"colony.intake.acme\"]}, subscribe: {allow: [\"colony.results.acme.>\", \"colony.events.acme.>\", \"_INBOX_tenant-acme.>\"]}}}\n  ]\n}\n"
+        );
+    }
+}
