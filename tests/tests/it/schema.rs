@@ -171,3 +171,37 @@ async fn the_schema_refuses_unknown_states_and_the_store_refuses_zero_limits() {
         .get(0);
     assert_eq!(n, 1, "nothing half-written by the refused creates");
 }
+
+/// The application role owns its database, is not a superuser, and gets in
+/// only with its password (scram-sha-256 over TCP, as ops/lib.sh sets up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_role_is_not_a_superuser_and_needs_its_password() {
+    let w = World::new().await.expect("world");
+    let db = w.db().await.expect("db");
+    let row = db
+        .query_one(
+            "SELECT r.rolsuper, r.rolcreaterole, d.datdba = r.oid
+             FROM pg_roles r, pg_database d
+             WHERE r.rolname = current_user AND d.datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("role");
+    let (superuser, createrole, owns): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    assert!(!superuser, "the application role is not a superuser");
+    assert!(!createrole);
+    assert!(owns, "it owns its database");
+    assert!(
+        w.settings.database_password_file.is_some(),
+        "ops/test passes the password file (COLONY_DATABASE_PASSWORD_FILE)"
+    );
+    // Without the password: refused.
+    let refused = tokio_postgres::connect(&w.settings.database_url, tokio_postgres::NoTls).await;
+    let err = refused.err().expect("no password, no connection");
+    let text = store::Error::from(err).to_string();
+    assert!(text.contains("password"), "{text}");
+    // With a wrong one: refused too.
+    let mut cfg: tokio_postgres::Config = w.settings.database_url.parse().expect("url");
+    cfg.password("not-the-password");
+    assert!(cfg.connect(tokio_postgres::NoTls).await.is_err());
+}
