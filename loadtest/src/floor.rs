@@ -76,7 +76,7 @@ struct Ctx {
 }
 
 pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Summary> {
-    let nats = colony::connect_nats(&settings, subjects::auth::Kind::Admin).await?;
+    let nats = colony::connect_nats(settings, subjects::auth::Kind::Admin).await?;
     let js = jetstream::new(nats.clone());
     let consumer = prepare_streams(&js).await?;
     let pool = pg_pool(&settings.database_url, settings.db_pool)?;

@@ -46,13 +46,13 @@ pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Gat
         .context("gateway phase: scripted provider")?;
     let provider_addr = provider.addr();
 
-    let store = colony::store_for(&settings, 4)?;
+    let store = colony::store_for(settings, 4)?;
     let backend = worker::StoreBackend {
         store,
         relay: relay::spawn(
-            colony::store_for(&settings, 1)?,
+            colony::store_for(settings, 1)?,
             async_nats::jetstream::new(
-                colony::connect_nats(&settings, subjects::auth::Kind::Admin).await?,
+                colony::connect_nats(settings, subjects::auth::Kind::Admin).await?,
             ),
         )
         .0

@@ -42,6 +42,8 @@ pub const PROXY_ADDR: &str = "127.0.0.1:3128";
 /// The writable directory a run works in.
 pub const WORKSPACE: &str = "/workspace";
 
+// One request per connection, built once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentRequest {

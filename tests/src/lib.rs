@@ -213,7 +213,11 @@ impl World {
         settings.nats_credentials = Some(nats.credentials.clone());
         settings.database_password_file = password_file();
         settings.database_url = format!("{base}/{db_name}");
-        settings.http_addr = format!("127.0.0.1:{}", free_port()).parse()?;
+        // The HTTP API gets the listener bound here: no port is picked,
+        // dropped and bound again.
+        let http = TcpListener::bind("127.0.0.1:0")?;
+        settings.http_addr = http.local_addr()?;
+        settings.http_listener = ingress::SharedListener::new(http);
         settings.worker_id = Some(format!("test-{id}"));
         settings.container_labels = vec![format!("colony.test={id}")];
         settings.worker_slots = 2;

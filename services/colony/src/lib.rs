@@ -43,6 +43,10 @@ pub struct Settings {
     pub db_pool: usize,
     #[arg(long, env = "COLONY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// A listener bound already by whoever starts Colony in-process (a
+    /// test); the first ingress takes it instead of binding `http_addr`.
+    #[arg(skip)]
+    pub http_listener: ingress::SharedListener,
     #[arg(long, env = "COLONY_AGENT_IMAGE", default_value = "colony/agentd:dev")]
     pub agent_image: String,
     /// Host directory for per-container socket directories: it and every
@@ -347,6 +351,7 @@ impl Settings {
     pub fn ingress_config(&self, roles: &roles::Roles) -> ingress::Config {
         let mut c = ingress::Config {
             http_addr: self.http_addr,
+            listener: self.http_listener.clone(),
             roles: roles.clone(),
             rules: self.admission_rules(roles),
             ..Default::default()
@@ -433,14 +438,17 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
     }
 
     let (relay, relay_task) = relay::spawn(store.clone(), js.clone());
-    let poller = tokio::spawn(relay::run_poller(
-        relay::Config::default(),
-        store.clone(),
-        js.clone(),
-        shutdown.clone(),
-    ));
-
+    // Every part of the process is a service of this set: the first one to
+    // fail (or to end before the shutdown) stops the others.
     let mut services = tokio::task::JoinSet::new();
+    {
+        let (store, js, token) = (store.clone(), js.clone(), shutdown.clone());
+        services.spawn(async move {
+            relay::run_poller(relay::Config::default(), store, js, token.clone()).await;
+            anyhow::ensure!(token.is_cancelled(), "the outbox poller stopped");
+            Ok(())
+        });
+    }
     if matches!(role, Role::All | Role::Ingress) {
         let (cfg, store, nats, relay, token) = (
             s.ingress_config(&roles),
@@ -522,10 +530,6 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
             }
         }
     }
-    if role == Role::Relay {
-        shutdown.cancelled().await;
-    }
-    let _ = poller.await;
     // The relay ends once every service has dropped its handle, after
     // publishing what it was given.
     if tokio::time::timeout(Duration::from_secs(10), relay_task)
@@ -534,7 +538,8 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
     {
         tracing::warn!("relay did not finish in 10 s; its rows stay in the outbox");
     }
-    let _ = nats.flush().await;
+    // Bounded: with NATS gone, a flush would wait for ever.
+    let _ = tokio::time::timeout(Duration::from_secs(5), nats.flush()).await;
     // Dropping the scripted provider aborts it, calls in flight included.
     drop(scripted);
     tracing::info!("stopped");

@@ -91,6 +91,8 @@ enum Command {
     },
 }
 
+// Parsed once from the command line: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Make a key for a tenant (over HTTP, with an admin or operator key);

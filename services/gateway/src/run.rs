@@ -121,7 +121,7 @@ pub(crate) struct Run {
 
 impl Run {
     pub(crate) fn new(ctx: RunContext) -> Arc<Run> {
-        let run = Arc::new(Run {
+        Arc::new(Run {
             egress: EgressPolicy::new(&ctx.egress),
             ctx,
             totals: Mutex::new(RunTotals::default()),
@@ -132,8 +132,7 @@ impl Run {
             writes: TaskTracker::new(),
             egress_in: AtomicU64::new(0),
             egress_out: AtomicU64::new(0),
-        });
-        run
+        })
     }
 
     /// The reason the run is over quota, once it is.

@@ -269,19 +269,14 @@ async fn get_task(
         return Ok(Json(view));
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
-    loop {
-        match tokio::time::timeout_at(deadline, sub.next()).await {
-            Ok(Some(_)) => {
-                let t =
-                    s.0.store
-                        .task_of(&caller.tenant, id)
-                        .await?
-                        .ok_or_else(|| no_task(id))?;
-                if t.view.state.is_final() {
-                    return Ok(Json(t.view));
-                }
-            }
-            Ok(None) | Err(_) => break,
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, sub.next()).await {
+        let t =
+            s.0.store
+                .task_of(&caller.tenant, id)
+                .await?
+                .ok_or_else(|| no_task(id))?;
+        if t.view.state.is_final() {
+            return Ok(Json(t.view));
         }
     }
     let t =

@@ -28,10 +28,16 @@ pub async fn run(
     let consumer: PullConsumer = js
         .get_stream(stream::INTAKE)
         .await
-        .map_err(|e| Error::Nats(format!("stream {}: {e}", stream::INTAKE)))?
+        .map_err(|e| Error::Nats {
+            what: format!("stream {}", stream::INTAKE),
+            source: Box::new(e),
+        })?
         .create_consumer(subjects::nats::ingress_consumer())
         .await
-        .map_err(|e| Error::Nats(format!("intake consumer: {e}")))?;
+        .map_err(|e| Error::Nats {
+            what: "the intake consumer".into(),
+            source: Box::new(e),
+        })?;
     loop {
         let mut messages = match consumer.messages().await {
             Ok(m) => m,

@@ -16,7 +16,9 @@
 pub mod http;
 pub mod intake;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use relay::Relay;
@@ -32,10 +34,17 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("JetStream: {0}")]
-    Nats(String),
+    /// A JetStream call failed; `what` says which.
+    #[error("JetStream: {what}: {source}")]
+    Nats {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("HTTP server: {0}")]
     Serve(std::io::Error),
+    #[error("the intake consumer stopped")]
+    IntakeEnded,
 }
 
 #[derive(Clone, Debug)]
@@ -51,6 +60,8 @@ pub struct Config {
     pub max_wait: Duration,
     /// Rate limits per peer address and per API key.
     pub limits: http::auth::Limits,
+    /// A listener bound already (else `http_addr` is bound).
+    pub listener: SharedListener,
 }
 
 impl Default for Config {
@@ -62,11 +73,37 @@ impl Default for Config {
             default_tenant: subjects::DEFAULT_TENANT.to_string(),
             max_wait: Duration::from_secs(120),
             limits: http::auth::Limits::default(),
+            listener: SharedListener::default(),
         }
     }
 }
 
-/// Serve HTTP and consume the intake until `shutdown`.
+/// A listener bound by whoever starts the ingress (a test, handed the port
+/// it bound instead of one picked, dropped and bound again); taken by the
+/// first ingress that runs.
+#[derive(Clone, Default)]
+pub struct SharedListener(Arc<Mutex<Option<std::net::TcpListener>>>);
+
+impl SharedListener {
+    pub fn new(listener: std::net::TcpListener) -> SharedListener {
+        SharedListener(Arc::new(Mutex::new(Some(listener))))
+    }
+
+    fn take(&self) -> Option<std::net::TcpListener> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for SharedListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedListener")
+    }
+}
+
+/// Serve HTTP and consume the intake until `shutdown`. If the intake
+/// consumer ends first (it cannot go on), the whole process is asked to
+/// stop: an HTTP API that accepts work the intake no longer takes would hide
+/// the failure.
 pub async fn run(
     cfg: Config,
     store: Store,
@@ -74,13 +111,20 @@ pub async fn run(
     relay: Relay,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: cfg.http_addr,
-            source,
-        })?;
-    let intake = tokio::spawn(intake::run(
+    let listen_err = |source| Error::Listen {
+        addr: cfg.http_addr,
+        source,
+    };
+    let listener = match cfg.listener.take() {
+        Some(l) => {
+            l.set_nonblocking(true).map_err(listen_err)?;
+            tokio::net::TcpListener::from_std(l).map_err(listen_err)?
+        }
+        None => tokio::net::TcpListener::bind(cfg.http_addr)
+            .await
+            .map_err(listen_err)?,
+    };
+    let mut intake = tokio::spawn(intake::run(
         cfg.rules.clone(),
         store.clone(),
         nats.clone(),
@@ -96,12 +140,28 @@ pub async fn run(
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-    .await
-    .map_err(Error::Serve);
-    shutdown.cancel();
-    match intake.await {
-        Ok(r) => r?,
-        Err(e) => tracing::error!(error = %e, "intake consumer panicked"),
+    .into_future();
+    tokio::pin!(served);
+    let (served, intake) = tokio::select! {
+        served = &mut served => {
+            shutdown.cancel();
+            (served, intake.await)
+        }
+        ended = &mut intake => {
+            if !shutdown.is_cancelled() {
+                tracing::error!("the intake consumer stopped; stopping");
+                shutdown.cancel();
+            }
+            (served.await, ended)
+        }
+    };
+    match intake {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(e) => {
+            tracing::error!(error = %e, "the intake consumer panicked");
+            return Err(Error::IntakeEnded);
+        }
     }
-    served
+    served.map_err(Error::Serve)
 }

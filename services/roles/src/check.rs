@@ -239,7 +239,7 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Role, Vec<RoleError>> {
     })
 }
 
-fn check_may_create(p: &mut Problems, roles: &[String]) {
+fn check_may_create(p: &mut Problems<'_>, roles: &[String]) {
     for (i, r) in roles.iter().enumerate() {
         if !is_role_name(r) {
             p.at(
@@ -282,7 +282,7 @@ pub(crate) fn is_role_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-fn check_name(p: &mut Problems, name: &str, against_file: bool) {
+fn check_name(p: &mut Problems<'_>, name: &str, against_file: bool) {
     if !is_role_name(name) {
         p.at(
             "name",
@@ -306,7 +306,7 @@ fn check_name(p: &mut Problems, name: &str, against_file: bool) {
     }
 }
 
-fn check_image(p: &mut Problems, image: &str) {
+fn check_image(p: &mut Problems<'_>, image: &str) {
     if image.is_empty() || image.chars().any(char::is_whitespace) {
         p.at(
             "image",
@@ -315,7 +315,7 @@ fn check_image(p: &mut Problems, image: &str) {
     }
 }
 
-fn check_model(p: &mut Problems, model: &str) {
+fn check_model(p: &mut Problems<'_>, model: &str) {
     if model.is_empty() || model.chars().any(char::is_whitespace) {
         p.at(
             "model",
@@ -324,7 +324,7 @@ fn check_model(p: &mut Problems, model: &str) {
     }
 }
 
-fn check_prompt(p: &mut Problems, prompt: &str) {
+fn check_prompt(p: &mut Problems<'_>, prompt: &str) {
     if prompt.trim().is_empty() {
         p.at(
             "system_prompt",
@@ -333,7 +333,7 @@ fn check_prompt(p: &mut Problems, prompt: &str) {
     }
 }
 
-fn check_tools(p: &mut Problems, tools: &[Tool]) {
+fn check_tools(p: &mut Problems<'_>, tools: &[Tool]) {
     for (i, t) in tools.iter().enumerate() {
         if tools[..i].contains(t) {
             p.at(
@@ -344,7 +344,7 @@ fn check_tools(p: &mut Problems, tools: &[Tool]) {
     }
 }
 
-fn check_actions(p: &mut Problems, actions: &[String]) {
+fn check_actions(p: &mut Problems<'_>, actions: &[String]) {
     for (i, a) in actions.iter().enumerate() {
         if !action::ALL.contains(&a.as_str()) {
             p.at(
@@ -386,7 +386,7 @@ fn host_problem(host: &str) -> Option<&'static str> {
     }
 }
 
-fn check_egress(p: &mut Problems, egress: &[String]) {
+fn check_egress(p: &mut Problems<'_>, egress: &[String]) {
     for (i, rule) in egress.iter().enumerate() {
         let field = format!("egress[{i}]");
         if rule.contains("://") || rule.contains('/') {
@@ -433,7 +433,7 @@ fn check_egress(p: &mut Problems, egress: &[String]) {
     }
 }
 
-fn check_limits(p: &mut Problems, l: &Limits) {
+fn check_limits(p: &mut Problems<'_>, l: &Limits) {
     if !(16..=65536).contains(&l.memory_mb) {
         p.at("limits.memory_mb", "must be between 16 and 65536");
     }
@@ -464,7 +464,7 @@ pub(crate) fn quota_problems(q: &Quotas) -> Vec<(&'static str, String)> {
     .collect()
 }
 
-fn check_review(p: &mut Problems, r: &Review, own: Option<&str>) {
+fn check_review(p: &mut Problems<'_>, r: &Review, own: Option<&str>) {
     match r.reviewer_role.as_deref() {
         None if r.required => p.at(
             "review.reviewer_role",
@@ -492,13 +492,13 @@ fn check_review(p: &mut Problems, r: &Review, own: Option<&str>) {
     }
 }
 
-fn check_max_turns(p: &mut Problems, t: u32) {
+fn check_max_turns(p: &mut Problems<'_>, t: u32) {
     if !(1..=1000).contains(&t) {
         p.at("max_turns", "must be between 1 and 1000");
     }
 }
 
-fn check_pool(p: &mut Problems, pool: &Pool) {
+fn check_pool(p: &mut Problems<'_>, pool: &Pool) {
     if !(1..=256).contains(&pool.max_active) {
         p.at("pool.max_active", "must be between 1 and 256");
     } else if pool.warm > pool.max_active {

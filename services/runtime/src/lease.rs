@@ -45,8 +45,20 @@ impl std::fmt::Debug for Leases {
 pub enum LeaseError {
     #[error("container {name} is leased to worker {holder}")]
     Held { name: String, holder: String },
-    #[error("lease store: {0}")]
-    Kv(String),
+    /// The lease bucket did not answer; `what` says what was asked.
+    #[error("lease store: {what}: {source}")]
+    Kv {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn kv(
+    what: impl Into<String>,
+) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> LeaseError {
+    let what = what.into();
+    move |source| LeaseError::Kv { what, source }
 }
 
 impl Leases {
@@ -68,7 +80,7 @@ impl Leases {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| LeaseError::Kv(format!("cannot create the lease bucket: {e}")))?,
+                .map_err(|e| kv("cannot create the lease bucket")(e.into()))?,
         };
         Ok(Leases {
             kv,
@@ -87,7 +99,7 @@ impl Leases {
             .kv
             .entry(name)
             .await
-            .map_err(|e| LeaseError::Kv(e.to_string()))?;
+            .map_err(|e| kv("a lease")(e.into()))?;
         Ok(match entry {
             Some(e) if e.operation == Operation::Put => {
                 let who = String::from_utf8_lossy(&e.value).into_owned();
@@ -108,13 +120,13 @@ impl Leases {
         match self.kv.create(name, me.clone()).await {
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
-            Err(e) => return Err(LeaseError::Kv(e.to_string())),
+            Err(e) => return Err(kv("a new lease")(e.into())),
         }
         let entry = self
             .kv
             .entry(name)
             .await
-            .map_err(|e| LeaseError::Kv(e.to_string()))?;
+            .map_err(|e| kv("a lease")(e.into()))?;
         match entry {
             Some(e) if e.operation == Operation::Put && e.value != me => Err(LeaseError::Held {
                 name: name.to_string(),
@@ -125,7 +137,7 @@ impl Leases {
                 .update(name, me, e.revision)
                 .await
                 .map(|_| ())
-                .map_err(|e| LeaseError::Kv(format!("lease of {name} changed hands: {e}"))),
+                .map_err(|e| kv(format!("the lease of {name} changed hands"))(e.into())),
             None => Box::pin(self.take(name)).await,
         }
     }

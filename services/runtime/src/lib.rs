@@ -53,7 +53,7 @@ pub enum Error {
         detail: String,
     },
     #[error("container lease: {0}")]
-    Lease(String),
+    Lease(#[from] lease::LeaseError),
     #[error("employee {0} was offboarded")]
     Offboarded(uuid::Uuid),
     #[error("the container start was interrupted")]
@@ -597,9 +597,7 @@ impl Runtime {
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
         if let Some(l) = &self.leases {
-            l.take(&name)
-                .await
-                .map_err(|e| Error::Lease(e.to_string()))?;
+            l.take(&name).await?;
         }
         let dir = self.cfg.socket_dir.join(&name);
         let paths = match sockets::prepare_container_dir(&dir) {

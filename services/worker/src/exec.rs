@@ -98,12 +98,8 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: Message) {
         tracing::info!(task = %running.task.id, attempt = running.task.attempt, "took over a task from a lost worker");
     }
 
-    let cancel = CancellationToken::new();
-    shared
-        .inflight
-        .lock()
-        .expect("inflight lock")
-        .insert(running.task.id, cancel.clone());
+    let inflight = crate::InFlight::enter(&shared, running.task.id);
+    let cancel = inflight.cancel.clone();
     publish_event(
         &shared,
         &running,
@@ -132,11 +128,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: Message) {
             }
         }
     };
-    shared
-        .inflight
-        .lock()
-        .expect("inflight lock")
-        .remove(&running.task.id);
+    drop(inflight);
 
     let finish = match outcome {
         Outcome::Done(result) => Finish::Done { result },
@@ -246,7 +238,7 @@ async fn plan(shared: &Shared, running: &Running) -> Result<Plan, Outcome> {
             role.name
         )));
     }
-    let (mut quotas, mut memory) = (role.quotas.clone(), Default::default());
+    let (mut quotas, mut memory) = (role.quotas, Default::default());
     let store_err =
         |e: store::Error| Outcome::Failed(format!("cannot load the run's context: {e}"));
     if let Some(e) = task.employee_id {

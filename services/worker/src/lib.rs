@@ -32,20 +32,50 @@ use relay::Relay;
 use store::Store;
 use subjects::{stream, subject};
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+/// Why a worker could not start (or go on).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Runtime(#[from] runtime::Error),
-    #[error("JetStream: {0}")]
-    Nats(String),
-    #[error("gateway: {0}")]
-    Gateway(String),
-    #[error("{0}")]
-    WorkerId(String),
+    /// A JetStream call failed; `what` says which.
+    #[error("JetStream: {what}: {source}")]
+    Nats {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the gateway could not be set up: {0}")]
+    Gateway(#[from] gateway::GatewayError),
+    #[error("cannot lock {path} for this worker id: {source}")]
+    Lock {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "another worker on this host runs as {0:?}; give each worker its own COLONY_WORKER_ID"
+    )]
+    WorkerIdTaken(String),
+    /// A loop the worker cannot do without ended.
+    #[error("the worker's {0} loop stopped; the worker stops with it")]
+    LoopEnded(&'static str),
+}
+
+impl Error {
+    fn nats(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Nats {
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -131,6 +161,42 @@ pub(crate) struct Shared {
     pub inflight: Mutex<HashMap<Uuid, CancellationToken>>,
     /// Cancelled at the end of the drain period: hand back what is left.
     pub hand_back: CancellationToken,
+    /// The worker's scope (see [`run`]): cancelled when the worker ends.
+    pub scope: CancellationToken,
+}
+
+/// A run's place in the in-flight set (heartbeats, cancels), taken out
+/// however the run ends: finished, failed, panicked or dropped.
+pub(crate) struct InFlight {
+    shared: Arc<Shared>,
+    id: Uuid,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl InFlight {
+    pub(crate) fn enter(shared: &Arc<Shared>, id: Uuid) -> InFlight {
+        let cancel = shared.scope.child_token();
+        shared
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, cancel.clone());
+        InFlight {
+            shared: shared.clone(),
+            id,
+            cancel,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// Run a worker until `shutdown`.
@@ -147,7 +213,7 @@ pub async fn run(
     let js = jetstream::new(nats.clone());
     let leases = runtime::lease::Leases::open(&js, &cfg.worker_id, cfg.lease_ttl)
         .await
-        .map_err(|e| Error::Nats(e.to_string()))?;
+        .map_err(|e| Error::nats("the container lease bucket", e))?;
     let runtime = runtime::Runtime::connect_with(cfg.runtime.clone(), Some(leases)).await?;
     match runtime.adopt().await {
         Ok((adopted, removed)) => {
@@ -178,8 +244,13 @@ pub async fn run(
         roles: cfg.roles.clone(),
         admission: cfg.admission.clone(),
     };
-    let gateway = gateway::Gateway::new(cfg.gateway.clone(), Arc::new(backend))
-        .map_err(|e| Error::Gateway(e.to_string()))?;
+    let gateway = gateway::Gateway::new(cfg.gateway.clone(), Arc::new(backend))?;
+    // The worker's scope: every token and loop it makes hangs from it, and
+    // it is cancelled however `run` ends (a drop guard). It is not a child
+    // of `shutdown`: the drain outlives the shutdown signal (heartbeats go
+    // on while runs finish), and ends with the scope.
+    let scope = CancellationToken::new();
+    let _scope_guard = scope.clone().drop_guard();
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         gateway,
@@ -189,27 +260,53 @@ pub async fn run(
         relay,
         runtime,
         inflight: Mutex::new(HashMap::new()),
-        hand_back: CancellationToken::new(),
+        hand_back: scope.child_token(),
+        scope: scope.clone(),
     });
 
     let work = js
         .get_stream(stream::WORK)
         .await
-        .map_err(|e| Error::Nats(format!("stream {}: {e}", stream::WORK)))?;
+        .map_err(|e| Error::nats(format!("stream {}", stream::WORK), e))?;
     let mut consumers = Vec::new();
     for pool in &cfg.pools {
         let c: PullConsumer = work
             .create_consumer(subjects::nats::worker_consumer(pool, cfg.ack_wait))
             .await
-            .map_err(|e| Error::Nats(format!("consumer for pool {pool}: {e}")))?;
+            .map_err(|e| Error::nats(format!("the consumer of pool {pool}"), e))?;
         consumers.push(c);
     }
 
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(cfg.slots));
-    let background = CancellationToken::new();
-    tokio::spawn(heartbeats(shared.clone(), background.clone()));
-    tokio::spawn(upkeep(shared.clone(), background.clone()));
+    // Control commands: subscribed before any work is taken, so that a
+    // cancel always has someone listening.
+    let commands = control_subscriptions(&nats, &cfg.worker_id).await?;
+    // The loops the worker cannot do without: if one ends before the scope
+    // does, the worker stops (and the process with it), rather than running
+    // on without heartbeats, leases or cancels.
+    let mut loops: JoinSet<&'static str> = JoinSet::new();
+    {
+        let shared = shared.clone();
+        loops.spawn(async move {
+            heartbeats(shared).await;
+            "heartbeat"
+        });
+    }
+    {
+        let shared = shared.clone();
+        loops.spawn(async move {
+            upkeep(shared).await;
+            "lease and idle upkeep"
+        });
+    }
+    {
+        let shared = shared.clone();
+        loops.spawn(async move {
+            control(shared, commands).await;
+            "control"
+        });
+    }
     let registry = match registry(&js, cfg.status_interval).await {
         Ok(kv) => Some(kv),
         Err(e) => {
@@ -218,9 +315,12 @@ pub async fn run(
         }
     };
     if let Some(kv) = &registry {
-        tokio::spawn(report(shared.clone(), kv.clone(), background.clone()));
+        let (shared, kv) = (shared.clone(), kv.clone());
+        loops.spawn(async move {
+            report(shared, kv).await;
+            "status report"
+        });
     }
-    tokio::spawn(control(shared.clone(), nats, background.clone()));
     let pulls: Vec<_> = consumers
         .into_iter()
         .zip(cfg.pools.clone())
@@ -246,9 +346,25 @@ pub async fn run(
         .collect();
     tracing::info!(worker = %cfg.worker_id, pools = ?cfg.pools, slots = cfg.slots, "worker started");
 
-    for p in pulls {
-        let _ = p.await;
-    }
+    let all_pulls = async {
+        for p in pulls {
+            let _ = p.await;
+        }
+    };
+    tokio::pin!(all_pulls);
+    let failed = tokio::select! {
+        () = &mut all_pulls => None,
+        ended = loops.join_next() => {
+            let name = match ended {
+                Some(Ok(name)) => name,
+                Some(Err(_)) | None => "background",
+            };
+            tracing::error!(worker = %cfg.worker_id, "the {name} loop stopped; stopping the worker");
+            shutdown.cancel();
+            all_pulls.await;
+            Some(name)
+        }
+    };
     tracker.close();
     if tokio::time::timeout(cfg.drain_timeout, tracker.wait())
         .await
@@ -259,12 +375,16 @@ pub async fn run(
         shared.hand_back.cancel();
         tracker.wait().await;
     }
-    background.cancel();
+    scope.cancel();
+    loops.shutdown().await;
     if let Some(kv) = &registry {
         let _ = kv.purge(&cfg.worker_id).await;
     }
     tracing::info!(worker = %cfg.worker_id, idle_containers = shared.runtime.idle_count(), "worker stopped; containers left for adoption");
-    Ok(())
+    match failed {
+        Some(name) => Err(Error::LoopEnded(name)),
+        None => Ok(()),
+    }
 }
 
 /// Pull messages for one pool, one task per message.
@@ -371,7 +491,8 @@ async fn wait_for_slot(
 }
 
 /// Keep the rows of running tasks fresh.
-async fn heartbeats(shared: Arc<Shared>, stop: CancellationToken) {
+async fn heartbeats(shared: Arc<Shared>) {
+    let stop = shared.scope.clone();
     let mut tick = tokio::time::interval(shared.cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -406,17 +527,14 @@ fn claim_worker_id(cfg: &Config) -> Result<std::fs::File, Error> {
                 .write(true)
                 .open(&path)
         })
-        .map_err(|e| Error::WorkerId(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|source| Error::Lock {
+            path: path.clone(),
+            source,
+        })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::WorkerId(format!(
-            "another worker on this host runs as {:?}; give each worker its own COLONY_WORKER_ID",
-            cfg.worker_id
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::WorkerId(format!(
-            "cannot lock {}: {e}",
-            path.display()
-        ))),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::WorkerIdTaken(cfg.worker_id.clone())),
+        Err(std::fs::TryLockError::Error(source)) => Err(Error::Lock { path, source }),
     }
 }
 
@@ -439,8 +557,9 @@ async fn registry(
     .map_err(|e| e.to_string())
 }
 
-/// Write this worker's status to the registry until `stop`.
-async fn report(shared: Arc<Shared>, kv: jetstream::kv::Store, stop: CancellationToken) {
+/// Write this worker's status to the registry until the worker ends.
+async fn report(shared: Arc<Shared>, kv: jetstream::kv::Store) {
+    let stop = shared.scope.clone();
     let mut tick = tokio::time::interval(shared.cfg.status_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -475,7 +594,8 @@ fn warm_minimum(cfg: &Config, pool: &str) -> usize {
 }
 
 /// Keep container leases alive and reap idle containers past their TTL.
-async fn upkeep(shared: Arc<Shared>, stop: CancellationToken) {
+async fn upkeep(shared: Arc<Shared>) {
+    let stop = shared.scope.clone();
     let every = (shared.cfg.lease_ttl / 3).min(shared.cfg.runtime.idle_ttl / 2);
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -504,24 +624,34 @@ async fn upkeep(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Cancel commands for this worker (and broadcast ones), over core NATS.
-async fn control(shared: Arc<Shared>, nats: async_nats::Client, stop: CancellationToken) {
-    let mine = nats
-        .subscribe(subject::ctl_all(&shared.cfg.worker_id))
-        .await;
-    let all = nats
-        .subscribe(subject::ctl_broadcast(subject::CTL_CANCEL))
-        .await;
-    let offboard = nats
-        .subscribe(subject::ctl_broadcast(subject::CTL_OFFBOARD))
-        .await;
-    let (Ok(mine), Ok(all), Ok(offboard)) = (mine, all, offboard) else {
-        tracing::warn!(
-            "cannot subscribe to control subjects; cancel reaches runs only when they finish"
-        );
-        return;
+/// This worker's control subjects and the broadcast ones.
+type Commands = futures_util::stream::Select<
+    futures_util::stream::Select<async_nats::Subscriber, async_nats::Subscriber>,
+    async_nats::Subscriber,
+>;
+
+async fn control_subscriptions(
+    nats: &async_nats::Client,
+    worker_id: &str,
+) -> Result<Commands, Error> {
+    let sub = |s: String| async move {
+        nats.subscribe(s.clone())
+            .await
+            .map_err(|e| Error::nats(format!("subscribing to {s}"), e))
     };
-    let mut msgs = futures_util::stream::select(futures_util::stream::select(mine, all), offboard);
+    let mine = sub(subject::ctl_all(worker_id)).await?;
+    let all = sub(subject::ctl_broadcast(subject::CTL_CANCEL)).await?;
+    let offboard = sub(subject::ctl_broadcast(subject::CTL_OFFBOARD)).await?;
+    Ok(futures_util::stream::select(
+        futures_util::stream::select(mine, all),
+        offboard,
+    ))
+}
+
+/// Cancel and offboard commands for this worker (and broadcast ones), over
+/// core NATS; each checked against Postgres before anything is done.
+async fn control(shared: Arc<Shared>, mut msgs: Commands) {
+    let stop = shared.scope.clone();
     loop {
         let msg = tokio::select! {
             biased;

@@ -339,8 +339,8 @@ async fn every_route_refuses_no_key_the_wrong_scope_and_other_tenants() {
             )
             .await;
             assert_eq!(
-                (s, v["error"].as_str().map(|e| e.len() > 0)),
-                (s2, v2["error"].as_str().map(|e| e.len() > 0)),
+                (s, v["error"].as_str().map(|e| !e.is_empty())),
+                (s2, v2["error"].as_str().map(|e| !e.is_empty())),
                 "the same as a missing one: {v} / {v2}"
             );
             hidden += 1;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test support: a panic is how a test fails
 //! What the gateway tests share: an in-memory [`Backend`] (our own
 //! interface, implemented here the way the worker implements it over
 //! Postgres), an OpenAI-compatible upstream on 127.0.0.1, a TCP echo server,
