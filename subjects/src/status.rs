@@ -29,6 +29,9 @@ pub struct PoolStatus {
     pub active: usize,
     /// Idle containers ready for a run.
     pub warm: usize,
+    /// Acquires waiting for room (at the worker's or a role's cap).
+    #[serde(default)]
+    pub waiting: usize,
     /// Acquires served by a container created ahead of demand.
     pub acquire_warm: u64,
     /// Acquires served by a container an earlier run used.

@@ -263,7 +263,25 @@ pub struct Runtime {
     pool: Mutex<Pool>,
     /// Signalled whenever a container is given back or removed.
     freed: tokio::sync::Notify,
+    /// Acquires waiting for room right now.
+    waiting: std::sync::atomic::AtomicUsize,
     leases: Option<lease::Leases>,
+}
+
+/// Counts an acquire as waiting while it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Waiting<'a> {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 pub use subjects::label;
@@ -297,6 +315,7 @@ impl Runtime {
             cfg,
             pool: Mutex::new(Pool::default()),
             freed: tokio::sync::Notify::new(),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             leases,
         }))
     }
@@ -368,6 +387,7 @@ impl Runtime {
             let evict = match next {
                 Next::Taken(c) => return Ok(c),
                 Next::Wait => {
+                    let _waiting = Waiting::new(&self.waiting);
                     notified.await;
                     continue;
                 }
@@ -843,7 +863,7 @@ impl Runtime {
                 while i < list.len() {
                     let c = &list[i];
                     let left = per_role.get(&c.role).copied().unwrap_or(0);
-                    if c.idle_since.elapsed() > ttl && left > keep(&c.role) {
+                    if c.idle_since.elapsed() >= ttl && left > keep(&c.role) {
                         *per_role.get_mut(&c.role).expect("counted") -= 1;
                         old.push(list.remove(i));
                     } else {
@@ -944,6 +964,7 @@ impl Runtime {
         let mut m = p.m.clone();
         m.active = p.busy.len();
         m.warm = p.idle.values().map(Vec::len).sum();
+        m.waiting = self.waiting.load(std::sync::atomic::Ordering::Relaxed);
         let mut cold: Vec<f64> = p.cold.iter().copied().collect();
         cold.sort_by(f64::total_cmp);
         let rank = |q: f64| -> f64 {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use colony::Role;
 use colony_tests::World;
+use futures_util::StreamExt;
 use subjects::{ShellOutput, TaskState};
 use uuid::Uuid;
 
@@ -88,28 +89,31 @@ async fn a_worker_killed_mid_run_is_taken_over_and_the_task_completes_once() {
 async fn a_container_dying_mid_run_fails_the_attempt_and_the_retry_succeeds() {
     let w = World::new().await.expect("world");
     let colony = w.start(Role::All).await.expect("colony");
+    // The command's first output says it is running inside the container.
+    let nats = w.nats_client().await.expect("nats");
+    let mut output = nats
+        .subscribe(subjects::subject::events_of_tenant("default"))
+        .await
+        .expect("subscribe");
+    nats.flush().await.expect("flush");
     let id = w
         .submit_shell(
-            "sleep 5; echo survived",
+            "echo started; sleep 5; echo survived",
             serde_json::json!({"max_attempts": 2}),
         )
         .await
         .expect("submit");
-    w.wait_for(id, 60, |t| t.state == TaskState::Running)
-        .await
-        .expect("running");
-    // The row says running before the container exists: wait for it, give
-    // agentd a moment to start the command, then kill the container.
-    let mut containers = Vec::new();
-    for _ in 0..600 {
-        containers = w.containers();
-        if !containers.is_empty() {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(60), output.next())
+            .await
+            .expect("output within a minute")
+            .expect("a message");
+        if msg.subject.ends_with(".output") && msg.subject.contains(&id.to_string()) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let containers = w.containers();
     assert!(!containers.is_empty(), "the worker started a container");
-    tokio::time::sleep(Duration::from_millis(500)).await;
     for c in &containers {
         let _ = std::process::Command::new("docker")
             .args(["kill", c])

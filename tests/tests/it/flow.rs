@@ -147,7 +147,19 @@ async fn nats_intake_submission_runs_and_a_repeated_msg_id_is_one_task() {
     .expect("publish")
     .await
     .expect("stored");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The fact to wait on: the intake consumer has taken and acknowledged
+    // every message (INTAKE is a work queue: nothing left in it).
+    let intake = js.get_stream(stream::INTAKE).await.expect("intake stream");
+    let mut drained = false;
+    for _ in 0..200 {
+        let info = intake.get_info().await.expect("stream info");
+        if info.state.messages == 0 {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(drained, "the intake took the second message");
     let n: i64 = db
         .query_one("SELECT count(*) FROM tasks WHERE tenant = 'acme'", &[])
         .await

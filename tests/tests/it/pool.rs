@@ -225,7 +225,8 @@ async fn the_pool_caps_evicts_the_oldest_idle_reaps_and_counts() {
     let w = World::new().await.expect("world");
     let mut cfg = runtime_config(&w, &format!("cap-{}", w.id));
     cfg.max_active = 2;
-    cfg.idle_ttl = Duration::from_millis(1);
+    // Anything idle is past its TTL at once: reaping needs no waiting.
+    cfg.idle_ttl = Duration::ZERO;
     let rt = Runtime::connect(cfg).await.expect("runtime");
 
     let shell = Want::role("shell");
@@ -257,7 +258,7 @@ async fn the_pool_caps_evicts_the_oldest_idle_reaps_and_counts() {
             rt.acquire(&employee).await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until_waiting(&rt, 1).await;
     assert!(
         !waiting.is_finished(),
         "no room until something is released"
@@ -285,7 +286,6 @@ async fn the_pool_caps_evicts_the_oldest_idle_reaps_and_counts() {
     // Idle past the TTL: reaped, except each role's warm minimum.
     rt.release(b).await;
     rt.release(c).await;
-    tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(
         rt.reap_idle(|_| 1).await,
         0,
@@ -452,7 +452,7 @@ async fn a_role_cap_holds_back_only_that_role() {
     };
     // Another role is not held back by that role's cap.
     let other = rt.acquire(&Want::role("free")).await.expect("another role");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until_waiting(&rt, 1).await;
     assert!(!waiting.is_finished(), "the role is at its cap of 1");
     assert_eq!(w.containers().len(), 2);
 
@@ -538,4 +538,16 @@ async fn a_second_worker_with_the_same_id_on_one_host_refuses_to_start() {
         .await
         .expect("restart with the same id");
     again.stop().await.expect("stop");
+}
+
+/// Waits (bounded) until `n` acquires are parked waiting for room: the fact
+/// that they found none.
+async fn wait_until_waiting(rt: &Runtime, n: usize) {
+    for _ in 0..600 {
+        if rt.metrics().waiting == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{} acquires waiting, not {n}", rt.metrics().waiting);
 }
