@@ -163,7 +163,7 @@ pub async fn run(
     let (samples, traces): (Vec<Sample>, Vec<Option<Trace>>) = measured.into_iter().unzip();
     let mut summary = Summary::of("colony", &samples);
     let traces: Vec<Trace> = traces.into_iter().flatten().collect();
-    summary.stages = match stages(&settings.database_url, &traces).await {
+    summary.stages = match stages(&settings, &traces).await {
         Ok(rows) => crate::stats::stage_line("colony stages", &STAGES, &rows),
         Err(e) => {
             tracing::warn!(error = format!("{e:#}"), "no stage breakdown");
@@ -177,8 +177,8 @@ pub async fn run(
 /// stored (`tasks.created_at`, `runs.started_at`, `runs.finished_at`: each
 /// taken just before its statement) and the two ends seen here. Best effort:
 /// it reads the store's tables, whose shape is the store's business.
-async fn stages(database_url: &str, traces: &[Trace]) -> anyhow::Result<Vec<Vec<f64>>> {
-    let pool = crate::floor::pg_pool(database_url, 1)?;
+async fn stages(settings: &colony::Settings, traces: &[Trace]) -> anyhow::Result<Vec<Vec<f64>>> {
+    let pool = crate::floor::pg_pool(settings, 1)?;
     let db = pool.get().await?;
     let ids: Vec<uuid::Uuid> = traces.iter().map(|t| t.id).collect();
     let rows = db

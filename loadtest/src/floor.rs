@@ -79,7 +79,7 @@ pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Sum
     let nats = colony::connect_nats(settings, subjects::auth::Kind::Admin).await?;
     let js = jetstream::new(nats.clone());
     let consumer = prepare_streams(&js).await?;
-    let pool = pg_pool(&settings.database_url, settings.db_pool)?;
+    let pool = pg_pool(settings, settings.db_pool)?;
     prepare_table(&pool).await?;
 
     let mut cfg = runtime::Config::new(
@@ -206,10 +206,17 @@ async fn prepare_streams(js: &jetstream::Context) -> anyhow::Result<PullConsumer
     .context("floor: cannot create its consumer")
 }
 
-pub fn pg_pool(url: &str, size: usize) -> anyhow::Result<Pool> {
-    let pg: tokio_postgres::Config = url
+/// A pool on the bench database, with the same password Colony uses.
+pub fn pg_pool(settings: &colony::Settings, size: usize) -> anyhow::Result<Pool> {
+    let url = &settings.database_url;
+    let mut pg: tokio_postgres::Config = url
         .parse()
         .with_context(|| format!("the database URL {url:?} is not valid"))?;
+    if let Some(path) = &settings.database_password_file {
+        let pw = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        pg.password(pw.trim());
+    }
     let mgr = Manager::from_config(
         pg,
         tokio_postgres::NoTls,

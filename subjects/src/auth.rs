@@ -91,17 +91,45 @@ pub struct Permissions {
     pub subscribe_allow: Vec<String>,
 }
 
-/// JetStream API calls that destroy data: no process needs them.
-const JS_DESTROY: [&str; 6] = [
-    "$JS.API.STREAM.DELETE.>",
-    "$JS.API.STREAM.PURGE.>",
-    "$JS.API.STREAM.MSG.DELETE.>",
-    "$JS.API.ACCOUNT.PURGE.>",
-    "$JS.API.SERVER.>",
-    "$JS.API.META.>",
-];
+/// The JetStream API calls of a stream a process reads through its own
+/// consumers (create, look up, pull, and delete its ephemeral ones).
+fn consumes(stream: &str) -> Vec<String> {
+    vec![
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+        format!("$JS.ACK.{stream}.>"),
+        format!("$JS.FC.{stream}.>"),
+    ]
+}
 
-/// The permissions of a Colony process of `kind`.
+/// The JetStream API calls that read a key-value bucket, and, with
+/// `write`, create and write it.
+fn bucket(name: &str, write: bool) -> Vec<String> {
+    let stream = format!("KV_{name}");
+    let mut out = consumes(&stream);
+    out.extend([
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+    ]);
+    if write {
+        out.extend([
+            format!("$JS.API.STREAM.CREATE.{stream}"),
+            format!("$KV.{name}.>"),
+        ]);
+    }
+    out
+}
+
+/// The permissions of a Colony process of `kind`. Each may call only the
+/// JetStream API of the streams and buckets it uses: its own consumers,
+/// never another stream's messages, and only the relay (which every
+/// process runs) creates and updates Colony's streams. No process may
+/// delete or purge anything.
 pub fn permissions(kind: Kind) -> Permissions {
     let user = kind.user();
     if kind == Kind::Admin {
@@ -112,24 +140,31 @@ pub fn permissions(kind: Kind) -> Permissions {
         };
     }
     let mut p = Permissions {
-        publish_allow: vec!["$JS.API.>".into()],
-        publish_deny: JS_DESTROY.iter().map(|s| s.to_string()).collect(),
+        publish_allow: Vec::new(),
+        publish_deny: Vec::new(),
         subscribe_allow: vec![format!("{}.>", inbox_prefix(user))],
     };
-    let ack = |stream: &str| format!("$JS.ACK.{stream}.>");
-    let kv = |bucket: &str| format!("$KV.{bucket}.>");
+    use crate::stream::{EVENTS, INTAKE, WORK};
     match kind {
         Kind::Admin => {}
         Kind::Ingress => {
-            p.publish_allow.extend([
-                ack(crate::stream::INTAKE),
-                subject::ctl_any(),
-                subject::dlq(subject::DLQ_INTAKE),
-            ]);
+            p.publish_allow.extend(consumes(INTAKE));
+            // Server-sent events of a task: an ordered consumer on EVENTS.
+            p.publish_allow.extend(consumes(EVENTS));
+            p.publish_allow.extend(bucket(crate::kv::WORKERS, false));
+            p.publish_allow
+                .extend([subject::ctl_any(), subject::dlq(subject::DLQ_INTAKE)]);
             // A result only wakes a waiting GET, which then reads Postgres.
             p.subscribe_allow.push(subject::results_all());
         }
         Kind::Relay => {
+            for stream in crate::stream::ALL {
+                p.publish_allow.extend([
+                    format!("$JS.API.STREAM.INFO.{stream}"),
+                    format!("$JS.API.STREAM.CREATE.{stream}"),
+                    format!("$JS.API.STREAM.UPDATE.{stream}"),
+                ]);
+            }
             p.publish_allow.extend([
                 subject::work_all(),
                 subject::events_all(),
@@ -138,18 +173,17 @@ pub fn permissions(kind: Kind) -> Permissions {
             ]);
         }
         Kind::Worker => {
-            p.publish_allow.extend([
-                ack(crate::stream::WORK),
-                subject::events_all(),
-                subject::dlq(subject::DLQ_WORK),
-                kv(crate::kv::LEASES),
-                kv(crate::kv::WORKERS),
-            ]);
+            // Creating a bucket reads the account's limits.
+            p.publish_allow.push("$JS.API.INFO".into());
+            p.publish_allow.extend(consumes(WORK));
+            p.publish_allow.extend(bucket(crate::kv::LEASES, true));
+            p.publish_allow.extend(bucket(crate::kv::WORKERS, true));
+            p.publish_allow
+                .extend([subject::events_all(), subject::dlq(subject::DLQ_WORK)]);
             p.subscribe_allow.push(subject::ctl_any());
         }
         Kind::Planner | Kind::Reviewer | Kind::Patrol | Kind::Scheduler => {
-            p.publish_allow.push(ack(crate::stream::EVENTS));
-            p.subscribe_allow.push(subject::events_all());
+            p.publish_allow.extend(consumes(EVENTS));
         }
     }
     p
@@ -240,11 +274,30 @@ mod tests {
         assert!(publishes(Kind::Worker, "$KV.colony_leases.>"));
         assert!(!publishes(Kind::Ingress, "$KV.colony_leases.>"));
         for k in Kind::ALL.into_iter().filter(|k| *k != Kind::Admin) {
-            assert!(permissions(k)
-                .publish_deny
-                .contains(&"$JS.API.STREAM.DELETE.>".to_string()));
+            let p = permissions(k);
+            for allowed in &p.publish_allow {
+                for forbidden in [
+                    "DELETE.",
+                    "PURGE",
+                    "MSG.DELETE",
+                    "$JS.API.>",
+                    "SERVER",
+                    "META",
+                ] {
+                    assert!(
+                        !allowed.contains(forbidden)
+                            || allowed.starts_with("$JS.API.CONSUMER.DELETE."),
+                        "{k:?} may {allowed}"
+                    );
+                }
+            }
+            assert!(!publishes(k, "$JS.API.STREAM.MSG.GET.INTAKE"));
             assert_eq!(Kind::from_user(k.user()), Some(k));
         }
+        // Only the relay makes and changes streams.
+        assert!(publishes(Kind::Relay, "$JS.API.STREAM.UPDATE.INTAKE"));
+        assert!(!publishes(Kind::Worker, "$JS.API.STREAM.UPDATE.INTAKE"));
+        assert!(!publishes(Kind::Ingress, "$JS.API.STREAM.UPDATE.EVENTS"));
     }
 
     #[test]

@@ -178,6 +178,8 @@ pub mod stream {
     pub const EVENTS: &str = "EVENTS";
     pub const RESULTS: &str = "RESULTS";
     pub const DLQ: &str = "DLQ";
+    /// Every stream Colony keeps.
+    pub const ALL: [&str; 5] = [INTAKE, WORK, EVENTS, RESULTS, DLQ];
 }
 
 /// Durable consumer names.

@@ -25,6 +25,10 @@ pub struct StreamSettings {
     pub dlq_max_age: Duration,
     /// Window in which a repeated `Nats-Msg-Id` is dropped by the server.
     pub duplicate_window: Duration,
+    /// Submissions waiting in one tenant's intake at most.
+    pub intake_max_per_tenant: i64,
+    /// Bytes waiting in the intake at most.
+    pub intake_max_bytes: i64,
 }
 
 impl Default for StreamSettings {
@@ -35,6 +39,8 @@ impl Default for StreamSettings {
             results_max_age: Duration::from_secs(24 * 3600),
             dlq_max_age: Duration::from_secs(7 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
+            intake_max_per_tenant: 100_000,
+            intake_max_bytes: 1 << 30,
         }
     }
 }
@@ -52,6 +58,12 @@ pub fn streams(s: &StreamSettings) -> Vec<Config> {
     vec![
         Config {
             retention: RetentionPolicy::WorkQueue,
+            // One tenant cannot fill the server: a full subject (a tenant's
+            // intake) refuses new messages instead of growing.
+            max_messages_per_subject: s.intake_max_per_tenant,
+            max_bytes: s.intake_max_bytes,
+            discard: DiscardPolicy::New,
+            discard_new_per_subject: true,
             ..base(stream::INTAKE, vec![subject::intake_all()])
         },
         Config {

@@ -118,6 +118,22 @@ fn hex(d: u8) -> Option<u8> {
     (d as char).to_digit(16).map(|v| v as u8)
 }
 
+/// An error and its causes, joined by `: `, each said once (a cause that
+/// its wrapper already quotes is not repeated).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 /// True when a string (or object key) anywhere in `v` holds NUL.
 pub fn json_has_nul(v: &Value) -> bool {
     match v {
@@ -264,5 +280,34 @@ mod tests {
         assert!(escape_nul_in_json(&mut clean).is_empty());
         let mut top = Value::String("\u{0}".into());
         assert_eq!(escape_nul_in_json(&mut top), vec![String::new()]);
+    }
+
+    #[derive(Debug)]
+    struct Wrap(&'static str, Option<Box<Wrap>>);
+    impl std::fmt::Display for Wrap {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Wrap {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|w| w as _)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let e = Wrap(
+            "no database connection: refused",
+            Some(Box::new(Wrap(
+                "refused",
+                Some(Box::new(Wrap("port 5432 closed", None))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&e),
+            "no database connection: refused: port 5432 closed"
+        );
+        assert_eq!(error_chain(&Wrap("alone", None)), "alone");
     }
 }

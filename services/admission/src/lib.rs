@@ -109,18 +109,23 @@ impl Rules {
         tenant: &str,
         key: Option<String>,
     ) -> Result<NewTask, Rejection> {
+        let sub = self.parse(body)?;
+        self.check_submission(sub, tenant, key)
+    }
+
+    /// A submission's bytes, parsed (refused when too large or not one).
+    pub fn parse(&self, body: &[u8]) -> Result<TaskSubmission, Rejection> {
         if let Some(r) = self.too_large(body.len()) {
             return Err(r);
         }
-        let sub: TaskSubmission = serde_json::from_slice(body).map_err(|e| {
+        serde_json::from_slice(body).map_err(|e| {
             let what = if e.is_syntax() || e.is_eof() {
                 "is not valid JSON"
             } else {
                 "is not a valid task submission"
             };
             bad(format!("the submission {what}: {e}"))
-        })?;
-        self.check_submission(sub, tenant, key)
+        })
     }
 
     /// Check a parsed submission for `tenant` (what [`Rules::check`] does

@@ -61,18 +61,16 @@ pub async fn sweep() -> Result<u32, &'static str> {
     if unsafe { libc::geteuid() } == 0 {
         return Err("agentd does not sweep processes as root");
     }
-    let mut rounds = 0;
-    for _ in 0..KILL_TRIES {
+    for rounds in 0..KILL_TRIES {
         // SAFETY: kill(2) has no memory-safety preconditions; pid -1 is
         // every process we may signal except ourselves and init.
         if unsafe { libc::kill(-1, libc::SIGKILL) } != 0 {
             // ESRCH: nobody left (zombies are reaped by init meanwhile).
             return Ok(rounds);
         }
-        rounds += 1;
         tokio::time::sleep(KILL_PAUSE).await;
     }
-    Ok(rounds)
+    Err("processes of the run were still alive after the sweep; the container must not be reused")
 }
 
 /// Kills the group once on drop unless disarmed.

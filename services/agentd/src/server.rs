@@ -35,6 +35,10 @@ pub struct Server {
     listener: UnixListener,
     socket: PathBuf,
     settings: Arc<Settings>,
+    /// Held by a run from its request to its final frame, sweep included:
+    /// a container does one run at a time, and the next one starts only
+    /// once nothing of the last is left.
+    one_run: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Server {
@@ -60,6 +64,7 @@ impl Server {
             listener,
             socket: socket.to_owned(),
             settings: Arc::new(settings),
+            one_run: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -73,7 +78,7 @@ impl Server {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        tokio::spawn(handle(stream, self.settings.clone()));
+                        tokio::spawn(handle(stream, self.settings.clone(), self.one_run.clone()));
                     }
                     Err(err) => {
                         log(format_args!("accept failed: {err}"));
@@ -87,7 +92,7 @@ impl Server {
 }
 
 /// One connection: read the request line, answer it, close.
-async fn handle(stream: UnixStream, settings: Arc<Settings>) {
+async fn handle(stream: UnixStream, settings: Arc<Settings>, one_run: Arc<tokio::sync::Mutex<()>>) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let line = match read_request_line(&mut reader).await {
@@ -107,6 +112,7 @@ async fn handle(stream: UnixStream, settings: Arc<Settings>) {
             agentd_version: VERSION.to_owned(),
         },
         Ok(AgentRequest::Run(request)) => {
+            let _one = one_run.lock().await;
             return serve_run(request, reader, write, &settings).await;
         }
         Err(err) => RunError::invalid_input(format!(
@@ -192,6 +198,7 @@ async fn serve_run(
         }
     };
 
+    let mut outcome = outcome;
     if settings.sweep {
         match crate::group::sweep().await {
             Ok(0) => {}
@@ -199,7 +206,11 @@ async fn serve_run(
                 "run {:?}: killed processes it left behind ({rounds} rounds)",
                 request.run_id
             )),
-            Err(why) => log(format_args!("run {:?}: {why}", request.run_id)),
+            // The worker removes a container whose run fails internally.
+            Err(why) => {
+                log(format_args!("run {:?}: {why}", request.run_id));
+                outcome = Err(RunError::internal(why.to_owned()));
+            }
         }
     }
     let elapsed = started.elapsed().as_millis();

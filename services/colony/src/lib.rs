@@ -114,16 +114,20 @@ pub struct Settings {
     #[arg(long, env = "COLONY_ROLES_DIR")]
     pub roles_dir: Option<PathBuf>,
     /// Key of the credential vault: 32 bytes as 64 hex characters or base64
-    /// (`openssl rand -hex 32`). Without it the credential API answers 503.
-    #[arg(long, env = "COLONY_VAULT_KEY", hide_env_values = true)]
+    /// (`openssl rand -hex 32`), from `COLONY_VAULT_KEY` or the file
+    /// `COLONY_VAULT_KEY_FILE` names — never a flag, so it is never on a
+    /// command line. Without it the credential API answers 503.
+    #[arg(skip = secret_from_env("COLONY_VAULT_KEY"))]
     pub vault_key: Option<Secret>,
     /// Base URL of an OpenAI-compatible provider (`https://api.openai.com/v1`,
     /// a vLLM or Ollama server, …). Unset: agent runs use the scripted
     /// provider Colony starts in-process, and every answer says so.
     #[arg(long, env = "COLONY_MODEL_BASE_URL")]
     pub model_base_url: Option<String>,
-    /// The provider's API key: only the worker's gateway holds it.
-    #[arg(long, env = "COLONY_MODEL_API_KEY", hide_env_values = true)]
+    /// The provider's API key, from `COLONY_MODEL_API_KEY` or the file
+    /// `COLONY_MODEL_API_KEY_FILE` names (never a flag): only the worker's
+    /// gateway holds it.
+    #[arg(skip = secret_from_env("COLONY_MODEL_API_KEY"))]
     pub model_api_key: Option<Secret>,
     /// Role model name → provider model, `name=provider-model,…`.
     #[arg(long, env = "COLONY_MODEL_MAP", value_delimiter = ',')]
@@ -141,6 +145,28 @@ pub struct Settings {
     /// its built-in ones (demo, echo, tools, slow, broken).
     #[arg(long, env = "COLONY_SCRIPTS")]
     pub scripts: Option<PathBuf>,
+}
+
+/// A secret from the environment: `NAME`, else the contents of the file
+/// `NAME_FILE` names (trimmed). Secrets are never flags.
+pub fn secret_from_env(name: &str) -> Option<Secret> {
+    if let Some(v) = std::env::var(name).ok().filter(|v| !v.is_empty()) {
+        return Some(Secret(v));
+    }
+    let path = std::env::var_os(format!("{name}_FILE"))?;
+    match std::fs::read_to_string(&path) {
+        Ok(v) if !v.trim().is_empty() => Some(Secret(v.trim().to_string())),
+        Ok(_) => None,
+        Err(e) => {
+            // Like a bad flag: running on without the secret (the vault off,
+            // no provider key) would hide the mistake.
+            eprintln!(
+                "colony: cannot read {name}_FILE {}: {e}",
+                std::path::Path::new(&path).display()
+            );
+            std::process::exit(2)
+        }
+    }
 }
 
 /// A setting that must not be printed: `Debug` shows `***`, and it is

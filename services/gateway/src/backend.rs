@@ -103,12 +103,18 @@ pub trait Backend: Send + Sync + 'static {
     /// run's role in its tenant — and answers the day's totals after the
     /// change. One atomic statement: parallel runs, in any process, each see
     /// the others' spend, so the daily quotas hold across them.
+    ///
+    /// `day` is the (UTC) day to charge: `None` for today, or the day an
+    /// earlier charge of the same call went to (a call settled after
+    /// midnight corrects the day it was reserved on). Answers that day's
+    /// totals and the day.
     fn charge_day<'a>(
         &'a self,
         run: &'a RunContext,
         tokens: i64,
         cost_usd: f64,
-    ) -> BoxFuture<'a, Result<crate::DailyUsage, BackendError>>;
+        day: Option<time::Date>,
+    ) -> BoxFuture<'a, Result<(crate::DailyUsage, time::Date), BackendError>>;
 
     /// Vault credentials of `tenant` for `url` (e.g. those whose URL prefix
     /// matches), as header name and value. They are added to the outbound

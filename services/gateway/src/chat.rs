@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 
 use crate::backend::{AuditOutcome, BackendError, BoxFuture, UsageRecord, MODEL_ACTION};
 use crate::reply::{self, error, one_line};
-use crate::run::{DailyUsage, Run};
+use crate::run::{Charge, DailyUsage, Run};
 use crate::{Inner, Price, Shared};
 
 /// How long a streamed answer whose reader went away is still read, so that
@@ -103,21 +103,85 @@ pub(crate) async fn completions(State(shared): State<Arc<Shared>>, body: Body) -
             Price::default()
         }
     };
-    // A daily quota: the prompt is charged to the day before it is sent.
+    // A daily quota: one choice per call; the prompt is charged to the day
+    // before it is sent, and the completion may be no longer than what is
+    // left of the day (every length field clamped, or max_tokens set).
     let daily = run.ctx.quotas.has_daily();
-    let (mut charged_tokens, mut charged_cost) = (0u64, 0.0);
+    let (mut charged_tokens, mut charged_cost, mut day) = (0u64, 0.0, None);
+    let mut cap = None;
     if daily {
+        if prepared.choices > 1 {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "role {} has a daily quota, so a call may ask for one choice, not n={}",
+                    run.ctx.role, prepared.choices
+                ),
+            );
+        }
         let tokens = prepared.prompt_tokens;
         let cost = price.cost(tokens, 0);
         let backend = gw.backend.as_ref();
-        if let Some(reason) = run.charge_day(backend, tokens as i64, cost).await {
-            // Not sent: give the charge back.
-            let _ = backend.charge_day(&run.ctx, -(tokens as i64), -cost).await;
-            return reply::over_quota(&reason);
+        match run.charge_day(backend, tokens as i64, cost, None).await {
+            Charge::Fits(totals, on) => {
+                let q = &run.ctx.quotas;
+                let by_tokens = q
+                    .tokens_per_day
+                    .map(|max| max.saturating_sub(totals.tokens));
+                let by_cost = q.cost_usd_per_day.and_then(|max| {
+                    let left = (max - totals.cost_usd).max(0.0);
+                    (price.output_usd_per_mtok > 0.0)
+                        .then(|| (left * 1_000_000.0 / price.output_usd_per_mtok) as u64)
+                });
+                let left = match (by_tokens, by_cost) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                if left == Some(0) {
+                    let reason = crate::run::crossed_day(
+                        q,
+                        &crate::run::DailyUsage {
+                            tokens: totals.tokens.max(q.tokens_per_day.unwrap_or(0)) + 1,
+                            cost_usd: totals.cost_usd,
+                        },
+                        &run.whose(),
+                    )
+                    .unwrap_or_else(|| {
+                        format!(
+                            "quota_exceeded: cost_usd_per_day: nothing of today's budget is left for an answer ({})",
+                            run.whose()
+                        )
+                    });
+                    run.exceed(reason.clone());
+                    // Not sent: give the prompt's charge back.
+                    let _ = backend
+                        .charge_day(&run.ctx, -(tokens as i64), -cost, Some(on))
+                        .await;
+                    return reply::over_quota(&reason);
+                }
+                (charged_tokens, charged_cost, day, cap) = (tokens, cost, Some(on), left);
+            }
+            Charge::Crossed(reason, on) => {
+                // Not sent: give the charge back.
+                let _ = backend
+                    .charge_day(&run.ctx, -(tokens as i64), -cost, Some(on))
+                    .await;
+                return reply::over_quota(&reason);
+            }
+            // Nothing was charged: nothing to give back.
+            Charge::Failed(reason) => return reply::over_quota(&reason),
         }
-        (charged_tokens, charged_cost) = (tokens, cost);
     }
-    let body = prepared.body.unwrap_or(bytes);
+    let stream = prepared.stream;
+    let (model, provider_model, prompt_tokens) = (
+        prepared.model.clone(),
+        prepared.provider_model.clone(),
+        prepared.prompt_tokens,
+    );
+    let body = match prepared.body(gw, cap) {
+        Ok(b) => b,
+        Err(sentence) => return error(StatusCode::BAD_REQUEST, sentence),
+    };
 
     let mut upstream = gw
         .provider
@@ -127,7 +191,7 @@ pub(crate) async fn completions(State(shared): State<Arc<Shared>>, body: Body) -
     if let Some(auth) = &gw.auth {
         upstream = upstream.header(AUTHORIZATION, auth.clone());
     }
-    if prepared.stream {
+    if stream {
         upstream = upstream.header(ACCEPT, HeaderValue::from_static("text/event-stream"));
     }
     let resp = match upstream.send().await {
@@ -150,12 +214,13 @@ pub(crate) async fn completions(State(shared): State<Arc<Shared>>, body: Body) -
     let call = Call {
         run,
         shared: shared.clone(),
-        model: prepared.model,
-        provider_model: prepared.provider_model,
-        prompt_tokens: prepared.prompt_tokens,
+        model,
+        provider_model,
+        prompt_tokens,
         started,
         price,
         daily,
+        day,
         charged_tokens,
         charged_cost,
     };
@@ -203,24 +268,83 @@ pub(crate) async fn completions(State(shared): State<Arc<Shared>>, body: Body) -
     reply::bytes_with(status, content_type, answer)
 }
 
-/// What the gateway needs of the request, and the body to send when it had
-/// to change it.
+/// What the gateway needs of the request, and the request itself (its top
+/// level parsed once, values raw), to send re-serialised: what the
+/// provider receives is exactly what was checked (one `model`, even if the
+/// caller sent two).
 struct Prepared {
     model: String,
     provider_model: String,
     stream: bool,
     /// Estimated prompt tokens: a token per four characters of the
-    /// messages' text and tool calls (what is charged to the day before
-    /// the call is sent).
+    /// messages' text and tool calls, and of the tool definitions (what is
+    /// charged to the day before the call is sent).
     prompt_tokens: u64,
-    /// `None`: send the request's bytes as they came.
-    body: Option<Bytes>,
+    /// Choices asked for (`n`).
+    choices: u64,
+    top: BTreeMap<String, Box<RawValue>>,
 }
 
-/// Reads the top level of the request once (values stay raw, unparsed),
-/// maps the model and asks a stream for its usage.
+/// The fields that bound a completion's length.
+const MAX_TOKENS_FIELDS: [&str; 2] = ["max_tokens", "max_completion_tokens"];
+
+impl Prepared {
+    /// The body to send: the model mapped, a stream asked for its usage,
+    /// and, with `cap`, every completion-length field at most `cap` (set
+    /// when absent).
+    fn body(mut self, gw: &Inner, cap: Option<u64>) -> Result<Bytes, String> {
+        if let Some(pm) = gw.models.get(&self.model) {
+            self.top.insert(
+                "model".into(),
+                serde_json::value::to_raw_value(pm).map_err(|e| e.to_string())?,
+            );
+        }
+        if self.stream {
+            let mut options = match self.top.get("stream_options") {
+                None => serde_json::Map::new(),
+                Some(raw) => serde_json::from_str::<
+                    Option<serde_json::Map<String, serde_json::Value>>,
+                >(raw.get())
+                .map_err(|_| {
+                    "the field \"stream_options\" of the chat completion request must be an object"
+                })?
+                .unwrap_or_default(),
+            };
+            options.insert("include_usage".into(), serde_json::Value::Bool(true));
+            self.top.insert(
+                "stream_options".into(),
+                serde_json::value::to_raw_value(&options).map_err(|e| e.to_string())?,
+            );
+        }
+        if let Some(cap) = cap {
+            let mut any = false;
+            for field in MAX_TOKENS_FIELDS {
+                if let Some(raw) = self.top.get(field) {
+                    any = true;
+                    let asked = serde_json::from_str::<u64>(raw.get()).unwrap_or(u64::MAX);
+                    self.top.insert(
+                        field.into(),
+                        serde_json::value::to_raw_value(&asked.min(cap))
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+            }
+            if !any {
+                self.top.insert(
+                    "max_tokens".into(),
+                    serde_json::value::to_raw_value(&cap).map_err(|e| e.to_string())?,
+                );
+            }
+        }
+        serde_json::to_vec(&self.top)
+            .map(Bytes::from)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Reads the top level of the request once (values stay raw, unparsed).
 fn prepare(gw: &Inner, bytes: &[u8]) -> Result<Prepared, String> {
-    let mut top: BTreeMap<String, &RawValue> = serde_json::from_slice(bytes)
+    let top: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(bytes)
         .map_err(|e| format!("the chat completion request is not a JSON object: {e}"))?;
     let model: String = top
         .get("model")
@@ -235,52 +359,31 @@ fn prepare(gw: &Inner, bytes: &[u8]) -> Result<Prepared, String> {
             })?
             .unwrap_or(false),
     };
-    let prompt_tokens = top
+    let choices = match top.get("n") {
+        None => 1,
+        Some(raw) => serde_json::from_str::<Option<u64>>(raw.get())
+            .map_err(|_| "the field \"n\" of the chat completion request must be a number")?
+            .unwrap_or(1),
+    };
+    let tools_chars = top.get("tools").map_or(0, |raw| raw.get().chars().count());
+    let prompt_tokens = (top
         .get("messages")
         .and_then(|raw| serde_json::from_str::<Vec<Message>>(raw.get()).ok())
         .map(|m| prompt_chars(&m))
         .unwrap_or(bytes.len())
+        + tools_chars)
         .div_ceil(4) as u64;
-    let mapped = gw.models.get(&model);
-    if mapped.is_none() && !stream {
-        return Ok(Prepared {
-            provider_model: model.clone(),
-            model,
-            stream,
-            prompt_tokens,
-            body: None,
-        });
-    }
-
-    let model_raw;
-    if let Some(pm) = mapped {
-        model_raw = serde_json::value::to_raw_value(pm).map_err(|e| e.to_string())?;
-        top.insert("model".into(), &model_raw);
-    }
-    let options_raw;
-    if stream {
-        let mut options =
-            match top.get("stream_options") {
-                None => serde_json::Map::new(),
-                Some(raw) => serde_json::from_str::<
-                    Option<serde_json::Map<String, serde_json::Value>>,
-                >(raw.get())
-                .map_err(|_| {
-                    "the field \"stream_options\" of the chat completion request must be an object"
-                })?
-                .unwrap_or_default(),
-            };
-        options.insert("include_usage".into(), serde_json::Value::Bool(true));
-        options_raw = serde_json::value::to_raw_value(&options).map_err(|e| e.to_string())?;
-        top.insert("stream_options".into(), &options_raw);
-    }
-    let body = serde_json::to_vec(&top).map_err(|e| e.to_string())?;
     Ok(Prepared {
-        provider_model: mapped.cloned().unwrap_or_else(|| model.clone()),
+        provider_model: gw
+            .models
+            .get(&model)
+            .cloned()
+            .unwrap_or_else(|| model.clone()),
         model,
         stream,
         prompt_tokens,
-        body: Some(Bytes::from(body)),
+        choices,
+        top,
     })
 }
 
@@ -368,19 +471,9 @@ fn provider_message(body: &[u8]) -> String {
     String::from_utf8_lossy(body).into_owned()
 }
 
-/// An error and its causes, joined by `: `.
+/// An error and its causes on one line of at most 300 characters.
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    one_line(&out, 300)
+    one_line(&subjects::text::error_chain(e), 300)
 }
 
 impl Inner {
@@ -406,6 +499,9 @@ struct Call {
     /// The run has a daily quota: the call is charged to the day as it
     /// goes (prompt first, then chunk by chunk), and settled at its end.
     daily: bool,
+    /// The day the call's charges go to (the day its prompt was charged
+    /// on, even when it ends after midnight).
+    day: Option<time::Date>,
     /// What was charged to the day so far (estimates).
     charged_tokens: u64,
     charged_cost: f64,
@@ -417,9 +513,9 @@ impl Call {
         &self,
         tokens: u64,
         cost: f64,
-    ) -> BoxFuture<'static, Result<DailyUsage, BackendError>> {
-        let (backend, run) = (self.shared.gw.backend.clone(), self.run.clone());
-        Box::pin(async move { backend.charge_day(&run.ctx, tokens as i64, cost).await })
+    ) -> BoxFuture<'static, Result<(DailyUsage, time::Date), BackendError>> {
+        let (backend, run, day) = (self.shared.gw.backend.clone(), self.run.clone(), self.day);
+        Box::pin(async move { backend.charge_day(&run.ctx, tokens as i64, cost, day).await })
     }
 
     /// Counts the call. Without usage from the provider the tokens are
@@ -456,9 +552,9 @@ impl Call {
             let tokens =
                 (usage.prompt_tokens + usage.completion_tokens) as i64 - self.charged_tokens as i64;
             let cost = cost - self.charged_cost;
-            let (backend, run) = (gw.backend.clone(), self.run.clone());
+            let (backend, run, day) = (gw.backend.clone(), self.run.clone(), self.day);
             self.run.writes.spawn(async move {
-                run.charge_day(backend.as_ref(), tokens, cost).await;
+                run.charge_day(backend.as_ref(), tokens, cost, day).await;
             });
         }
         let ctx = &self.run.ctx;
@@ -644,7 +740,7 @@ struct MeteredStream {
 
 struct Held {
     chunk: Bytes,
-    charge: BoxFuture<'static, Result<DailyUsage, BackendError>>,
+    charge: BoxFuture<'static, Result<(DailyUsage, time::Date), BackendError>>,
     tokens: u64,
     cost: f64,
 }
@@ -660,14 +756,19 @@ impl MeteredStream {
 
     /// The answer to a held chunk's charge: counts it, and ends the stream
     /// after this chunk when the day is over its quota.
-    fn charged(&mut self, answer: Result<DailyUsage, BackendError>, tokens: u64, cost: f64) {
+    fn charged(
+        &mut self,
+        answer: Result<(DailyUsage, time::Date), BackendError>,
+        tokens: u64,
+        cost: f64,
+    ) {
         let Some(call) = self.call.as_mut() else {
             return;
         };
         call.charged_tokens += tokens;
         call.charged_cost += cost;
         let reason = match answer {
-            Ok(day) => crate::run::crossed_day(&call.run.ctx.quotas, &day, &call.run.whose()),
+            Ok((day, _)) => crate::run::crossed_day(&call.run.ctx.quotas, &day, &call.run.whose()),
             Err(e) => {
                 tracing::error!(run = %call.run.ctx.run_id, "gateway: the daily budget could not be charged: {e}");
                 Some("quota_exceeded: the daily budget could not be checked (the database did not answer); the run stops rather than spend unmetered".to_string())

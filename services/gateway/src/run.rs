@@ -232,25 +232,33 @@ impl Run {
         }
     }
 
-    /// Charges `tokens` and `cost_usd` (negative: gives back) to the day;
-    /// `Some(reason)` when the day's totals are now over a daily quota (the
-    /// run is then over quota too). A budget that cannot be checked counts
-    /// as crossed: money is not spent blind.
+    /// Charges `tokens` and `cost_usd` (negative: gives back) to `day`
+    /// (today when `None`). When the day is now over a daily quota, or the
+    /// budget cannot be checked (money is not spent blind), the run is over
+    /// quota too.
     pub(crate) async fn charge_day(
         &self,
         backend: &dyn crate::Backend,
         tokens: i64,
         cost_usd: f64,
-    ) -> Option<String> {
-        let reason = match backend.charge_day(&self.ctx, tokens, cost_usd).await {
-            Ok(day) => crossed_day(&self.ctx.quotas, &day, &self.whose())?,
+        day: Option<time::Date>,
+    ) -> Charge {
+        let charge = match backend.charge_day(&self.ctx, tokens, cost_usd, day).await {
+            Ok((totals, day)) => match crossed_day(&self.ctx.quotas, &totals, &self.whose()) {
+                None => return Charge::Fits(totals, day),
+                Some(reason) => Charge::Crossed(reason, day),
+            },
             Err(e) => {
                 tracing::error!(run = %self.ctx.run_id, "gateway: the daily budget could not be charged: {e}");
-                "quota_exceeded: the daily budget could not be checked (the database did not answer); the run stops rather than spend unmetered".to_string()
+                Charge::Failed(
+                    "quota_exceeded: the daily budget could not be checked (the database did not answer); the run stops rather than spend unmetered".to_string(),
+                )
             }
         };
-        self.exceed(reason.clone());
-        Some(reason)
+        if let Charge::Crossed(reason, _) | Charge::Failed(reason) = &charge {
+            self.exceed(reason.clone());
+        }
+        charge
     }
 
     pub(crate) fn record_usage(&self, gw: &Inner, record: UsageRecord) {
@@ -288,6 +296,17 @@ fn crossed(q: &Quotas, t: &RunTotals) -> Option<String> {
         }
     }
     None
+}
+
+/// What a charge to the day came to.
+#[derive(Debug)]
+pub(crate) enum Charge {
+    /// Within the daily quotas: the day's totals after it, and the day.
+    Fits(DailyUsage, time::Date),
+    /// Charged, and now over a quota (the reason); the day it went to.
+    Crossed(String, time::Date),
+    /// Not charged: the budget could not be reached (the reason).
+    Failed(String),
 }
 
 /// The first daily quota the day's totals `day` cross (after a charge of

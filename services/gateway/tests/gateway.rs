@@ -425,15 +425,17 @@ async fn daily_quotas_count_what_every_run_spent_today() {
 async fn a_streamed_answer_is_charged_chunk_by_chunk_and_ends_at_the_crossing() {
     let s = Setup::new().await;
     let mut ctx = s.ctx_model("gated");
-    // The prompt's estimate (a token per four characters) just fits; the
-    // first content chunk (a token) crosses.
+    // The prompt's estimate (a token per four characters) fits and leaves
+    // one token for the answer (the provider is told max_tokens 1; this one
+    // ignores it): the first content chunk fills the day, the second
+    // crosses it and is the last one passed.
     ctx.quotas.tokens_per_day = Some(1000);
     // "Say hello": 9 characters, 3 tokens.
     let prompt = 3;
     s.backend.spent_today(
         &ctx,
         DailyUsage {
-            tokens: 1000 - prompt,
+            tokens: 1000 - prompt - 1,
             cost_usd: 0.0,
         },
     );
@@ -456,8 +458,9 @@ async fn a_streamed_answer_is_charged_chunk_by_chunk_and_ends_at_the_crossing() 
             s.upstream.state.gate.notify_one();
         }
     }
-    assert_eq!(got.len(), 1, "only the chunk that crossed passed: {got:?}");
-    assert!(got[0].contains("Hel"));
+    assert_eq!(s.upstream.seen()[0].json()["max_tokens"], 1);
+    assert_eq!(got.len(), 2, "up to the chunk that crossed: {got:?}");
+    assert!(got[0].contains("Hel") && got[1].contains("lo"));
     assert!(meter.exceeded().is_cancelled());
     let reason = meter.exceeded_reason().unwrap_or_default();
     assert!(
@@ -1125,4 +1128,81 @@ impl RunContextExt {
             quotas: Quotas::default(),
         }
     }
+}
+
+#[tokio::test]
+async fn under_a_daily_quota_the_answer_may_be_no_longer_than_the_day_has_left() {
+    let s = Setup::new().await;
+    let mut ctx = s.ctx();
+    ctx.quotas.tokens_per_day = Some(1000);
+    s.backend.spent_today(
+        &ctx,
+        DailyUsage {
+            tokens: 400,
+            cost_usd: 0.0,
+        },
+    );
+    let _meter = s.container.begin_run(ctx.clone());
+    // One choice only.
+    let mut body = chat_body(ROLE_MODEL, false);
+    body["n"] = json!(3);
+    let a = post_json(&s.sock(), "/v1/chat/completions", &body).await;
+    assert_eq!(a.status, 400);
+    assert_eq!(
+        a.error(),
+        "role coder has a daily quota, so a call may ask for one choice, not n=3"
+    );
+    assert!(s.upstream.seen().is_empty(), "not sent");
+    // "Say hello" is 3 tokens: 597 are left for the answer.
+    let mut body = chat_body(ROLE_MODEL, false);
+    body["max_tokens"] = json!(100_000);
+    let a = post_json(&s.sock(), "/v1/chat/completions", &body).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let sent = s.upstream.seen()[0].json();
+    assert_eq!(sent["max_tokens"], 597, "clamped to what is left");
+}
+
+#[tokio::test]
+async fn without_a_length_one_is_set_to_what_the_day_has_left() {
+    let s = Setup::new().await;
+    let mut ctx = s.ctx();
+    ctx.quotas.tokens_per_day = Some(50);
+    let _meter = s.container.begin_run(ctx);
+    let a = chat(&s.sock(), ROLE_MODEL).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(s.upstream.seen()[0].json()["max_tokens"], 47);
+}
+
+#[tokio::test]
+async fn the_provider_gets_exactly_the_request_that_was_checked() {
+    let s = Setup::new().await;
+    let _meter = s.container.begin_run(s.ctx());
+    // Two "model" keys: the last one is the one checked, and the only one
+    // sent (mapped to the provider's name).
+    let body = format!(
+        r#"{{"model":"gpt-expensive","model":"{ROLE_MODEL}","messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("host", "gateway")
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let resp = send(&s.sock(), req).await;
+    assert_eq!(resp.status(), 200);
+    let seen = s.upstream.seen();
+    assert_eq!(seen.len(), 1);
+    let sent = String::from_utf8_lossy(&seen[0].body).into_owned();
+    assert_eq!(sent.matches("\"model\"").count(), 1, "{sent}");
+    assert_eq!(seen[0].json()["model"], PROVIDER_MODEL);
+    let body = format!(r#"{{"model":"{ROLE_MODEL}","model":"gpt-expensive","messages":[]}}"#);
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("host", "gateway")
+        .body(Body::from(body))
+        .unwrap();
+    assert_eq!(send(&s.sock(), req).await.status(), 403);
+    assert_eq!(s.upstream.seen().len(), 1, "the refused one was not sent");
 }

@@ -87,10 +87,26 @@ async fn handle(
         .as_ref()
         .and_then(|h| h.get(header::MSG_ID))
         .map(|v| v.as_str().to_string());
+    // Without a key of its own, a message is its stream sequence: a
+    // redelivered one (a lost acknowledgement) is the same task.
+    let seq = msg
+        .info()
+        .map(|i| {
+            format!(
+                "{}:{}",
+                i.stream_sequence,
+                i.published.unix_timestamp_nanos()
+            )
+        })
+        .ok();
     let checked = match subject::intake_tenant(&msg.subject) {
-        Some(tenant) => rules.check(&msg.payload, tenant, None).map(|mut t| {
-            t.idempotency_key = t.idempotency_key.or(key);
-            t
+        Some(tenant) => rules.parse(&msg.payload).and_then(|mut sub| {
+            sub.idempotency_key = sub
+                .idempotency_key
+                .or(key)
+                .or_else(|| seq.map(|n| format!("intake:{n}")));
+            // The key is checked like any other part of the submission.
+            rules.check_submission(sub, tenant, None)
         }),
         None => Err(admission::Rejection {
             status: 400,

@@ -35,7 +35,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A JetStream call failed; `what` says which.
-    #[error("JetStream: {what}: {source}")]
+    #[error("JetStream: {what}")]
     Nats {
         what: String,
         #[source]

@@ -46,7 +46,7 @@ pub enum LeaseError {
     #[error("container {name} is leased to worker {holder}")]
     Held { name: String, holder: String },
     /// The lease bucket did not answer; `what` says what was asked.
-    #[error("lease store: {what}: {source}")]
+    #[error("lease store: {what}")]
     Kv {
         what: String,
         #[source]

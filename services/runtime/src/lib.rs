@@ -52,7 +52,7 @@ pub enum Error {
         secs: u64,
         detail: String,
     },
-    #[error("container lease: {0}")]
+    #[error("container lease")]
     Lease(#[from] lease::LeaseError),
     #[error("employee {0} was offboarded")]
     Offboarded(uuid::Uuid),

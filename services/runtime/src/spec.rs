@@ -96,7 +96,9 @@ pub fn container_body(
     ContainerCreateBody {
         image: Some(image.to_string()),
         user: Some(USER.to_string()),
-        env: Some(Vec::new()),
+        // agentd kills what a run leaves behind, whatever the image's
+        // entrypoint says.
+        env: Some(vec!["AGENTD_SWEEP=1".to_string()]),
         working_dir: Some(WORKSPACE.to_string()),
         labels: Some(labels),
         stop_timeout: Some(5),

@@ -14,7 +14,8 @@
 //! the answer is the text `script <name> has no step <n>`.
 //!
 //! Usage is deterministic: `prompt_tokens` is the characters of every
-//! request message (content, tool-call names and arguments) over four,
+//! request message (content, tool-call names and arguments) and of the
+//! `tools` it offers (as compact JSON) over four,
 //! rounded up; `completion_tokens` the same for the reply.
 
 mod script;

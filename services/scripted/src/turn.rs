@@ -18,6 +18,9 @@ pub struct Request {
     pub messages: Vec<Message>,
     pub stream: bool,
     pub include_usage: bool,
+    /// The characters of the request's `tools` (compact JSON), which a
+    /// provider counts as prompt tokens too.
+    pub tools_chars: usize,
 }
 
 /// One message of the conversation, reduced to what scripts look at.
@@ -73,11 +76,15 @@ pub fn parse(body: &[u8]) -> Result<Request, Refusal> {
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    let tools_chars = value
+        .get("tools")
+        .map_or(0, |tools| tools.to_string().chars().count());
     Ok(Request {
         model,
         messages,
         stream,
         include_usage,
+        tools_chars,
     })
 }
 
@@ -272,19 +279,21 @@ fn char_count(text: &str) -> usize {
     text.chars().count()
 }
 
-/// Characters of every message's content and tool calls (name + arguments).
+/// Characters of the offered tools and of every message's content and tool
+/// calls (name + arguments).
 fn prompt_chars(request: &Request) -> usize {
-    request
-        .messages
-        .iter()
-        .map(|m| {
-            char_count(&m.content)
-                + m.tool_calls
-                    .iter()
-                    .map(|(_, name, args)| char_count(name) + char_count(args))
-                    .sum::<usize>()
-        })
-        .sum()
+    request.tools_chars
+        + request
+            .messages
+            .iter()
+            .map(|m| {
+                char_count(&m.content)
+                    + m.tool_calls
+                        .iter()
+                        .map(|(_, name, args)| char_count(name) + char_count(args))
+                        .sum::<usize>()
+            })
+            .sum::<usize>()
 }
 
 /// One token per four characters, rounded up.
@@ -506,6 +515,19 @@ mod tests {
                 completion_tokens: 7 // 25 chars
             }
         );
+    }
+
+    #[test]
+    fn offered_tools_count_as_prompt_tokens() {
+        let scripts = scripts();
+        let tools = json!([{"type": "function", "function": {"name": "shell"}}]);
+        let chars = tools.to_string().chars().count();
+        let req = request(json!({"model": "scripted:echo", "tools": tools,
+            "messages": [{"role": "user", "content": "abcd"}]}));
+        let Answer::Message { usage, .. } = play(&scripts, &req).expect("turn").answer else {
+            panic!("a message");
+        };
+        assert_eq!(usage.prompt_tokens, (chars + 4).div_ceil(4) as u64);
     }
 
     #[test]

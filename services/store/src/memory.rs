@@ -43,9 +43,10 @@ pub fn check_key(key: &str) -> Result<()> {
 
 /// Why `value` cannot be stored under `key`, if it cannot.
 pub fn check_value(key: &str, value: &Value) -> Result<()> {
-    let text = serde_json::to_string(value).unwrap_or_default();
-    let len = text.len();
-    if text.contains("\\u0000") {
+    let len = serde_json::to_vec(value)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if subjects::text::json_has_nul(value) {
         return Err(Error::Invalid(format!(
             "the value for memory key {key:?} contains a NUL character (\\u0000), which memory cannot hold; escape or drop it"
         )));

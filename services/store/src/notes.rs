@@ -11,6 +11,8 @@ pub const MAX_NOTE_BYTES: usize = 16 * 1024;
 /// A review to record (`review.submit`).
 #[derive(Clone, Debug)]
 pub struct NewReview {
+    /// The reviewer's tenant: only a task of this tenant can be reviewed.
+    pub tenant: String,
     pub task_id: Uuid,
     pub reviewer_task_id: Uuid,
     pub reviewer_run_id: Uuid,
@@ -95,7 +97,8 @@ impl Store {
             .collect())
     }
 
-    /// Record a review of an existing task; returns its id.
+    /// Record a review of an existing task of the reviewer's tenant (another
+    /// tenant's task does not exist for it); returns its id.
     pub async fn add_review(&self, r: &NewReview) -> Result<i64> {
         if !(1..=10).contains(&r.score) {
             return Err(Error::Invalid(format!(
@@ -114,7 +117,10 @@ impl Store {
         }
         let client = self.client().await?;
         let exists = client
-            .query_opt("SELECT 1 FROM tasks WHERE id = $1", &[&r.task_id])
+            .query_opt(
+                "SELECT 1 FROM tasks WHERE id = $1 AND tenant = $2",
+                &[&r.task_id, &r.tenant],
+            )
             .await?
             .is_some();
         if !exists {

@@ -33,11 +33,13 @@ pub struct UsageTotals {
     pub cost_usd: f64,
 }
 
-/// Today's spend of one budget subject, after a charge.
-#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq)]
+/// A day's spend of one budget subject, after a charge.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq)]
 pub struct DaySpend {
     pub tokens: i64,
     pub cost_usd: f64,
+    /// The (UTC) day charged.
+    pub day: time::Date,
 }
 
 impl Store {
@@ -51,6 +53,7 @@ impl Store {
         role: &str,
         tokens: i64,
         cost_usd: f64,
+        day: Option<time::Date>,
     ) -> Result<DaySpend> {
         let subject = match employee {
             Some(e) => format!("employee:{e}"),
@@ -60,19 +63,20 @@ impl Store {
         let stmt = client
             .prepare_cached(
                 "INSERT INTO day_budgets (tenant, subject, day, tokens, cost_usd)
-                 VALUES ($1, $2, (now() AT TIME ZONE 'UTC')::date, $3, $4)
+                 VALUES ($1, $2, COALESCE($5::date, (now() AT TIME ZONE 'UTC')::date), $3, $4)
                  ON CONFLICT (tenant, subject, day) DO UPDATE
                      SET tokens = day_budgets.tokens + EXCLUDED.tokens,
                          cost_usd = day_budgets.cost_usd + EXCLUDED.cost_usd
-                 RETURNING tokens, cost_usd",
+                 RETURNING tokens, cost_usd, day",
             )
             .await?;
         let row = client
-            .query_one(&stmt, &[&tenant, &subject, &tokens, &cost_usd])
+            .query_one(&stmt, &[&tenant, &subject, &tokens, &cost_usd, &day])
             .await?;
         Ok(DaySpend {
             tokens: row.get(0),
             cost_usd: row.get(1),
+            day: row.get(2),
         })
     }
 

@@ -152,6 +152,7 @@ impl Backend for StoreBackend {
             let id = self
                 .store
                 .add_review(&store::notes::NewReview {
+                    tenant: reviewer.tenant.clone(),
                     task_id: review.task_id,
                     reviewer_task_id: reviewer.task_id,
                     reviewer_run_id: reviewer.run_id,
@@ -215,17 +216,28 @@ impl Backend for StoreBackend {
         run: &'a RunContext,
         tokens: i64,
         cost_usd: f64,
-    ) -> BoxFuture<'a, Result<gateway::DailyUsage, BackendError>> {
+        day: Option<time::Date>,
+    ) -> BoxFuture<'a, Result<(gateway::DailyUsage, time::Date), BackendError>> {
         Box::pin(async move {
             let spend = self
                 .store
-                .charge_day(&run.tenant, run.employee_id, &run.role, tokens, cost_usd)
+                .charge_day(
+                    &run.tenant,
+                    run.employee_id,
+                    &run.role,
+                    tokens,
+                    cost_usd,
+                    day,
+                )
                 .await
                 .map_err(err)?;
-            Ok(gateway::DailyUsage {
-                tokens: spend.tokens.max(0) as u64,
-                cost_usd: spend.cost_usd.max(0.0),
-            })
+            Ok((
+                gateway::DailyUsage {
+                    tokens: spend.tokens.max(0) as u64,
+                    cost_usd: spend.cost_usd.max(0.0),
+                },
+                spend.day,
+            ))
         })
     }
 

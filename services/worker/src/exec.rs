@@ -321,7 +321,12 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
         c = shared.runtime.acquire(&plan.want) => match c {
             Ok(c) => c,
             Err(e @ runtime::Error::Offboarded(_)) => return Outcome::Invalid(e.to_string()),
-            Err(e) => return Outcome::Failed(format!("no container could be started: {e}")),
+            Err(e) => {
+                return Outcome::Failed(format!(
+                    "no container could be started: {}",
+                    subjects::text::error_chain(&e)
+                ))
+            }
         },
     };
     let acquired = started.elapsed();
@@ -336,7 +341,10 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
             }
             Err(e) => {
                 shared.runtime.release(container).await;
-                return Outcome::Failed(format!("the gateway could not start: {e}"));
+                return Outcome::Failed(format!(
+                    "the gateway could not start: {}",
+                    subjects::text::error_chain(&e)
+                ));
             }
         },
     };
@@ -400,17 +408,20 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
     };
     tracing::debug!(task = %running.task.id, container = %container.name, source = ?container.source,
         acquire_ms = acquired.as_millis() as u64, total_ms = started.elapsed().as_millis() as u64, "run ended");
+    // A run stopped from outside (cancelled, over quota, handed back) may
+    // still be tearing down inside its container: the container goes, so
+    // that nothing of this run meets the next task.
     let Some(result) = result else {
-        shared.runtime.release(container).await;
+        shared.runtime.discard(&container).await;
         return Outcome::Cancelled;
     };
     if let Some(reason) = quota {
         // Retrying cannot help: the same limits apply to the next attempt.
-        shared.runtime.release(container).await;
+        shared.runtime.discard(&container).await;
         return Outcome::Invalid(reason);
     }
     let Ok(result) = result else {
-        shared.runtime.release(container).await;
+        shared.runtime.discard(&container).await;
         return Outcome::HandBack;
     };
     match result {

@@ -43,15 +43,15 @@ pub enum Error {
     #[error(transparent)]
     Runtime(#[from] runtime::Error),
     /// A JetStream call failed; `what` says which.
-    #[error("JetStream: {what}: {source}")]
+    #[error("JetStream: {what}")]
     Nats {
         what: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("the gateway could not be set up: {0}")]
+    #[error("the gateway could not be set up")]
     Gateway(#[from] gateway::GatewayError),
-    #[error("cannot lock {path} for this worker id: {source}")]
+    #[error("cannot lock {path} for this worker id")]
     Lock {
         path: std::path::PathBuf,
         #[source]

@@ -230,3 +230,31 @@ async fn a_database_error_names_its_cause() {
         "{text}"
     );
 }
+
+/// A secret file that cannot be read stops the process with its name, as a
+/// bad flag would, rather than running on without the vault or the provider
+/// key; the secret itself is never taken from the command line.
+#[test]
+fn an_unreadable_secret_file_stops_the_process_with_its_name() {
+    let bin = World::colony_bin().expect("colony binary");
+    for name in ["COLONY_VAULT_KEY", "COLONY_MODEL_API_KEY"] {
+        let out = std::process::Command::new(&bin)
+            .arg("worker")
+            .env_remove(name)
+            .env(format!("{name}_FILE"), "/nonexistent/colony-secret")
+            .output()
+            .expect("run colony");
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{name}_FILE /nonexistent/colony-secret")),
+            "{err}"
+        );
+    }
+    let out = std::process::Command::new(&bin)
+        .args(["worker", "--vault-key", "00"])
+        .output()
+        .expect("run colony");
+    assert_eq!(out.status.code(), Some(2), "no flag carries a secret");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--vault-key"));
+}

@@ -100,13 +100,14 @@ impl Backend for MemBackend {
         run: &'a RunContext,
         tokens: i64,
         cost_usd: f64,
-    ) -> BoxFuture<'a, Result<DailyUsage, BackendError>> {
+        day: Option<time::Date>,
+    ) -> BoxFuture<'a, Result<(DailyUsage, time::Date), BackendError>> {
         Box::pin(async move {
             let mut days = lock(&self.day);
             let d = days.entry(day_subject(run)).or_default();
             d.tokens = (d.tokens as i64 + tokens).max(0) as u64;
             d.cost_usd += cost_usd;
-            Ok(*d)
+            Ok((*d, day.unwrap_or(time::Date::MIN)))
         })
     }
 

@@ -43,7 +43,7 @@ fn filter(tenant: String, q: &BTreeMap<String, String>) -> Result<AuditFilter, R
                 })?)
             }
             "action" => {
-                if v.is_empty() || v.len() > 100 {
+                if v.is_empty() || v.len() > 100 || v.chars().any(char::is_control) {
                     return Err(bad(
                         "action must be an action name of 1-100 characters, e.g. memory.set".into(),
                     ));

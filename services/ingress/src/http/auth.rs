@@ -166,6 +166,9 @@ pub struct Gate {
     peers: DefaultKeyedRateLimiter<IpAddr>,
     keys: DefaultKeyedRateLimiter<Uuid>,
     cache: Mutex<HashMap<Vec<u8>, (ApiKey, Instant)>>,
+    /// Keys revoked through this process: never cached again (a lookup in
+    /// flight while one is revoked must not put it back).
+    revoked: Mutex<std::collections::HashSet<Uuid>>,
 }
 
 impl Gate {
@@ -176,6 +179,7 @@ impl Gate {
             peers: DefaultKeyedRateLimiter::keyed(limits.per_peer.quota()),
             keys: DefaultKeyedRateLimiter::keyed(limits.per_key.quota()),
             cache: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -191,6 +195,10 @@ impl Gate {
 
     /// Drop a revoked key from the cache at once.
     pub fn forget(&self, key_id: Uuid) {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key_id);
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -198,7 +206,7 @@ impl Gate {
     }
 
     fn check_peer(&self, ip: IpAddr) -> Result<(), Refusal> {
-        self.peers.check_key(&ip).map_err(|not_until| {
+        self.peers.check_key(&peer_key(ip)).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             Refusal::too_many(
                 format!(
@@ -241,6 +249,16 @@ impl Gate {
                 "the API key is not valid (unknown or revoked); send Authorization: Bearer <key> with a key from colony keys create",
             ));
         };
+        if self
+            .revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key.id)
+        {
+            return Err(Refusal::unauthenticated(
+                "the API key is not valid (unknown or revoked); send Authorization: Bearer <key> with a key from colony keys create",
+            ));
+        }
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if cache.len() >= KEY_CACHE_MAX {
@@ -285,6 +303,18 @@ impl Gate {
                 "tenant {tenant:?} is not valid; use 1-64 letters, digits, '-' or '_'"
             )))
         }
+    }
+}
+
+/// What the per-peer limit counts by: the address, and for IPv6 its /64
+/// (a host gets a whole /64 and could walk it).
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
     }
 }
 
@@ -489,6 +519,18 @@ mod tests {
         assert!(json_content(&h));
         h.insert("content-type", HeaderValue::from_static("text/plain"));
         assert!(!json_content(&h));
+    }
+
+    #[test]
+    fn a_v6_peer_is_limited_by_its_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(peer_key(a), peer_key(b));
+        assert_ne!(peer_key(a), peer_key(c));
+        let v4: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(peer_key(v4), v4);
+        assert_eq!(peer_key("::ffff:127.0.0.1".parse().unwrap()), v4);
     }
 
     #[test]

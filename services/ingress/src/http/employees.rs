@@ -127,7 +127,12 @@ pub(super) async fn list(
     let mut state = None;
     for (k, v) in &q {
         match k.as_str() {
-            "role" => role = Some(v.as_str()),
+            "role" if subjects::is_token(v) => role = Some(v.as_str()),
+            "role" => {
+                return Err(Refusal::bad(format!(
+                    "role must be a role name (letters, digits, '-' or '_'), not {v:?}"
+                )))
+            }
             "state" => match EmployeeState::parse(v) {
                 Some(st) => state = Some(st),
                 None => {
