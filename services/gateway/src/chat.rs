@@ -152,20 +152,16 @@ pub(crate) async fn completions(State(shared): State<Arc<Shared>>, body: Body) -
                             run.whose()
                         )
                     });
-                    run.exceed(reason.clone());
                     // Not sent: give the prompt's charge back.
-                    let _ = backend
-                        .charge_day(&run.ctx, -(tokens as i64), -cost, Some(on))
-                        .await;
+                    give_back(gw, &run, tokens, cost, on).await;
+                    run.exceed(reason.clone());
                     return reply::over_quota(&reason);
                 }
                 (charged_tokens, charged_cost, day, cap) = (tokens, cost, Some(on), left);
             }
             Charge::Crossed(reason, on) => {
                 // Not sent: give the charge back.
-                let _ = backend
-                    .charge_day(&run.ctx, -(tokens as i64), -cost, Some(on))
-                    .await;
+                give_back(gw, &run, tokens, cost, on).await;
                 return reply::over_quota(&reason);
             }
             // Nothing was charged: nothing to give back.
@@ -578,6 +574,22 @@ impl Call {
             },
         );
     }
+}
+
+/// Gives a prompt's charge back to the day it went to, on a task of its
+/// own: a crossing stops the run, and the run's end may abort this handler
+/// before an awaited give-back would be written.
+async fn give_back(gw: &Inner, run: &Arc<Run>, tokens: u64, cost: f64, day: time::Date) {
+    let (backend, run) = (gw.backend.clone(), run.clone());
+    let written = tokio::spawn(async move {
+        let r = backend
+            .charge_day(&run.ctx, -(tokens as i64), -cost, Some(day))
+            .await;
+        if let Err(e) = r {
+            tracing::error!(run = %run.ctx.run_id, "gateway: a refused call's charge was not given back: {e}");
+        }
+    });
+    let _ = written.await;
 }
 
 /// Finds the `usage` object in a server-sent-event stream, line by line,

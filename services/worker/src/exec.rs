@@ -119,8 +119,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: Message) {
     let outcome = {
         let work = execute(&shared, &running, &cancel);
         tokio::pin!(work);
-        let mut progress = tokio::time::interval(cfg.ack_wait / 3);
-        progress.tick().await;
+        let mut progress = crate::progress_ticks(cfg.ack_wait / 3);
         loop {
             tokio::select! {
                 out = &mut work => break out,

@@ -467,6 +467,13 @@ async fn pull(
     }
 }
 
+/// Ticks every `period`, the first one `period` from now. (Awaiting the
+/// immediate first tick of `tokio::time::interval` instead costs up to a
+/// millisecond: the timer wheel's resolution, on every task.)
+pub(crate) fn progress_ticks(period: Duration) -> tokio::time::Interval {
+    tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+}
+
 /// One of the worker's slots for `msg`, keeping the message alive while it
 /// waits; `None` when the worker is shutting down first.
 async fn wait_for_slot(
@@ -478,8 +485,7 @@ async fn wait_for_slot(
     if let Ok(p) = slots.clone().try_acquire_owned() {
         return Some(p);
     }
-    let mut progress = tokio::time::interval(shared.cfg.ack_wait / 3);
-    progress.tick().await;
+    let mut progress = progress_ticks(shared.cfg.ack_wait / 3);
     loop {
         tokio::select! {
             biased;
