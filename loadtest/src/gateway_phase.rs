@@ -59,6 +59,7 @@ pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Gat
         .downgrade(),
         roles: Arc::new(roles::Roles::empty()),
         admission: admission::Rules::default(),
+        loop_roles: Arc::new(settings.loop_roles(&roles::Roles::empty())),
     };
     let mut config = gateway::GatewayConfig::default();
     config.provider.base_url = provider.base_url();

@@ -5,8 +5,10 @@
 //! nats-server's configuration (written by `colony nats-config` from
 //! [`authorization`]) gives each user only its subjects. So:
 //!
-//! - a tenant's client may submit to `colony.intake.<tenant>` and read
-//!   `colony.results.<tenant>.>` and `colony.events.<tenant>.>`, and
+//! - a tenant's client may submit to `colony.intake.<tenant>` (tasks) and
+//!   `colony.intake.<tenant>.goal` (goals), and read
+//!   `colony.results.<tenant>.>`, `colony.events.<tenant>.>` and
+//!   `colony.notify.<tenant>.>`, and
 //!   nothing else: not another tenant's, not the work queue, not a control
 //!   subject, not the JetStream API;
 //! - only ingress publishes control commands, only the relay publishes
@@ -144,7 +146,7 @@ pub fn permissions(kind: Kind) -> Permissions {
         publish_deny: Vec::new(),
         subscribe_allow: vec![format!("{}.>", inbox_prefix(user))],
     };
-    use crate::stream::{EVENTS, INTAKE, WORK};
+    use crate::stream::{EVENTS, INTAKE, LOOP, WORK};
     match kind {
         Kind::Admin => {}
         Kind::Ingress => {
@@ -154,8 +156,10 @@ pub fn permissions(kind: Kind) -> Permissions {
             p.publish_allow.extend(bucket(crate::kv::WORKERS, false));
             p.publish_allow
                 .extend([subject::ctl_any(), subject::dlq(subject::DLQ_INTAKE)]);
-            // A result only wakes a waiting GET, which then reads Postgres.
-            p.subscribe_allow.push(subject::results_all());
+            // A result only wakes a waiting GET, which then reads Postgres;
+            // a goal's watchers share one subscription to its events.
+            p.subscribe_allow
+                .extend([subject::results_all(), subject::events_all()]);
         }
         Kind::Relay => {
             for stream in crate::stream::ALL {
@@ -170,6 +174,8 @@ pub fn permissions(kind: Kind) -> Permissions {
                 subject::events_all(),
                 subject::results_all(),
                 subject::dlq_all(),
+                subject::loop_all(),
+                subject::notify_all(),
             ]);
         }
         Kind::Worker => {
@@ -182,7 +188,11 @@ pub fn permissions(kind: Kind) -> Permissions {
                 .extend([subject::events_all(), subject::dlq(subject::DLQ_WORK)]);
             p.subscribe_allow.push(subject::ctl_any());
         }
-        Kind::Planner | Kind::Reviewer | Kind::Patrol | Kind::Scheduler => {
+        Kind::Planner | Kind::Reviewer => {
+            p.publish_allow.extend(consumes(LOOP));
+            p.publish_allow.push(subject::dlq(subject::DLQ_LOOP));
+        }
+        Kind::Patrol | Kind::Scheduler => {
             p.publish_allow.extend(consumes(EVENTS));
         }
     }
@@ -192,11 +202,12 @@ pub fn permissions(kind: Kind) -> Permissions {
 /// The permissions of tenant `tenant`'s clients.
 pub fn tenant_permissions(tenant: &str) -> Permissions {
     Permissions {
-        publish_allow: vec![subject::intake(tenant)],
+        publish_allow: vec![subject::intake(tenant), subject::intake_goal(tenant)],
         publish_deny: Vec::new(),
         subscribe_allow: vec![
             subject::results_of_tenant(tenant),
             subject::events_of_tenant(tenant),
+            subject::notify_of_tenant(tenant),
             format!("{}.>", inbox_prefix(&tenant_user(tenant))),
         ],
     }
@@ -250,12 +261,16 @@ mod tests {
     #[test]
     fn a_tenant_reads_only_its_own_subjects() {
         let p = tenant_permissions("acme");
-        assert_eq!(p.publish_allow, vec!["colony.intake.acme"]);
+        assert_eq!(
+            p.publish_allow,
+            vec!["colony.intake.acme", "colony.intake.acme.goal"]
+        );
         assert_eq!(
             p.subscribe_allow,
             vec![
                 "colony.results.acme.>",
                 "colony.events.acme.>",
+                "colony.notify.acme.>",
                 "_INBOX_tenant-acme.>"
             ]
         );
@@ -309,7 +324,7 @@ mod tests {
         }]);
         assert_eq!(
             text,
-            "authorization {\n  users = [\n    {user: \"tenant-acme\", password: \"$2b$04$x\", permissions: {publish: {allow: [\"colony.intake.acme\"]}, subscribe: {allow: [\"colony.results.acme.>\", \"colony.events.acme.>\", \"_INBOX_tenant-acme.>\"]}}}\n  ]\n}\n"
+            "authorization {\n  users = [\n    {user: \"tenant-acme\", password: \"$2b$04$x\", permissions: {publish: {allow: [\"colony.intake.acme\", \"colony.intake.acme.goal\"]}, subscribe: {allow: [\"colony.results.acme.>\", \"colony.events.acme.>\", \"colony.notify.acme.>\", \"_INBOX_tenant-acme.>\"]}}}\n  ]\n}\n"
         );
     }
 }

@@ -70,8 +70,11 @@ pub mod action {
     pub const NOTE: &str = "note";
     /// Create a sub-task (for planners).
     pub const TASK_CREATE: &str = "task.create";
-    /// Submit a review of a task (for reviewers).
+    /// Submit the verdict on the sub-task a review run was given (for
+    /// reviewers; the args are a `goals::ReviewVerdict`).
     pub const REVIEW_SUBMIT: &str = "review.submit";
+    /// Submit a goal's plan (for planners; the args are a `goals::Plan`).
+    pub const PLAN_SUBMIT: &str = "plan.submit";
     /// Every action name the platform knows.
     pub const ALL: &[&str] = &[
         MEMORY_GET,
@@ -80,6 +83,7 @@ pub mod action {
         NOTE,
         TASK_CREATE,
         REVIEW_SUBMIT,
+        PLAN_SUBMIT,
     ];
 }
 

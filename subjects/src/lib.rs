@@ -18,6 +18,7 @@
 pub mod agent;
 pub mod auth;
 pub mod gateway;
+pub mod goals;
 pub mod messages;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -63,6 +64,10 @@ pub mod subject {
     /// `colony.intake.<tenant>`: any NATS client submits a task here.
     pub fn intake(tenant: &str) -> String {
         format!("{ROOT}.intake.{tenant}")
+    }
+    /// `colony.intake.<tenant>.goal`: any NATS client submits a goal here.
+    pub fn intake_goal(tenant: &str) -> String {
+        format!("{ROOT}.intake.{tenant}.{INTAKE_GOAL}")
     }
     /// Every intake subject (the ingress consumer's filter).
     pub fn intake_all() -> String {
@@ -134,6 +139,42 @@ pub mod subject {
     }
 
     /// The goal token used in event subjects of a task that has no goal.
+    /// `colony.events.<tenant>.<goal>.goal.<kind>`: what happened to a goal
+    /// itself (the task token is [`GOAL_TOKEN`]).
+    pub fn goal_events(tenant: &str, goal: uuid::Uuid, kind: &str) -> String {
+        format!("{ROOT}.events.{tenant}.{goal}.{GOAL_TOKEN}.{kind}")
+    }
+    /// Everything about one goal: its own events and its tasks'.
+    pub fn events_of_goal(tenant: &str, goal: uuid::Uuid) -> String {
+        format!("{ROOT}.events.{tenant}.{goal}.>")
+    }
+    /// `colony.loop.<consumer>.<kind>`: work for a consumer of the loop.
+    pub fn loop_msg(kind: crate::goals::LoopKind) -> String {
+        format!("{ROOT}.loop.{}.{}", kind.consumer(), kind.as_str())
+    }
+    /// Everything one consumer of the loop handles (its filter).
+    pub fn loop_of(consumer: &str) -> String {
+        format!("{ROOT}.loop.{consumer}.>")
+    }
+    pub fn loop_all() -> String {
+        format!("{ROOT}.loop.>")
+    }
+    /// `colony.notify.<tenant>.<kind>`: what a tenant's people must hear of.
+    pub fn notify(tenant: &str, kind: crate::goals::NotifyKind) -> String {
+        format!("{ROOT}.notify.{tenant}.{}", kind.as_str())
+    }
+    pub fn notify_of_tenant(tenant: &str) -> String {
+        format!("{ROOT}.notify.{tenant}.>")
+    }
+    pub fn notify_all() -> String {
+        format!("{ROOT}.notify.>")
+    }
+
+    /// The last token of a goal intake subject.
+    pub const INTAKE_GOAL: &str = "goal";
+    /// The task token of a goal's own events.
+    pub const GOAL_TOKEN: &str = "goal";
+
     pub const NO_GOAL: &str = "_";
 
     /// Control commands.
@@ -151,11 +192,20 @@ pub mod subject {
     /// DLQ sources.
     pub const DLQ_INTAKE: &str = "intake";
     pub const DLQ_WORK: &str = "work";
+    pub const DLQ_LOOP: &str = "loop";
 
     /// The last token of an intake subject: the tenant it submits for.
     pub fn intake_tenant(subject: &str) -> Option<&str> {
         subject
             .strip_prefix("colony.intake.")
+            .filter(|t| super::is_token(t))
+    }
+
+    /// The tenant of a goal intake subject (`colony.intake.<tenant>.goal`).
+    pub fn intake_goal_tenant(subject: &str) -> Option<&str> {
+        subject
+            .strip_prefix("colony.intake.")
+            .and_then(|rest| rest.strip_suffix(".goal"))
             .filter(|t| super::is_token(t))
     }
 }
@@ -178,14 +228,24 @@ pub mod stream {
     pub const EVENTS: &str = "EVENTS";
     pub const RESULTS: &str = "RESULTS";
     pub const DLQ: &str = "DLQ";
+    /// Work for the consumers of the loop (planner, reviewer).
+    pub const LOOP: &str = "LOOP";
+    /// Notifications, for the notifier and tenants' clients.
+    pub const NOTIFY: &str = "NOTIFY";
     /// Every stream Colony keeps.
-    pub const ALL: [&str; 5] = [INTAKE, WORK, EVENTS, RESULTS, DLQ];
+    pub const ALL: [&str; 7] = [INTAKE, WORK, EVENTS, RESULTS, DLQ, LOOP, NOTIFY];
 }
 
 /// Durable consumer names.
 pub mod consumer {
     /// Ingress's consumer on INTAKE.
     pub const INGRESS: &str = "ingress";
+    /// The planners' consumer on LOOP.
+    pub const PLANNER: &str = "planner";
+    /// The reviewers' consumer on LOOP.
+    pub const REVIEWER: &str = "reviewer";
+    /// The notifier's consumer on NOTIFY (it posts to webhooks).
+    pub const NOTIFIER: &str = "notifier";
     /// The workers of one pool share this consumer on WORK.
     pub fn worker(pool: &str) -> String {
         format!("worker-{pool}")
@@ -202,6 +262,8 @@ pub mod label {
     pub const CONFIG_HASH: &str = "colony.config-hash";
     /// The employee a container (and its workspace volume) belongs to.
     pub const EMPLOYEE: &str = "colony.employee";
+    /// The goal whose workspace volume a container mounts.
+    pub const GOAL: &str = "colony.goal";
 }
 
 /// Header names.

@@ -23,6 +23,7 @@ pub struct StreamSettings {
     pub events_max_age: Duration,
     pub results_max_age: Duration,
     pub dlq_max_age: Duration,
+    pub notify_max_age: Duration,
     /// Window in which a repeated `Nats-Msg-Id` is dropped by the server.
     pub duplicate_window: Duration,
     /// Submissions waiting in one tenant's intake at most.
@@ -38,6 +39,7 @@ impl Default for StreamSettings {
             events_max_age: Duration::from_secs(24 * 3600),
             results_max_age: Duration::from_secs(24 * 3600),
             dlq_max_age: Duration::from_secs(7 * 24 * 3600),
+            notify_max_age: Duration::from_secs(7 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
             intake_max_per_tenant: 100_000,
             intake_max_bytes: 1 << 30,
@@ -87,6 +89,16 @@ pub fn streams(s: &StreamSettings) -> Vec<Config> {
             max_age: s.dlq_max_age,
             ..base(stream::DLQ, vec![subject::dlq_all()])
         },
+        Config {
+            retention: RetentionPolicy::WorkQueue,
+            ..base(stream::LOOP, vec![subject::loop_all()])
+        },
+        Config {
+            retention: RetentionPolicy::Limits,
+            max_age: s.notify_max_age,
+            discard: DiscardPolicy::Old,
+            ..base(stream::NOTIFY, vec![subject::notify_all()])
+        },
     ]
 }
 
@@ -110,6 +122,35 @@ pub fn ingress_consumer() -> pull::Config {
         deliver_policy: DeliverPolicy::All,
         ack_wait: Duration::from_secs(30),
         max_deliver: 10,
+        ..Default::default()
+    }
+}
+
+/// The durable consumer every process of one loop consumer (`planner`,
+/// `reviewer`) shares on LOOP. Handling is idempotent (each message leads to
+/// a guarded transition), so a redelivery is harmless.
+pub fn loop_consumer(name: &str, ack_wait: Duration) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name.to_string()),
+        filter_subject: subject::loop_of(name),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::All,
+        ack_wait,
+        max_deliver: -1,
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
+/// The notifier's durable consumer on NOTIFY.
+pub fn notifier_consumer() -> pull::Config {
+    pull::Config {
+        durable_name: Some(consumer::NOTIFIER.to_string()),
+        filter_subject: subject::notify_all(),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::New,
+        ack_wait: Duration::from_secs(30),
+        max_deliver: -1,
         ..Default::default()
     }
 }

@@ -7,6 +7,10 @@ use schemars::{schema_for, Schema};
 
 use crate::agent::{AgentFrame, AgentInput, AgentOutput, AgentRequest};
 use crate::gateway::{ActionRequest, ActionResponse, FetchRequest, FetchResponse};
+use crate::goals::{
+    GoalAccepted, GoalDecision, GoalEvent, GoalSubmission, GoalView, LoopMsg, Notification, Plan,
+    ReviewVerdict,
+};
 use crate::messages::*;
 use crate::status::WorkerStatus;
 
@@ -30,6 +34,15 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("fetch_request.v1.json", schema_for!(FetchRequest)),
         ("fetch_response.v1.json", schema_for!(FetchResponse)),
         ("worker_status.v1.json", schema_for!(WorkerStatus)),
+        ("goal_submission.v1.json", schema_for!(GoalSubmission)),
+        ("goal_accepted.v1.json", schema_for!(GoalAccepted)),
+        ("goal_view.v1.json", schema_for!(GoalView)),
+        ("goal_event.v1.json", schema_for!(GoalEvent)),
+        ("goal_decision.v1.json", schema_for!(GoalDecision)),
+        ("plan.v1.json", schema_for!(Plan)),
+        ("review_verdict.v1.json", schema_for!(ReviewVerdict)),
+        ("loop_msg.v1.json", schema_for!(LoopMsg)),
+        ("notification.v1.json", schema_for!(Notification)),
     ]
 }
 

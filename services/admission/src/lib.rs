@@ -10,6 +10,8 @@
 //! creates the task — a sub-task under a lock on its parent's row that
 //! bounds its depth and its parent's fan-out.
 
+pub mod plan;
+
 use store::tasks::{Created, NewTask, ParentLink};
 use store::{EmployeeState, Store};
 use subjects::{is_token, ShellInput, TaskSubmission};
@@ -158,6 +160,12 @@ impl Rules {
                 ),
             });
         }
+        if sub.goal_id.is_some() {
+            return Err(bad(
+                "goal_id is set by Colony on a goal's own tasks; submit a goal with POST /v1/goals instead"
+                    .to_string(),
+            ));
+        }
         self.check_input(&sub.role, &sub.input)?;
         Self::check_nul(&sub.input)?;
         let max_attempts = sub.max_attempts.unwrap_or(self.default_max_attempts);
@@ -183,7 +191,7 @@ impl Rules {
         Ok(NewTask {
             tenant: tenant.to_string(),
             role: sub.role,
-            goal_id: sub.goal_id,
+            goal_id: None,
             input: sub.input,
             max_attempts,
             timeout_secs,
@@ -384,6 +392,11 @@ mod tests {
                 r#"{"role":"wizard","input":{}}"#,
                 422,
                 "unknown role \"wizard\"; known roles: shell",
+            ),
+            (
+                r#"{"role":"shell","input":{"command":"x"},"goal_id":"01a23270-9661-70a2-b66e-fee81d182265"}"#,
+                400,
+                "goal_id is set by Colony on a goal's own tasks",
             ),
             (
                 r#"{"role":"shell","input":{"cmd":"x"}}"#,

@@ -81,7 +81,8 @@ impl Tool {
                     action::MEMORY_LIST => "List the keys in your memory",
                     action::NOTE => "Leave a note on the task",
                     action::TASK_CREATE => "Create a sub-task",
-                    action::REVIEW_SUBMIT => "Submit a review of a task",
+                    action::REVIEW_SUBMIT => "Submit your verdict on the sub-task you were given to review",
+                    action::PLAN_SUBMIT => "Submit the goal's plan (it is checked at once; a refusal lists every error to fix)",
                     _ => "Run a platform action",
                 };
                 format!("{what} (platform action {name}).")
@@ -119,6 +120,14 @@ impl Tool {
             ),
             Tool::Action(action::MEMORY_LIST) => object(json!({}), &[]),
             Tool::Action(action::NOTE) => object(json!({"text": {"type": "string"}}), &["text"]),
+            Tool::Action(action::PLAN_SUBMIT) => {
+                serde_json::to_value(schemars::schema_for!(subjects::goals::Plan))
+                    .unwrap_or_else(|_| json!({"type": "object"}))
+            }
+            Tool::Action(action::REVIEW_SUBMIT) => {
+                serde_json::to_value(schemars::schema_for!(subjects::goals::ReviewVerdict))
+                    .unwrap_or_else(|_| json!({"type": "object"}))
+            }
             Tool::Action(_) => json!({"type": "object", "additionalProperties": true}),
         }
     }

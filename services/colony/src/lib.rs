@@ -145,6 +145,20 @@ pub struct Settings {
     /// its built-in ones (demo, echo, tools, slow, broken).
     #[arg(long, env = "COLONY_SCRIPTS")]
     pub scripts: Option<PathBuf>,
+    /// The role that plans goals and writes their deliverables; it may plan
+    /// the roles its `may_create` lists.
+    #[arg(long, env = "COLONY_PLANNER_ROLE", default_value = "planner")]
+    pub planner_role: String,
+    /// Sub-tasks one goal's plan may have.
+    #[arg(long, env = "COLONY_GOAL_MAX_SUBTASKS", default_value_t = 50)]
+    pub goal_max_subtasks: u32,
+    /// Times a refused plan goes back to the planner before the goal waits
+    /// for a person.
+    #[arg(long, env = "COLONY_PLAN_RETRIES", default_value_t = 2)]
+    pub plan_retries: u32,
+    /// Attempts of a goal's sub-task before it waits for a person.
+    #[arg(long, env = "COLONY_SUBTASK_ATTEMPTS", default_value_t = 3)]
+    pub subtask_attempts: u32,
 }
 
 /// A secret from the environment: `NAME`, else the contents of the file
@@ -350,6 +364,7 @@ impl Settings {
         w.roles = std::sync::Arc::new(roles.clone());
         w.gateway = self.gateway_config(model_base_url)?;
         w.admission = self.admission_rules(roles);
+        w.loop_roles = std::sync::Arc::new(self.loop_roles(roles));
         w.slots = self.worker_slots.max(1);
         w.ack_wait = Duration::from_millis(self.ack_wait_ms);
         w.heartbeat_interval = Duration::from_millis(self.heartbeat_ms);
@@ -361,6 +376,20 @@ impl Settings {
         // the ready timeout before the first renewal.
         w.lease_ttl = Duration::from_millis(self.lease_ttl_ms).max(rt_ready * 2);
         Ok(w)
+    }
+
+    /// The roles and limits of the goal loop.
+    pub fn loop_roles(&self, roles: &roles::Roles) -> store::plans::LoopRoles {
+        store::plans::LoopRoles::from_roles(
+            roles,
+            &self.planner_role,
+            store::plans::LoopLimits {
+                max_subtasks: self.goal_max_subtasks.max(1),
+                max_plan_rejections: self.plan_retries,
+                max_attempts: self.subtask_attempts.clamp(1, 10),
+                ..store::plans::LoopLimits::default()
+            },
+        )
     }
 
     /// The rules every task is admitted by, at every door.
@@ -401,6 +430,8 @@ pub enum Role {
     Ingress,
     Worker,
     Relay,
+    Planner,
+    Reviewer,
 }
 
 /// Connect to NATS as the user of `kind` (with its password from
@@ -488,6 +519,44 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
                 .await
                 .context("ingress")
         });
+    }
+    if matches!(role, Role::All | Role::Planner | Role::Reviewer) {
+        let loop_roles = std::sync::Arc::new(s.loop_roles(&roles));
+        if roles.get(&s.planner_role).is_none() {
+            tracing::warn!(planner = %s.planner_role, "no template for the planner role: goals cannot be planned until roles/{}.yaml exists", s.planner_role);
+        }
+        if matches!(role, Role::All | Role::Planner) {
+            let (cfg, store, nats, relay, token) = (
+                planner::Config::new(loop_roles.clone()),
+                store.clone(),
+                connect_nats(&s, Kind::Planner).await?,
+                relay.clone(),
+                shutdown.clone(),
+            );
+            services.spawn(async move {
+                planner::run(cfg, store, nats, relay, token.clone())
+                    .await
+                    .context("planner")?;
+                anyhow::ensure!(token.is_cancelled(), "the planner stopped");
+                Ok(())
+            });
+        }
+        if matches!(role, Role::All | Role::Reviewer) {
+            let (cfg, store, nats, relay, token) = (
+                reviewer::Config::new(loop_roles),
+                store.clone(),
+                connect_nats(&s, Kind::Reviewer).await?,
+                relay.clone(),
+                shutdown.clone(),
+            );
+            services.spawn(async move {
+                reviewer::run(cfg, store, nats, relay, token.clone())
+                    .await
+                    .context("reviewer")?;
+                anyhow::ensure!(token.is_cancelled(), "the reviewer stopped");
+                Ok(())
+            });
+        }
     }
     if s.model_api_key.is_some() && s.model_base_url.is_none() {
         anyhow::bail!(

@@ -28,6 +28,10 @@ enum Command {
     Worker(Run),
     /// Run only the outbox relay's poller.
     Relay(Run),
+    /// Run the planner consumer (goals' planning and delivery runs).
+    Planner(Run),
+    /// Run the reviewer consumer (review runs of sub-tasks' work).
+    Reviewer(Run),
     /// Apply database migrations and exit.
     Migrate(Run),
     /// Submit a task over HTTP and print it.
@@ -203,6 +207,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Ingress(r) => (Role::Ingress, r),
         Command::Worker(r) => (Role::Worker, r),
         Command::Relay(r) => (Role::Relay, r),
+        Command::Planner(r) => (Role::Planner, r),
+        Command::Reviewer(r) => (Role::Reviewer, r),
         Command::Migrate(r) => {
             init_logs(&r.log);
             let applied = colony::migrate(&r.settings).await?;

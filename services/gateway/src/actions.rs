@@ -10,7 +10,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 use subjects::gateway::{action, ActionRequest, ActionResponse};
 
-use crate::backend::{AuditOutcome, BackendError, ReviewSubmission};
+use crate::backend::{AuditOutcome, BackendError};
 use crate::reply::{self, error, one_line};
 use crate::run::Run;
 use crate::{Inner, Shared};
@@ -292,32 +292,53 @@ async fn perform(gw: &Inner, run: &Run, name: &str, args: Value) -> Result<Done,
             })
         }
         action::REVIEW_SUBMIT => {
-            let review: ReviewSubmission = serde_json::from_value(args)
-                .map_err(|e| Failure::bad(format!("the args of {name} are not a review: {e}")))?;
-            let target = Some(review.task_id.to_string());
-            if !(1..=10).contains(&review.score) {
+            let verdict: subjects::goals::ReviewVerdict = serde_json::from_value(args).map_err(|e| {
+                Failure::bad(format!(
+                    "the args of {name} are not a verdict {{task_id, score, approve, issues, summary}}: {e}"
+                ))
+            })?;
+            let target = Some(verdict.task_id.to_string());
+            if !(1..=10).contains(&verdict.score) {
                 return Err(Failure::bad(format!(
                     "the score of {name} must be from 1 to 10, not {}",
-                    review.score
+                    verdict.score
                 ))
                 .target(target));
             }
             let detail = format!(
                 "{} with score {}",
-                match review.verdict {
-                    crate::ReviewVerdict::Approved => "approved",
-                    crate::ReviewVerdict::Rejected => "rejected",
+                if verdict.approve {
+                    "approved"
+                } else {
+                    "rejected"
                 },
-                review.score
+                verdict.score
             );
             let result = backend
-                .submit_review(&run.ctx, review)
+                .submit_review(&run.ctx, verdict)
                 .await
                 .map_err(|e| Failure::backend(name, e).target(target.clone()))?;
             Ok(Done {
                 result,
                 target,
                 detail,
+            })
+        }
+        action::PLAN_SUBMIT => {
+            let plan: subjects::goals::Plan = serde_json::from_value(args).map_err(|e| {
+                Failure::bad(format!(
+                    "the args of {name} are not a plan {{summary, modules, subtasks: [{{key, title, description, role, acceptance, depends_on}}]}}: {e}"
+                ))
+            })?;
+            let n = plan.subtasks.len();
+            let result = backend
+                .submit_plan(&run.ctx, plan)
+                .await
+                .map_err(|e| Failure::backend(name, e))?;
+            Ok(Done {
+                result,
+                target: None,
+                detail: format!("a plan of {n} sub-tasks, accepted"),
             })
         }
         other => Err(Failure {

@@ -86,12 +86,22 @@ pub trait Backend: Send + Sync + 'static {
         args: Value,
     ) -> BoxFuture<'a, Result<Value, BackendError>>;
 
-    /// Records `reviewer`'s review of `review.task_id`; answers what the
-    /// caller should see.
+    /// Applies `reviewer`'s verdict on the sub-task its review run was
+    /// given; answers what the caller should see. A verdict on another
+    /// task, or on one's own work, is [`BackendError::Refused`] with 403.
     fn submit_review<'a>(
         &'a self,
         reviewer: &'a RunContext,
-        review: ReviewSubmission,
+        verdict: subjects::goals::ReviewVerdict,
+    ) -> BoxFuture<'a, Result<Value, BackendError>>;
+
+    /// Checks `planner`'s plan for its goal and writes it, or refuses it
+    /// with every error (as [`BackendError::Refused`] with 422); answers
+    /// what the caller should see.
+    fn submit_plan<'a>(
+        &'a self,
+        planner: &'a RunContext,
+        plan: subjects::goals::Plan,
     ) -> BoxFuture<'a, Result<Value, BackendError>>;
 
     fn audit(&self, record: AuditRecord) -> BoxFuture<'_, Result<(), BackendError>>;
@@ -191,25 +201,4 @@ pub struct UsageRecord {
     pub streamed: bool,
     /// From the request's arrival to the answer's end.
     pub duration: Duration,
-}
-
-/// The arguments of `review.submit`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ReviewSubmission {
-    pub task_id: Uuid,
-    /// 1–10.
-    pub score: u8,
-    pub verdict: ReviewVerdict,
-    #[serde(default)]
-    pub comments: String,
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ReviewVerdict {
-    /// The work is done.
-    Approved,
-    /// The work goes back for rework.
-    Rejected,
 }

@@ -48,8 +48,8 @@ use tower_service::Service;
 use uuid::Uuid;
 
 pub use backend::{
-    AuditOutcome, AuditRecord, Backend, BackendError, BoxFuture, ReviewSubmission, ReviewVerdict,
-    UsageRecord, EGRESS_ACTION, MODEL_ACTION,
+    AuditOutcome, AuditRecord, Backend, BackendError, BoxFuture, UsageRecord, EGRESS_ACTION,
+    MODEL_ACTION,
 };
 pub use run::{DailyUsage, Quotas, RunContext, RunMeter, RunTotals};
 pub use subjects::TaskSubmission;

@@ -566,15 +566,45 @@ async fn allowed_actions_run_through_the_backend_and_are_audited() {
     let a = action(
         &sock,
         "review.submit",
-        json!({"task_id": reviewed, "score": 8, "verdict": "approved", "comments": "good"}),
+        json!({"task_id": reviewed, "score": 8, "approve": true, "summary": "good"}),
     )
     .await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(lock(&s.backend.reviews)[0].1.score, 8);
+    let plan = json!({"summary": "s", "subtasks": [{"key": "a", "title": "A", "description": "d",
+        "role": "executor", "acceptance": ["done"]}]});
+    let a = action(&sock, "plan.submit", plan).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["result"]["subtasks"], 1);
+    // What the backend refuses comes back with its status and sentence.
+    let a = action(&sock, "plan.submit", json!({"subtasks": []})).await;
+    assert_eq!(a.status, 422);
+    assert_eq!(a.error(), "the plan has no sub-tasks");
+    let a = action(&sock, "plan.submit", json!({"subtasks": [{"key": "a"}]})).await;
+    assert_eq!(a.status, 400);
+    assert!(
+        a.error()
+            .starts_with("the args of plan.submit are not a plan"),
+        "{}",
+        a.error()
+    );
+    assert_eq!(lock(&s.backend.plans).len(), 1);
 
     meter.finish().await;
     let audits = lock(&s.backend.audits).clone();
-    assert_eq!(audits.len(), 6);
+    assert_eq!(audits.len(), 9);
+    assert_eq!(
+        audits
+            .iter()
+            .filter(|r| r.outcome == AuditOutcome::Failed)
+            .count(),
+        2,
+        "the refused plans"
+    );
+    let audits: Vec<_> = audits
+        .into_iter()
+        .filter(|r| r.outcome != AuditOutcome::Failed)
+        .collect();
     assert!(audits.iter().all(|r| r.outcome == AuditOutcome::Allowed));
     assert!(audits.iter().all(|r| r.run_id == ctx.run_id
         && r.task_id == ctx.task_id
@@ -673,7 +703,7 @@ async fn bad_arguments_and_backend_refusals_are_one_sentence_and_audited_as_fail
     let a = action(
         &sock,
         "review.submit",
-        json!({"task_id": Uuid::new_v4(), "score": 11, "verdict": "approved"}),
+        json!({"task_id": Uuid::new_v4(), "score": 11, "approve": true}),
     )
     .await;
     assert_eq!(a.status, 400);

@@ -490,6 +490,11 @@ fn check_review(p: &mut Problems<'_>, r: &Review, own: Option<&str>) {
             p.at("review.min_score", "must be between 1 and 10");
         }
     }
+    if let Some(n) = r.max_reworks {
+        if n > 20 {
+            p.at("review.max_reworks", "must be between 0 and 20");
+        }
+    }
 }
 
 fn check_max_turns(p: &mut Problems<'_>, t: u32) {

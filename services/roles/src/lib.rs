@@ -241,13 +241,22 @@ pub struct Review {
     /// Lowest passing score, 1–10 (default 7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_score: Option<u8>,
+    /// Times a reviewer may send the work back before a person decides,
+    /// 0–20 (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_reworks: Option<u32>,
 }
 
 impl Review {
     pub const DEFAULT_MIN_SCORE: u8 = 7;
+    pub const DEFAULT_MAX_REWORKS: u32 = 3;
 
     pub fn min_score(&self) -> u8 {
         self.min_score.unwrap_or(Self::DEFAULT_MIN_SCORE)
+    }
+
+    pub fn max_reworks(&self) -> u32 {
+        self.max_reworks.unwrap_or(Self::DEFAULT_MAX_REWORKS)
     }
 }
 

@@ -108,7 +108,7 @@ fn every_invalid_field_is_refused_with_file_field_and_reason() {
         (vec![("tools", Some("[shell, browser]"))], format!("{f}: tools[1]: unknown value \"browser\", expected one of shell, read_file, write_file, http_fetch")),
         (vec![("tools", Some("[shell, shell]"))], format!("{f}: tools[1]: shell is listed twice")),
         (vec![("tools", Some("shell"))], format!("{f}: tools: invalid type: string \"shell\", expected a sequence")),
-        (vec![("allowed_actions", Some("[memory.get, deploy]"))], format!("{f}: allowed_actions[1]: unknown action \"deploy\", expected one of memory.get, memory.set, memory.list, note, task.create, review.submit")),
+        (vec![("allowed_actions", Some("[memory.get, deploy]"))], format!("{f}: allowed_actions[1]: unknown action \"deploy\", expected one of memory.get, memory.set, memory.list, note, task.create, review.submit, plan.submit")),
         (vec![("allowed_actions", Some("[note, note]"))], format!("{f}: allowed_actions[1]: note is listed twice")),
         (vec![("egress", Some("[\"https://api.github.com\"]"))], format!("{f}: egress[0]: \"https://api.github.com\" is not a host name, an IP address or *.suffix, with an optional :port (leave out any scheme or path)")),
         (vec![("egress", Some("[\"api.github.com/x:443\"]"))], format!("{f}: egress[0]: \"api.github.com/x:443\" is not a host name, an IP address or *.suffix, with an optional :port (leave out any scheme or path)")),
@@ -298,6 +298,7 @@ fn roles_built_in_code_obey_the_same_rules() {
         required: true,
         reviewer_role: Some("nobody".into()),
         min_score: None,
+        max_reworks: Some(21),
     };
     r.may_create = vec!["ghost".into(), "Bad".into()];
     let errors = Roles::from_roles(vec![r]).expect_err("refused");
@@ -305,6 +306,7 @@ fn roles_built_in_code_obey_the_same_rules() {
         errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
         vec![
             "executor.yaml: quotas.tokens_per_day: must be greater than 0".to_string(),
+            "executor.yaml: review.max_reworks: must be between 0 and 20".to_string(),
             "executor.yaml: may_create[1]: \"Bad\" is not a role name (lower-case letters, digits and '-')".to_string(),
             "executor.yaml: review.reviewer_role: no role \"nobody\" is defined; add roles/nobody.yaml or name a defined role".to_string(),
             "executor.yaml: may_create[0]: no role \"ghost\" is defined; add roles/ghost.yaml or name a defined role".to_string(),

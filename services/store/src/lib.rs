@@ -16,16 +16,23 @@
 //! It does not talk to NATS: the relay crate publishes what the outbox holds.
 
 pub mod audit;
+pub mod briefs;
 pub mod employees;
+pub mod goal_state;
+pub mod goals;
+mod graph;
 pub mod keys;
 pub mod memory;
 pub mod migrate;
 pub mod notes;
 pub mod outbox;
+pub mod plans;
+pub mod scores;
 pub mod state;
 pub mod tasks;
 pub mod usage;
 pub mod vault;
+pub mod verdicts;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +57,12 @@ pub enum Error {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("{0}")]
     Illegal(#[from] IllegalTransition),
+    #[error("{0}")]
+    IllegalGoal(#[from] goal_state::IllegalGoalTransition),
+    /// Refused for good, with the HTTP status any door should answer (a
+    /// verdict for a task the run was not given: 403).
+    #[error("{reason}")]
+    Refused { status: u16, reason: String },
     #[error("task {0} does not exist")]
     NotFound(Uuid),
     /// The request contradicts what is stored (e.g. an idempotency key reused

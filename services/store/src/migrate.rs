@@ -56,6 +56,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0009_day_budgets.sql",
         include_str!("../../../sql/0009_day_budgets.sql"),
     ),
+    (
+        10,
+        "0010_goals.sql",
+        include_str!("../../../sql/0010_goals.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed: the advisory lock that serialises migrators.

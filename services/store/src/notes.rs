@@ -1,4 +1,4 @@
-//! Notes agents leave on their tasks, and reviews of other tasks.
+//! Notes agents leave on their tasks (reviews are `verdicts`).
 
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -7,22 +7,6 @@ use crate::{Error, Result, Store};
 
 /// Bytes a note may have.
 pub const MAX_NOTE_BYTES: usize = 16 * 1024;
-
-/// A review to record (`review.submit`).
-#[derive(Clone, Debug)]
-pub struct NewReview {
-    /// The reviewer's tenant: only a task of this tenant can be reviewed.
-    pub tenant: String,
-    pub task_id: Uuid,
-    pub reviewer_task_id: Uuid,
-    pub reviewer_run_id: Uuid,
-    pub reviewer_employee_id: Option<Uuid>,
-    /// 1–10.
-    pub score: i16,
-    /// `approved` or `rejected`.
-    pub verdict: String,
-    pub comments: String,
-}
 
 /// A note as stored.
 #[derive(serde::Serialize, Clone, Debug, PartialEq)]
@@ -95,54 +79,5 @@ impl Store {
                 at: r.get(5),
             })
             .collect())
-    }
-
-    /// Record a review of an existing task of the reviewer's tenant (another
-    /// tenant's task does not exist for it); returns its id.
-    pub async fn add_review(&self, r: &NewReview) -> Result<i64> {
-        if !(1..=10).contains(&r.score) {
-            return Err(Error::Invalid(format!(
-                "a review's score is 1 to 10, not {}",
-                r.score
-            )));
-        }
-        if r.verdict != "approved" && r.verdict != "rejected" {
-            return Err(Error::Invalid(format!(
-                "a review's verdict is approved or rejected, not {:?}",
-                r.verdict
-            )));
-        }
-        if r.task_id == r.reviewer_task_id {
-            return Err(Error::Invalid("a task cannot review itself".into()));
-        }
-        let client = self.client().await?;
-        let exists = client
-            .query_opt(
-                "SELECT 1 FROM tasks WHERE id = $1 AND tenant = $2",
-                &[&r.task_id, &r.tenant],
-            )
-            .await?
-            .is_some();
-        if !exists {
-            return Err(Error::NotFound(r.task_id));
-        }
-        let row = client
-            .query_one(
-                "INSERT INTO reviews (task_id, reviewer_task_id, reviewer_run_id, reviewer_employee_id,
-                                      score, verdict, comments, at)
-                 VALUES ($1, $2, $3, $4, $5, $6::text::review_verdict, $7, $8) RETURNING id",
-                &[
-                    &r.task_id,
-                    &r.reviewer_task_id,
-                    &r.reviewer_run_id,
-                    &r.reviewer_employee_id,
-                    &r.score,
-                    &r.verdict,
-                    &crate::pg_text(&r.comments),
-                    &OffsetDateTime::now_utc(),
-                ],
-            )
-            .await?;
-        Ok(row.get(0))
     }
 }

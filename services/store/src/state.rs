@@ -17,8 +17,14 @@ pub struct IllegalTransition {
 /// Every legal transition, with why it happens.
 pub const LEGAL: &[(TaskState, TaskState, &str)] = &[
     (Pending, Queued, "dependencies done"),
+    (Pending, Blocked, "a dependency failed for good"),
     (Pending, Cancelled, "cancel"),
     (Queued, Running, "a worker claimed it"),
+    (
+        Queued,
+        Pending,
+        "held: its goal is paused or over its budget",
+    ),
     (Queued, Failed, "its message was dead-lettered"),
     (Queued, Cancelled, "cancel"),
     (Running, Done, "finished; its role needs no review"),
@@ -39,11 +45,26 @@ pub const LEGAL: &[(TaskState, TaskState, &str)] = &[
     (Review, Done, "approved"),
     (Review, Rework, "rejected"),
     (Review, Failed, "reworks exhausted"),
+    (
+        Review,
+        Blocked,
+        "reworks exhausted or no review could be had: a person decides",
+    ),
     (Review, Cancelled, "cancel"),
     (Rework, Queued, "sent back to work"),
     (Rework, Failed, "reworks exhausted"),
     (Rework, Cancelled, "cancel"),
-    (Blocked, Queued, "recovered by patrol"),
+    (
+        Blocked,
+        Queued,
+        "recovered by patrol, or retried by a person",
+    ),
+    (
+        Blocked,
+        Pending,
+        "its failed dependency recovered; others are not done",
+    ),
+    (Blocked, Done, "a person approved its work as it is"),
     (Blocked, Failed, "given up by patrol"),
     (Blocked, Cancelled, "cancel"),
 ];
@@ -76,12 +97,12 @@ mod tests {
     fn every_transition_is_listed() {
         #[rustfmt::skip]
         let table: &[(TaskState, &[TaskState])] = &[
-            (Pending,   &[Queued, Cancelled]),
-            (Queued,    &[Running, Failed, Cancelled]),
+            (Pending,   &[Queued, Blocked, Cancelled]),
+            (Queued,    &[Running, Pending, Failed, Cancelled]),
             (Running,   &[Done, Review, Queued, Running, Blocked, Failed, Cancelled]),
-            (Review,    &[Done, Rework, Failed, Cancelled]),
+            (Review,    &[Done, Rework, Blocked, Failed, Cancelled]),
             (Rework,    &[Queued, Failed, Cancelled]),
-            (Blocked,   &[Queued, Failed, Cancelled]),
+            (Blocked,   &[Queued, Pending, Done, Failed, Cancelled]),
             (Done,      &[]),
             (Failed,    &[]),
             (Cancelled, &[]),

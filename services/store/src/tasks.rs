@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::outbox::{insert_for_u, Columns};
 use crate::{state, Error, OutboxMsg, Result, Store};
 
-const COLS: &str =
+pub(crate) const COLS: &str =
     "id, tenant, role, goal_id, input, state::text, attempt, max_attempts, timeout_secs, \
                     result, error, created_at, updated_at, dispatch_id, worker_id, \
                     extract(epoch FROM now() - heartbeat_at)::float8, employee_id";
@@ -35,7 +35,7 @@ pub struct TaskRow {
     pub heartbeat_age: Option<Duration>,
 }
 
-fn row_to_task(r: &Row) -> Result<TaskRow> {
+pub(crate) fn row_to_task(r: &Row) -> Result<TaskRow> {
     let state: String = r.get(5);
     let state = TaskState::parse(&state)
         .ok_or_else(|| Error::Invalid(format!("task row has unknown state {state:?}")))?;
@@ -239,7 +239,7 @@ pub struct Finished {
     pub outbox: Vec<OutboxMsg>,
 }
 
-async fn insert_history(
+pub(crate) async fn insert_history(
     c: &impl GenericClient,
     task: &TaskView,
     from: Option<TaskState>,
@@ -260,7 +260,7 @@ async fn insert_history(
     Ok(())
 }
 
-async fn insert_outbox(c: &impl GenericClient, msgs: &[OutboxMsg]) -> Result<()> {
+pub(crate) async fn insert_outbox(c: &impl GenericClient, msgs: &[OutboxMsg]) -> Result<()> {
     let cols = Columns::of(msgs);
     c.execute(
         "INSERT INTO outbox (id, subject, payload, task_id, available_at, claimed_until)
@@ -626,6 +626,11 @@ impl Store {
     /// worker's attempt (cancelled meanwhile, or taken over after a lost
     /// heartbeat): nothing was written and the caller just lets go.
     pub async fn finish(&self, r: &Running, how: Finish) -> Result<Option<Finished>> {
+        // A task of a goal that ends (done, or failed for good) moves its
+        // goal along in the same transaction (see `graph`).
+        if let (Some(goal), Finish::Done { .. } | Finish::Fail { .. }) = (r.task.goal_id, &how) {
+            return self.finish_in_goal(r, goal, how).await;
+        }
         let now = OffsetDateTime::now_utc();
         let mut task = r.task.clone();
         task.updated_at = now;

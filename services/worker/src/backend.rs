@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use gateway::{
-    AuditOutcome, AuditRecord, Backend, BackendError, BoxFuture, ReviewSubmission, RunContext,
-    UsageRecord,
+    AuditOutcome, AuditRecord, Backend, BackendError, BoxFuture, RunContext, UsageRecord,
 };
 use relay::WeakRelay;
 use serde_json::{json, Value};
@@ -24,6 +23,17 @@ pub struct StoreBackend {
     pub roles: std::sync::Arc<roles::Roles>,
     /// The rules every task is admitted by, sub-tasks too.
     pub admission: admission::Rules,
+    /// What a plan may hold, and who reviews.
+    pub loop_roles: std::sync::Arc<store::plans::LoopRoles>,
+}
+
+fn run_ref(run: &RunContext) -> store::plans::RunRef {
+    store::plans::RunRef {
+        tenant: run.tenant.clone(),
+        task_id: run.task_id,
+        run_id: run.run_id,
+        employee_id: run.employee_id,
+    }
 }
 
 fn err(e: store::Error) -> BackendError {
@@ -32,6 +42,8 @@ fn err(e: store::Error) -> BackendError {
         store::Error::Illegal(m) => BackendError::Conflict(m.to_string()),
         store::Error::Conflict(m) => BackendError::Conflict(m),
         store::Error::NotFound(id) => BackendError::NotFound(format!("task {id} does not exist")),
+        store::Error::Refused { status, reason } => BackendError::Refused { status, reason },
+        store::Error::IllegalGoal(m) => BackendError::Conflict(m.to_string()),
         store::Error::Missing(m) => BackendError::NotFound(m),
         other => BackendError::Internal(other.to_string()),
     }
@@ -142,28 +154,94 @@ impl Backend for StoreBackend {
     fn submit_review<'a>(
         &'a self,
         reviewer: &'a RunContext,
-        review: ReviewSubmission,
+        verdict: subjects::goals::ReviewVerdict,
     ) -> BoxFuture<'a, Result<Value, BackendError>> {
         Box::pin(async move {
-            let verdict = serde_json::to_value(review.verdict)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            let id = self
+            let (applied, outbox) = self
                 .store
-                .add_review(&store::notes::NewReview {
-                    tenant: reviewer.tenant.clone(),
-                    task_id: review.task_id,
-                    reviewer_task_id: reviewer.task_id,
-                    reviewer_run_id: reviewer.run_id,
-                    reviewer_employee_id: reviewer.employee_id,
-                    score: i16::from(review.score),
-                    verdict,
-                    comments: review.comments.clone(),
-                })
+                .submit_verdict(&run_ref(reviewer), &verdict)
                 .await
                 .map_err(err)?;
-            Ok(json!({"review_id": id, "task_id": review.task_id, "score": review.score}))
+            self.relay.send(outbox);
+            let outcome = match applied.outcome {
+                store::verdicts::VerdictOutcome::Done => "the sub-task is done".to_string(),
+                store::verdicts::VerdictOutcome::Rework { round } => {
+                    format!("the sub-task goes back to its employee (rework {round})")
+                }
+                store::verdicts::VerdictOutcome::Escalated => {
+                    "the sub-task was rejected more often than its role allows; a person decides"
+                        .to_string()
+                }
+            };
+            Ok(json!({
+                "review_id": applied.review_id,
+                "task_id": verdict.task_id,
+                "points": applied.points,
+                "outcome": outcome,
+            }))
+        })
+    }
+
+    fn submit_plan<'a>(
+        &'a self,
+        planner: &'a RunContext,
+        plan: subjects::goals::Plan,
+    ) -> BoxFuture<'a, Result<Value, BackendError>> {
+        Box::pin(async move {
+            let run = run_ref(planner);
+            let roles = &self.loop_roles;
+            let ctx = self.store.plan_context(&run).await.map_err(err)?;
+            let errors = admission::plan::check(
+                &plan,
+                &admission::plan::PlanRules {
+                    plannable: roles.plannable.clone(),
+                    max_subtasks: roles.max_subtasks,
+                    budget: ctx.budget,
+                    done_keys: ctx.done_keys,
+                },
+            );
+            if errors.is_empty() {
+                let (accepted, outbox) = self
+                    .store
+                    .accept_plan(&run, &plan, roles)
+                    .await
+                    .map_err(err)?;
+                self.relay.send(outbox);
+                return Ok(json!({
+                    "accepted": true,
+                    "subtasks": accepted.subtasks,
+                    "queued": accepted.queued,
+                    "awaiting_approval": accepted.awaiting_approval,
+                }));
+            }
+            let (refused, outbox) = self
+                .store
+                .reject_plan(&run, errors.clone(), roles)
+                .await
+                .map_err(err)?;
+            self.relay.send(outbox);
+            let list = errors
+                .iter()
+                .enumerate()
+                .map(|(i, e)| format!("{}) {e}", i + 1))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let next = if refused.blocked {
+                "the goal now waits for a person, so stop here".to_string()
+            } else {
+                format!(
+                    "fix every error and submit the whole plan again ({} of {} tries left)",
+                    refused.max + 1 - refused.rejections,
+                    refused.max + 1
+                )
+            };
+            Err(BackendError::Refused {
+                status: 422,
+                reason: format!(
+                    "the plan was refused with {} errors: {list}; {next}",
+                    errors.len()
+                ),
+            })
         })
     }
 

@@ -114,6 +114,9 @@ pub struct Config {
     /// How sub-tasks an agent creates are admitted (the same rules as
     /// every other door).
     pub admission: admission::Rules,
+    /// The roles and limits of the goal loop (what a plan may hold, who
+    /// reviews).
+    pub loop_roles: Arc<store::plans::LoopRoles>,
     /// How often the worker writes its status (runs, pool metrics) to the
     /// worker registry; an entry not refreshed for 3× this disappears.
     pub status_interval: Duration,
@@ -141,6 +144,11 @@ impl Config {
             roles: Arc::new(roles::Roles::empty()),
             gateway: gateway::GatewayConfig::default(),
             admission: admission::Rules::default(),
+            loop_roles: Arc::new(store::plans::LoopRoles::from_roles(
+                &roles::Roles::empty(),
+                "planner",
+                store::plans::LoopLimits::default(),
+            )),
             runtime,
         }
     }
@@ -243,6 +251,7 @@ pub async fn run(
         relay: relay.downgrade(),
         roles: cfg.roles.clone(),
         admission: cfg.admission.clone(),
+        loop_roles: cfg.loop_roles.clone(),
     };
     let gateway = gateway::Gateway::new(cfg.gateway.clone(), Arc::new(backend))?;
     // The worker's scope: every token and loop it makes hangs from it, and

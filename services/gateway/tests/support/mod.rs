@@ -22,8 +22,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use gateway::{
     AuditOutcome, AuditRecord, Backend, BackendError, BoxFuture, ContainerGateway, DailyUsage,
-    Gateway, GatewayConfig, Price, ProviderConfig, Quotas, ReviewSubmission, RunContext,
-    TaskSubmission, UsageRecord,
+    Gateway, GatewayConfig, Price, ProviderConfig, Quotas, RunContext, TaskSubmission, UsageRecord,
 };
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
@@ -53,7 +52,8 @@ pub struct MemBackend {
     pub notes: Mutex<Vec<(Uuid, String)>>,
     /// (parent task, submission, created id)
     pub tasks: Mutex<Vec<(Uuid, TaskSubmission, Uuid)>>,
-    pub reviews: Mutex<Vec<(Uuid, ReviewSubmission)>>,
+    pub reviews: Mutex<Vec<(Uuid, subjects::goals::ReviewVerdict)>>,
+    pub plans: Mutex<Vec<(Uuid, subjects::goals::Plan)>>,
     pub audits: Mutex<Vec<AuditRecord>>,
     pub usage: Mutex<Vec<UsageRecord>>,
     /// (tenant, URL prefix, header, value)
@@ -185,12 +185,30 @@ impl Backend for MemBackend {
     fn submit_review<'a>(
         &'a self,
         reviewer: &'a RunContext,
-        review: ReviewSubmission,
+        review: subjects::goals::ReviewVerdict,
     ) -> BoxFuture<'a, Result<Value, BackendError>> {
         Box::pin(async move {
             let task = review.task_id;
             lock(&self.reviews).push((reviewer.run_id, review));
             Ok(json!({"task_id": task.to_string(), "recorded": true}))
+        })
+    }
+
+    fn submit_plan<'a>(
+        &'a self,
+        planner: &'a RunContext,
+        plan: subjects::goals::Plan,
+    ) -> BoxFuture<'a, Result<Value, BackendError>> {
+        Box::pin(async move {
+            if plan.subtasks.is_empty() {
+                return Err(BackendError::Refused {
+                    status: 422,
+                    reason: "the plan has no sub-tasks".into(),
+                });
+            }
+            let n = plan.subtasks.len();
+            lock(&self.plans).push((planner.run_id, plan));
+            Ok(json!({"accepted": true, "subtasks": n}))
         })
     }
 
@@ -536,6 +554,7 @@ impl Setup {
                 "memory.list".to_string(),
                 "task.create".to_string(),
                 "review.submit".to_string(),
+                "plan.submit".to_string(),
             ]),
             egress: vec![
                 format!("127.0.0.1:{}", self.upstream.addr.port()),
