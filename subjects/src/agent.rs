@@ -115,6 +115,21 @@ pub struct AgentOutput {
     pub stop: AgentStop,
     /// Tokens over the whole run, as the gateway reported them.
     pub usage: TokenUsage,
+    /// The files in `/workspace` when the run ended (at most
+    /// [`MAX_LISTED_FILES`], paths relative to it): what a goal's
+    /// deliverable points to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<WorkspaceFile>,
+}
+
+/// The most files an [`AgentOutput`] lists.
+pub const MAX_LISTED_FILES: usize = 200;
+
+/// One regular file of the workspace.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+pub struct WorkspaceFile {
+    pub path: String,
+    pub bytes: u64,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]

@@ -432,6 +432,10 @@ impl TaskKind {
     pub fn parse(s: &str) -> Option<TaskKind> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
+
+    pub fn is_work(&self) -> bool {
+        *self == TaskKind::Work
+    }
 }
 
 /// A goal in a list: `GET /v1/goals`.

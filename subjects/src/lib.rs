@@ -144,6 +144,10 @@ pub mod subject {
     pub fn goal_events(tenant: &str, goal: uuid::Uuid, kind: &str) -> String {
         format!("{ROOT}.events.{tenant}.{goal}.{GOAL_TOKEN}.{kind}")
     }
+    /// Whether an events subject is a goal's own event (not a task's).
+    pub fn is_goal_event(subject: &str) -> bool {
+        subject.split('.').nth(4) == Some(GOAL_TOKEN)
+    }
     /// Everything about one goal: its own events and its tasks'.
     pub fn events_of_goal(tenant: &str, goal: uuid::Uuid) -> String {
         format!("{ROOT}.events.{tenant}.{goal}.>")

@@ -188,6 +188,10 @@ pub struct TaskView {
     /// The employee doing the work, for a task submitted to one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub employee_id: Option<Uuid>,
+    /// What a goal's task is for: its work, its plan, a review of another
+    /// task, or the goal's deliverable (`work` is left out).
+    #[serde(default, skip_serializing_if = "crate::goals::TaskKind::is_work")]
+    pub kind: crate::goals::TaskKind,
 }
 
 /// Published on `colony.events.<tenant>.<goal>.<task>.<kind>`.

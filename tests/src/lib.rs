@@ -393,6 +393,66 @@ impl World {
         }
     }
 
+    /// Submit a goal over HTTP with the operator key; returns its id.
+    pub async fn submit_goal(&self, body: serde_json::Value) -> Result<Uuid> {
+        let resp = self
+            .http()
+            .post(format!("{}/v1/goals", self.url()))
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let v: serde_json::Value = resp.json().await?;
+        if status != 202 {
+            bail!("goal submit answered {status}: {v}");
+        }
+        Ok(Uuid::parse_str(v["id"].as_str().context("no id")?)?)
+    }
+
+    /// `GET /v1/goals/{id}` with the operator key.
+    pub async fn get_goal(&self, id: Uuid) -> Result<subjects::goals::GoalView> {
+        let resp = self
+            .http()
+            .get(format!("{}/v1/goals/{id}", self.url()))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        if status != 200 {
+            bail!("GET goal {id} answered {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// The goal once `pred` holds (polled), or an error with its state.
+    pub async fn wait_goal(
+        &self,
+        id: Uuid,
+        secs: u64,
+        pred: impl Fn(&subjects::goals::GoalView) -> bool,
+    ) -> Result<subjects::goals::GoalView> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let g = self.get_goal(id).await?;
+            if pred(&g) {
+                return Ok(g);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "goal {id} is {} after {secs} s: blocked {:?}, progress {:?}, sub-tasks {:?}",
+                    g.state,
+                    g.blocked,
+                    g.progress,
+                    g.subtasks
+                        .iter()
+                        .map(|s| (s.key.as_str(), s.state, s.error.as_deref()))
+                        .collect::<Vec<_>>()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn wait_final(&self, id: Uuid, secs: u64) -> Result<TaskView> {
         self.wait_for(id, secs, |t| t.state.is_final()).await
     }

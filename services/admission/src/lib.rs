@@ -10,6 +10,7 @@
 //! creates the task — a sub-task under a lock on its parent's row that
 //! bounds its depth and its parent's fan-out.
 
+pub mod goal;
 pub mod plan;
 
 use store::tasks::{Created, NewTask, ParentLink};

@@ -191,6 +191,7 @@ impl Session<'_> {
                     turns,
                     stop: AgentStop::Done,
                     usage,
+                    files: self.files(),
                 });
             }
             for call in &reply.tool_calls {
@@ -203,9 +204,15 @@ impl Session<'_> {
                     turns,
                     stop: AgentStop::MaxTurns,
                     usage,
+                    files: self.files(),
                 });
             }
         }
+    }
+
+    /// What the workspace holds at the end of the run.
+    fn files(&self) -> Vec<subjects::agent::WorkspaceFile> {
+        crate::workspace::list(&self.settings.workspace, subjects::agent::MAX_LISTED_FILES)
     }
 
     /// Sends an event; a client that stops reading holds the run up only

@@ -27,6 +27,37 @@ pub fn empty(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The regular files below `dir` (symlinks are not followed), sorted, at
+/// most `max`; paths relative to `dir`. Unreadable directories are skipped.
+pub fn list(dir: &Path, max: usize) -> Vec<subjects::agent::WorkspaceFile> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                if let Ok(rel) = path.strip_prefix(dir) {
+                    out.push(subjects::agent::WorkspaceFile {
+                        path: rel.to_string_lossy().into_owned(),
+                        bytes: meta.len(),
+                    });
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out.truncate(max);
+    out
+}
+
 /// Best effort: makes `dir` and every directory below it rwx for its owner.
 fn grant_access(dir: &Path) {
     let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
@@ -44,6 +75,21 @@ fn grant_access(dir: &Path) {
 mod tests {
     use super::*;
     use crate::testutil::TempDir;
+
+    #[test]
+    fn lists_regular_files_without_following_links() -> io::Result<()> {
+        let temp = TempDir::new("list")?;
+        let ws = temp.path();
+        fs::write(ws.join("b.md"), "xy")?;
+        fs::create_dir_all(ws.join("a/c"))?;
+        fs::write(ws.join("a/c/d.txt"), "x")?;
+        std::os::unix::fs::symlink("/etc", ws.join("link"))?;
+        let files = list(ws, 10);
+        let paths: Vec<_> = files.iter().map(|f| (f.path.as_str(), f.bytes)).collect();
+        assert_eq!(paths, [("a/c/d.txt", 1), ("b.md", 2)]);
+        assert_eq!(list(ws, 1).len(), 1);
+        Ok(())
+    }
 
     #[test]
     fn empties_but_keeps_the_directory() -> io::Result<()> {

@@ -15,6 +15,7 @@
 //! - `POST /v1/tasks/{id}/cancel` → cancels a task that is not final.
 //! - `GET /healthz` → 200 `{"status":"ok"}` when Postgres and NATS answer,
 //!   else 503 `{"status":"unavailable"}` (the cause goes to the log only).
+//! - Goals, the leaderboard and score adjustments ([`goals`]).
 //! - Employees ([`employees`]), the audit trail ([`audit`]), credentials
 //!   ([`credentials`]), API keys ([`keys`]), and `GET /v1/workers` (operator
 //!   keys only).
@@ -26,6 +27,7 @@ pub mod auth;
 mod credentials;
 mod employees;
 pub mod error;
+mod goals;
 mod keys;
 
 use std::convert::Infallible;
@@ -64,6 +66,7 @@ struct Inner {
     js: jetstream::Context,
     relay: Relay,
     gate: Arc<auth::Gate>,
+    watchers: crate::watch::Watchers,
 }
 
 impl AppState {
@@ -77,6 +80,7 @@ impl AppState {
         AppState(Arc::new(Inner {
             cfg,
             store,
+            watchers: crate::watch::Watchers::new(nats.clone()),
             nats,
             js,
             relay,
@@ -113,6 +117,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", delete(keys::revoke))
         .route("/v1/workers", get(workers))
+        .route("/v1/goals", post(goals::submit).get(goals::list))
+        .route("/v1/goals/{id}", get(goals::get_one))
+        .route("/v1/goals/{id}/events", get(goals::events))
+        .route("/v1/goals/{id}/pause", post(goal_pause))
+        .route("/v1/goals/{id}/resume", post(goal_resume))
+        .route("/v1/goals/{id}/approve", post(goal_approve))
+        .route("/v1/goals/{id}/cancel", post(goal_cancel))
+        .route("/v1/goals/{id}/replan", post(goal_replan))
+        .route("/v1/goals/{id}/decide", post(goal_decide))
+        .route("/v1/leaderboard", get(goals::leaderboard))
+        .route("/v1/employees/{id}/score", post(goals::adjust_score))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
@@ -123,6 +138,29 @@ pub fn router(state: AppState) -> Router {
             auth::limit_peers,
         ))
         .with_state(state)
+}
+
+/// The handlers of `POST /v1/goals/{id}/<act>`.
+macro_rules! goal_acts {
+    ($($name:ident => $act:ident),* $(,)?) => {$(
+        async fn $name(
+            State(s): State<AppState>,
+            caller: Caller,
+            Path(raw): Path<String>,
+            body: Body,
+        ) -> Result<Json<subjects::goals::GoalView>, Refusal> {
+            goals::act(s, caller, raw, goals::Act::$act, body).await
+        }
+    )*};
+}
+
+goal_acts! {
+    goal_pause => Pause,
+    goal_resume => Resume,
+    goal_approve => Approve,
+    goal_cancel => Cancel,
+    goal_replan => Replan,
+    goal_decide => Decide,
 }
 
 /// Largest JSON body of the employee, credential and key routes.
@@ -179,6 +217,19 @@ async fn healthz(State(s): State<AppState>) -> Response {
     }
 }
 
+/// A submission's body, up to the rules' limit ("too large" told apart
+/// by reading one byte past it).
+async fn submission_bytes(rules: &crate::Rules, body: Body) -> Result<bytes::Bytes, Refusal> {
+    axum::body::to_bytes(body, rules.max_body_bytes + 1)
+        .await
+        .map_err(|_| {
+            rules
+                .too_large(rules.max_body_bytes + 1)
+                .map(Refusal::from)
+                .unwrap_or_else(|| Refusal::bad("the request body could not be read"))
+        })
+}
+
 fn header_str(h: &HeaderMap, name: &str) -> Result<Option<String>, Refusal> {
     match h.get(name) {
         None => Ok(None),
@@ -196,16 +247,7 @@ async fn submit(
     body: Body,
 ) -> Result<Response, Refusal> {
     let rules = &s.0.cfg.rules;
-    // Read one byte past the limit so that "too large" is told apart.
-    let bytes = match axum::body::to_bytes(body, rules.max_body_bytes + 1).await {
-        Ok(b) => b,
-        Err(_) => {
-            return Err(rules
-                .too_large(rules.max_body_bytes + 1)
-                .map(Refusal::from)
-                .unwrap_or_else(|| Refusal::bad("the request body could not be read")))
-        }
-    };
+    let bytes = submission_bytes(rules, body).await?;
     let key = header_str(&headers, "idempotency-key")?;
     let new = rules.check(&bytes, &caller.tenant, key)?;
     let c = admission::admit(&s.0.store, rules, new, None).await?;

@@ -1,6 +1,8 @@
-//! The NATS door: a durable consumer on `colony.intake.*`.
+//! The NATS door: a durable consumer on `colony.intake.>`.
 //!
-//! The tenant is the subject's last token. A message's idempotency key is its
+//! A task goes to `colony.intake.<tenant>`, a goal to
+//! `colony.intake.<tenant>.goal`; each is checked by the rules its HTTP
+//! route uses. A message's idempotency key is its
 //! `idempotency_key` field, else its `Nats-Msg-Id` header, so a publisher that
 //! retries with the same message id gets one task. A message that cannot
 //! become a task goes to `colony.dlq.intake` with the reason and is
@@ -99,19 +101,23 @@ async fn handle(
             )
         })
         .ok();
+    let seq_key = seq.map(|n| format!("intake:{n}"));
+    if let Some(tenant) = subject::intake_goal_tenant(&msg.subject) {
+        return goal(rules, store, js, relay, &msg, tenant, key.or(seq_key)).await;
+    }
     let checked = match subject::intake_tenant(&msg.subject) {
         Some(tenant) => rules.parse(&msg.payload).and_then(|mut sub| {
             sub.idempotency_key = sub
                 .idempotency_key
                 .or(key)
-                .or_else(|| seq.map(|n| format!("intake:{n}")));
+                .or(seq_key);
             // The key is checked like any other part of the submission.
             rules.check_submission(sub, tenant, None)
         }),
         None => Err(admission::Rejection {
             status: 400,
             reason: format!(
-                "subject {} does not name a valid tenant; publish to colony.intake.<tenant>",
+                "subject {} does not name a valid tenant; publish to colony.intake.<tenant> (a task) or colony.intake.<tenant>.goal (a goal)",
                 msg.subject
             ),
         }),
@@ -130,6 +136,42 @@ async fn handle(
         Err(admission::Refused::Rejected(r)) => dead_letter(js, &msg, &r.reason).await,
         Err(admission::Refused::Store(e)) => {
             tracing::warn!(error = %e, "could not store an intake message; it will be redelivered");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                .await;
+        }
+    }
+}
+
+/// A goal over NATS: the rules of `POST /v1/goals`. The body's key wins,
+/// then the message id, then the stream sequence.
+async fn goal(
+    rules: &Rules,
+    store: &Store,
+    js: &jetstream::Context,
+    relay: &Relay,
+    msg: &jetstream::Message,
+    tenant: &str,
+    key: Option<String>,
+) {
+    let new = match rules.check_goal(&msg.payload, tenant, None) {
+        Ok(mut new) => {
+            new.idempotency_key = new.idempotency_key.or(key);
+            new
+        }
+        Err(r) => return dead_letter(js, msg, &r.reason).await,
+    };
+    match store.create_goal(&new).await {
+        Ok(created) => {
+            tracing::info!(goal = %created.goal.id, created = created.created, tenant = %tenant, "goal submitted over NATS");
+            relay.send(created.outbox);
+            let _ = msg.ack().await;
+        }
+        Err(e @ (store::Error::Invalid(_) | store::Error::Conflict(_))) => {
+            dead_letter(js, msg, &e.to_string()).await
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not store a goal from the intake; it will be redelivered");
             let _ = msg
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
                 .await;

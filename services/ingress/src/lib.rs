@@ -15,6 +15,7 @@
 
 pub mod http;
 pub mod intake;
+pub mod watch;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;

@@ -36,7 +36,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use subjects::agent::SOCKET_DIR;
 
-pub use spec::Limits;
+pub use spec::{GoalMount, Limits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -125,6 +125,9 @@ pub struct Want {
     /// behind outside `/workspace` (in `/tmp`, a detached process) stays
     /// within its tenant.
     pub tenant: Option<String>,
+    /// A goal's run mounts the goal's workspace (instead of the
+    /// employee's), read-only unless it does the goal's work.
+    pub goal: Option<GoalMount>,
 }
 
 impl Want {
@@ -137,6 +140,7 @@ impl Want {
             limits: None,
             role_max_active: None,
             tenant: None,
+            goal: None,
         }
     }
 }
@@ -331,7 +335,14 @@ impl Runtime {
     /// The hash that decides whether a container may be reused for `role`
     /// with the default image and limits.
     pub fn config_hash(&self, role: &str) -> String {
-        spec::config_hash(&self.default_image_id, role, None, None, &self.cfg.limits)
+        spec::config_hash(
+            &self.default_image_id,
+            role,
+            None,
+            None,
+            None,
+            &self.cfg.limits,
+        )
     }
 
     async fn resolve(&self, want: &Want) -> Result<(String, Limits, String)> {
@@ -362,6 +373,7 @@ impl Runtime {
             &want.role,
             want.employee,
             want.tenant.as_deref(),
+            want.goal.as_ref(),
             &limits,
         );
         Ok((image_id, limits, hash))
@@ -633,16 +645,35 @@ impl Runtime {
         labels.insert(label::AGENT.into(), "agentd".into());
         labels.insert(label::WORKER.into(), self.cfg.worker_id.clone());
         labels.insert(label::CONFIG_HASH.into(), hash.clone());
-        let volume = want.employee.map(spec::workspace_volume);
         if let Some(e) = want.employee {
             labels.insert(label::EMPLOYEE.into(), e.to_string());
+        }
+        if let Some(g) = &want.goal {
+            labels.insert(label::GOAL.into(), g.goal.to_string());
+        }
+        // A goal's run works in the goal's workspace, any other employee
+        // run in the employee's own.
+        let volume = match (&want.goal, want.employee) {
+            (Some(g), _) => Some((
+                spec::goal_volume(g.goal),
+                g.read_only,
+                (label::GOAL, g.goal.to_string()),
+            )),
+            (None, Some(e)) => Some((
+                spec::workspace_volume(e),
+                false,
+                (label::EMPLOYEE, e.to_string()),
+            )),
+            (None, None) => None,
+        };
+        if let Some((volume, _, (owner_label, owner))) = &volume {
             // Made here (not by the bind) so that it carries the labels;
             // creating an existing volume returns it unchanged.
             let mut vl: HashMap<String, String> = self.cfg.labels.clone().into_iter().collect();
             vl.insert(label::MANAGED.into(), "true".into());
-            vl.insert(label::EMPLOYEE.into(), e.to_string());
+            vl.insert(owner_label.to_string(), owner.clone());
             let req = bollard::models::VolumeCreateRequest {
-                name: volume.clone(),
+                name: Some(volume.clone()),
                 labels: Some(vl),
                 ..Default::default()
             };
@@ -651,7 +682,13 @@ impl Runtime {
                 return Err(e.into());
             }
         }
-        let body = spec::container_body(image_id, &dir, labels, limits, volume.as_deref());
+        let body = spec::container_body(
+            image_id,
+            &dir,
+            labels,
+            limits,
+            volume.as_ref().map(|(v, ro, _)| (v.as_str(), *ro)),
+        );
         let opts = CreateContainerOptionsBuilder::new().name(&name).build();
         let id = match self.docker.create_container(Some(opts), body).await {
             Ok(r) => r.id,

@@ -49,11 +49,15 @@ pub fn config_hash(
     role: &str,
     employee: Option<uuid::Uuid>,
     tenant: Option<&str>,
+    goal: Option<&GoalMount>,
     limits: &Limits,
 ) -> String {
     let employee = employee.map(|e| e.to_string()).unwrap_or_default();
     let tenant = tenant.unwrap_or_default();
-    let text = format!("{image_id}\n{role}\n{employee}\n{tenant}\n{limits:?}\n{USER}\n");
+    let goal = goal
+        .map(|g| format!("{}:{}", g.goal, if g.read_only { "ro" } else { "rw" }))
+        .unwrap_or_default();
+    let text = format!("{image_id}\n{role}\n{employee}\n{tenant}\n{goal}\n{limits:?}\n{USER}\n");
     Sha256::digest(text.as_bytes())[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -65,16 +69,31 @@ pub fn workspace_volume(employee: uuid::Uuid) -> String {
     format!("colony-ws-{}", employee.simple())
 }
 
-/// The container spec. `workspace_volume` (an employee's) is mounted at
-/// `/workspace` and outlives the container; without it `/workspace` is a
-/// tmpfs of `workspace_mb`. A new volume takes the image's `/workspace`
-/// ownership (65534, mode 0700) when first mounted.
+/// A goal's shared workspace, mounted at `/workspace` by every run of the
+/// goal: read-write for the runs that do its work, read-only for the runs
+/// that review it, plan it or write its deliverable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GoalMount {
+    pub goal: uuid::Uuid,
+    pub read_only: bool,
+}
+
+/// The docker volume holding a goal's workspace.
+pub fn goal_volume(goal: uuid::Uuid) -> String {
+    format!("colony-goal-{}", goal.simple())
+}
+
+/// The container spec. `workspace_volume` (an employee's or a goal's, with
+/// whether it is read-only) is mounted at `/workspace` and outlives the
+/// container; without it `/workspace` is a tmpfs of `workspace_mb`. A new
+/// volume takes the image's `/workspace` ownership (65534, mode 0700) when
+/// first mounted.
 pub fn container_body(
     image: &str,
     socket_dir: &Path,
     labels: HashMap<String, String>,
     l: &Limits,
-    workspace_volume: Option<&str>,
+    workspace_volume: Option<(&str, bool)>,
 ) -> ContainerCreateBody {
     let mut tmpfs = HashMap::from([(
         "/tmp".to_string(),
@@ -82,7 +101,10 @@ pub fn container_body(
     )]);
     let mut binds = vec![format!("{}:{SOCKET_DIR}", socket_dir.display())];
     match workspace_volume {
-        Some(v) => binds.push(format!("{v}:{WORKSPACE}:rw")),
+        Some((v, read_only)) => binds.push(format!(
+            "{v}:{WORKSPACE}:{}",
+            if read_only { "ro" } else { "rw" }
+        )),
         None => {
             tmpfs.insert(
                 WORKSPACE.to_string(),
@@ -132,15 +154,32 @@ mod tests {
     #[test]
     fn hash_changes_with_anything_that_matters() {
         let l = Limits::default();
-        let base = config_hash("img1", "shell", None, None, &l);
-        assert_eq!(base, config_hash("img1", "shell", None, None, &l));
-        assert_ne!(base, config_hash("img2", "shell", None, None, &l));
-        assert_ne!(base, config_hash("img1", "other", None, None, &l));
+        let base = config_hash("img1", "shell", None, None, None, &l);
+        assert_eq!(base, config_hash("img1", "shell", None, None, None, &l));
+        assert_ne!(base, config_hash("img2", "shell", None, None, None, &l));
+        assert_ne!(base, config_hash("img1", "other", None, None, None, &l));
         let e = uuid::Uuid::from_u128(7);
-        assert_ne!(base, config_hash("img1", "shell", Some(e), None, &l));
-        assert_ne!(base, config_hash("img1", "shell", None, Some("acme"), &l));
+        assert_ne!(base, config_hash("img1", "shell", Some(e), None, None, &l));
+        assert_ne!(
+            base,
+            config_hash("img1", "shell", None, Some("acme"), None, &l)
+        );
+        let rw = GoalMount {
+            goal: uuid::Uuid::from_u128(9),
+            read_only: false,
+        };
+        let ro = GoalMount {
+            read_only: true,
+            ..rw
+        };
+        let with_rw = config_hash("img1", "shell", None, None, Some(&rw), &l);
+        assert_ne!(base, with_rw);
+        assert_ne!(
+            with_rw,
+            config_hash("img1", "shell", None, None, Some(&ro), &l)
+        );
         let more = Limits { pids: 256, ..l };
-        assert_ne!(base, config_hash("img1", "shell", None, None, &more));
+        assert_ne!(base, config_hash("img1", "shell", None, None, None, &more));
     }
 
     #[test]
@@ -172,7 +211,7 @@ mod tests {
             Path::new("/s/c1"),
             HashMap::new(),
             &Limits::default(),
-            Some(&v),
+            Some((&v, false)),
         );
         let h = body.host_config.expect("host config");
         assert_eq!(
@@ -190,5 +229,19 @@ mod tests {
         assert!(tmpfs.contains_key("/tmp"));
         assert_eq!(h.readonly_rootfs, Some(true));
         assert_eq!(h.network_mode.as_deref(), Some("none"));
+    }
+
+    #[test]
+    fn a_reviewer_mounts_the_goal_workspace_read_only() {
+        let v = goal_volume(uuid::Uuid::from_u128(3));
+        let body = container_body(
+            "img",
+            Path::new("/s/c1"),
+            HashMap::new(),
+            &Limits::default(),
+            Some((&v, true)),
+        );
+        let binds = body.host_config.expect("host config").binds.expect("binds");
+        assert_eq!(binds[1], format!("{v}:{WORKSPACE}:ro"));
     }
 }

@@ -224,16 +224,99 @@ impl From<Step> for StepDef {
     }
 }
 
-/// A list of steps; in JSON, just the array of steps.
+/// A list of steps — in JSON, just the array of steps — or a choice of
+/// another script by what the request's first user message contains: in
+/// JSON `{"cases": [{"when": "<text>", "script": "<name>"}], "otherwise":
+/// "<name>"}` (the first case whose text the message contains wins).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "Value", into = "ScriptDef")]
 pub struct Script {
     pub steps: Vec<Step>,
+    pub cases: Vec<Case>,
+    pub otherwise: Option<String>,
+}
+
+/// One case of a choosing script.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub when: String,
+    pub script: String,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ScriptDef {
+    Steps(Vec<Step>),
+    Cases { cases: Vec<Case>, otherwise: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CasesDef {
+    cases: Vec<Case>,
+    otherwise: String,
+}
+
+impl TryFrom<Value> for Script {
+    type Error = String;
+
+    /// An array is a script of steps, an object a choosing script; each
+    /// refused with what is wrong in it.
+    fn try_from(v: Value) -> Result<Script, String> {
+        if v.is_array() {
+            let steps: Vec<Step> = serde_json::from_value(v).map_err(|e| e.to_string())?;
+            Ok(Script::new(steps))
+        } else {
+            let c: CasesDef = serde_json::from_value(v).map_err(|e| {
+                format!("a script is an array of steps or {{\"cases\", \"otherwise\"}}: {e}")
+            })?;
+            Ok(Script::choose(c.cases, c.otherwise))
+        }
+    }
+}
+
+impl From<Script> for ScriptDef {
+    fn from(s: Script) -> ScriptDef {
+        match s.otherwise {
+            Some(otherwise) => ScriptDef::Cases {
+                cases: s.cases,
+                otherwise,
+            },
+            None => ScriptDef::Steps(s.steps),
+        }
+    }
 }
 
 impl Script {
     pub fn new(steps: Vec<Step>) -> Script {
-        Script { steps }
+        Script {
+            steps,
+            cases: Vec::new(),
+            otherwise: None,
+        }
+    }
+
+    /// A script that plays another: the first of `cases` whose `when` the
+    /// first user message contains, else `otherwise`.
+    pub fn choose(cases: Vec<Case>, otherwise: impl Into<String>) -> Script {
+        Script {
+            steps: Vec::new(),
+            cases,
+            otherwise: Some(otherwise.into()),
+        }
+    }
+
+    /// The script a choosing script plays for `first_user` (`None` for a
+    /// script of steps).
+    pub fn chosen(&self, first_user: &str) -> Option<&str> {
+        let otherwise = self.otherwise.as_deref()?;
+        Some(
+            self.cases
+                .iter()
+                .find(|c| first_user.contains(&c.when))
+                .map_or(otherwise, |c| c.script.as_str()),
+        )
     }
 }
 
@@ -284,6 +367,21 @@ impl Scripts {
     ///   what the file and the shell gave back;
     /// - `slow`: answers after 30 seconds (for cancel and timeout tests);
     /// - `broken`: fails with HTTP 500.
+    ///
+    /// And the runs of a goal (see `turn::phase`), played as
+    /// `<name>.<phase>` (a goal with no marker plays `demo.<phase>`):
+    /// - `demo.plan`: a valid plan of three executor sub-tasks, the third
+    ///   depending on the first two; `demo.work`: writes `<key>.md` into the
+    ///   goal's workspace and reports what it holds; `demo.review`: looks
+    ///   at the workspace and approves with 8; `demo.deliver`: says what
+    ///   was built (the run's output lists the workspace's files);
+    /// - `replan.plan`: an invalid plan (a cycle, a missing dependency, an
+    ///   unknown role, no acceptance), then the valid one;
+    /// - `stubborn.plan`: nothing but invalid plans;
+    /// - `strict.review`: rejects the first round with two issues, approves
+    ///   the next; `harsh.review`: rejects every round;
+    /// - `wrong.review`: submits a verdict for a task it was not given;
+    /// - `looping.work`: the same shell call, again and again.
     pub fn builtin() -> Scripts {
         let mut scripts = Scripts::new();
         scripts.insert(
@@ -332,6 +430,7 @@ impl Scripts {
                 "The scripted provider is broken on purpose.",
             )]),
         );
+        loop_scripts(&mut scripts);
         scripts.default = Some(DEFAULT_SCRIPT.to_owned());
         scripts
     }
@@ -384,6 +483,20 @@ impl Scripts {
                 )));
             }
         }
+        for (name, script) in &self.scripts {
+            let targets = script
+                .cases
+                .iter()
+                .map(|c| &c.script)
+                .chain(script.otherwise.as_ref());
+            for target in targets {
+                if !self.scripts.contains_key(target) {
+                    return Err(ScriptError(format!(
+                        "script {name:?} chooses {target:?}, which is not among the scripts"
+                    )));
+                }
+            }
+        }
         if let Some(name) = self.scripts.keys().find(|name| !valid_name(name)) {
             return Err(ScriptError(format!(
                 "the script name {name:?} is not valid (use letters, digits, '-', '_' and '.')"
@@ -391,6 +504,175 @@ impl Scripts {
         }
         Ok(())
     }
+}
+
+/// The plan `demo.plan` submits.
+pub fn demo_plan() -> Value {
+    json!({
+        "summary": "Outline the page and write its copy, then build the page from both.",
+        "modules": [{"key": "site", "title": "The site"}],
+        "subtasks": [
+            {"key": "outline", "title": "Outline the page", "role": "executor", "module": "site", "size": 1,
+             "description": "Write outline.md: the sections of the page, one per line.",
+             "acceptance": ["outline.md lists the sections of the page"]},
+            {"key": "copy", "title": "Write the copy", "role": "executor", "module": "site", "size": 2,
+             "description": "Write copy.md: the text of each section.",
+             "acceptance": ["copy.md has text for every section"]},
+            {"key": "page", "title": "Build the page", "role": "executor", "module": "site", "size": 3,
+             "description": "Build page.md from outline.md and copy.md.",
+             "acceptance": ["page.md holds every section with its text"],
+             "depends_on": ["outline", "copy"]}
+        ]
+    })
+}
+
+/// A plan with every kind of error the plan check names.
+pub fn invalid_plan() -> Value {
+    json!({
+        "summary": "A plan with mistakes.",
+        "subtasks": [
+            {"key": "a", "title": "A", "description": "a", "role": "executor", "acceptance": ["a"], "depends_on": ["b"]},
+            {"key": "b", "title": "B", "description": "b", "role": "executor", "acceptance": ["b"], "depends_on": ["a"]},
+            {"key": "c", "title": "C", "description": "c", "role": "executor", "acceptance": ["c"], "depends_on": ["nowhere"]},
+            {"key": "d", "title": "D", "description": "d", "role": "wizard", "acceptance": ["d"]},
+            {"key": "e", "title": "E", "description": "e", "role": "executor", "acceptance": []}
+        ]
+    })
+}
+
+fn submit_plan(plan: Value) -> Step {
+    Step::tool_calls(vec![ToolCall::new("action_plan_submit", plan)])
+}
+
+/// The task id a review prompt asks the verdict for.
+const REVIEWED_TASK: &str = "{field:\"task_id\": \"}";
+/// The key of the sub-task a work prompt is about.
+const SUBTASK_KEY: &str = "{field:Your sub-task (}";
+
+fn verdict(score: u8, approve: bool, issues: &[&str], summary: &str) -> Step {
+    Step::tool_calls(vec![ToolCall::new(
+        "action_review_submit",
+        json!({"task_id": REVIEWED_TASK, "score": score, "approve": approve,
+               "issues": issues, "summary": summary}),
+    )])
+}
+
+fn look_around() -> Step {
+    Step::tool_calls(vec![ToolCall::new(
+        "shell",
+        json!({"command": "ls -la /workspace"}),
+    )])
+}
+
+fn loop_scripts(scripts: &mut Scripts) {
+    scripts.insert(
+        "demo.plan",
+        Script::new(vec![
+            submit_plan(demo_plan()),
+            Step::text("I submitted the plan: {last_tool}"),
+        ]),
+    );
+    scripts.insert(
+        "demo.work",
+        Script::new(vec![
+            Step::tool_calls(vec![ToolCall::new(
+                "write_file",
+                json!({"path": format!("{SUBTASK_KEY}.md"),
+                       "content": format!("# {SUBTASK_KEY}\n\nWritten by the scripted model.\n")}),
+            )]),
+            look_around(),
+            Step::text(format!(
+                "I wrote {SUBTASK_KEY}.md and checked the workspace:\n{{tool:shell}}"
+            )),
+        ]),
+    );
+    scripts.insert(
+        "demo.review",
+        Script::new(vec![
+            look_around(),
+            verdict(8, true, &[], "Every criterion is met."),
+            Step::text("I approved the work: {last_tool}"),
+        ]),
+    );
+    scripts.insert(
+        "demo.deliver",
+        Script::new(vec![Step::text(
+            "Every sub-task is done: the outline, the copy and the page built from both are in the goal's workspace.",
+        )]),
+    );
+    scripts.insert(
+        "replan.plan",
+        Script::new(vec![
+            submit_plan(invalid_plan()),
+            submit_plan(demo_plan()),
+            Step::text("I fixed the plan: {last_tool}"),
+        ]),
+    );
+    scripts.insert(
+        "stubborn.plan",
+        Script::new(vec![
+            submit_plan(invalid_plan()),
+            submit_plan(invalid_plan()),
+            submit_plan(invalid_plan()),
+            submit_plan(invalid_plan()),
+            Step::text("I could not make a valid plan: {last_tool}"),
+        ]),
+    );
+    let reject = |s: &mut Scripts, name: &str| {
+        s.insert(
+            name,
+            Script::new(vec![
+                look_around(),
+                verdict(
+                    4,
+                    false,
+                    &[
+                        "The page has no contact section.",
+                        "The headings skip a level.",
+                    ],
+                    "Two criteria are not met.",
+                ),
+                Step::text("I sent the work back: {last_tool}"),
+            ]),
+        );
+    };
+    reject(scripts, "harsh.review");
+    reject(scripts, "strict.reject");
+    scripts.insert(
+        "strict.review",
+        Script::choose(
+            vec![Case {
+                when: "Earlier review rounds".to_owned(),
+                script: "demo.review".to_owned(),
+            }],
+            "strict.reject",
+        ),
+    );
+    scripts.insert(
+        "wrong.review",
+        Script::new(vec![
+            Step::tool_calls(vec![ToolCall::new(
+                "action_review_submit",
+                json!({"task_id": "00000000-0000-7000-8000-000000000001", "score": 9, "approve": true}),
+            )]),
+            verdict(8, true, &[], "Every criterion is met."),
+            Step::text("Reviewed: {last_tool}"),
+        ]),
+    );
+    scripts.insert(
+        "looping.work",
+        Script::new(
+            (0..60)
+                .map(|_| {
+                    Step::tool_calls(vec![ToolCall::new(
+                        "shell",
+                        json!({"command": "echo still thinking"}),
+                    )])
+                    .delayed(200)
+                })
+                .collect(),
+        ),
+    );
 }
 
 /// A script name fits in `scripted:<name>` and `[script:<name>]`.
@@ -480,7 +762,24 @@ mod tests {
         let builtin = Scripts::builtin();
         assert_eq!(
             builtin.names().collect::<Vec<_>>(),
-            ["broken", "demo", "echo", "slow", "tools"]
+            [
+                "broken",
+                "demo",
+                "demo.deliver",
+                "demo.plan",
+                "demo.review",
+                "demo.work",
+                "echo",
+                "harsh.review",
+                "looping.work",
+                "replan.plan",
+                "slow",
+                "strict.reject",
+                "strict.review",
+                "stubborn.plan",
+                "tools",
+                "wrong.review"
+            ]
         );
         assert_eq!(builtin.default_name(), Some(DEFAULT_SCRIPT));
         let names: Vec<String> = builtin

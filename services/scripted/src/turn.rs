@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::script::{Reply, Scripts, ToolCall};
+use crate::script::{Reply, Script, Scripts, ToolCall};
 
 /// The prefix of a `model` naming a script (`scripted:<name>`).
 pub const MODEL_PREFIX: &str = "scripted:";
@@ -198,25 +198,78 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
-/// Plays `request` against `scripts`.
-pub fn play(scripts: &Scripts, request: &Request) -> Result<Turn, Refusal> {
-    let name = match script_name(request) {
-        Some(name) => name,
-        None => scripts.default_name().map(str::to_owned).ok_or_else(|| Refusal {
+/// Which run of a goal a request belongs to, from the first line of its
+/// first user message (the briefs `store::briefs` writes): `plan`,
+/// `work`, `review` or `deliver`; `None` for a run outside a goal.
+pub fn phase(request: &Request) -> Option<&'static str> {
+    let first = first_user(request).trim_start();
+    [
+        ("Plan this goal", "plan"),
+        ("You are working on one sub-task of a goal", "work"),
+        ("Review one sub-task's work", "review"),
+        ("Every sub-task of this goal is done", "deliver"),
+    ]
+    .into_iter()
+    .find(|(opening, _)| first.starts_with(opening))
+    .map(|(_, phase)| phase)
+}
+
+fn first_user(request: &Request) -> &str {
+    request
+        .messages
+        .iter()
+        .find(|m| m.role == "user")
+        .map_or("", |m| m.content.as_str())
+}
+
+/// The script that answers: the named one (or the default) for this run's
+/// phase — `<name>.<phase>` when it exists, else `<name>`, else the
+/// default's `<default>.<phase>` — then, for a choosing script, the one it
+/// chooses.
+fn resolve<'a>(scripts: &'a Scripts, request: &Request) -> Result<(String, &'a Script), Refusal> {
+    let default = scripts.default_name();
+    let named = script_name(request);
+    let Some(name) = named.as_deref().or(default) else {
+        return Err(Refusal {
             status: 404,
             message: format!(
                 "There is no default script; name one with model \"{MODEL_PREFIX}<name>\" or a [script:<name>] marker."
             ),
-        })?,
+        });
     };
-    let script = scripts.get(&name).ok_or_else(|| Refusal {
-        status: 404,
-        message: format!(
-            "The model {:?} does not exist: there is no script named {name:?} (scripts: {}).",
-            format!("{MODEL_PREFIX}{name}"),
-            scripts.names().collect::<Vec<_>>().join(", ")
-        ),
-    })?;
+    let phase = phase(request);
+    let mut chosen = phase
+        .map(|p| format!("{name}.{p}"))
+        .into_iter()
+        .chain([name.to_owned()])
+        .chain(phase.zip(default).map(|(p, d)| format!("{d}.{p}")))
+        .find(|n| scripts.get(n).is_some())
+        .ok_or_else(|| Refusal {
+            status: 404,
+            message: format!(
+                "The model {:?} does not exist: there is no script named {name:?} (scripts: {}).",
+                format!("{MODEL_PREFIX}{name}"),
+                scripts.names().collect::<Vec<_>>().join(", ")
+            ),
+        })?;
+    // Choosing scripts are checked to name scripts that exist; a bound on
+    // the chain keeps a cycle of them from looping.
+    for _ in 0..8 {
+        let script = scripts.get(&chosen).expect("found above");
+        match script.chosen(first_user(request)) {
+            None => return Ok((chosen, script)),
+            Some(next) => chosen = next.to_owned(),
+        }
+    }
+    Err(Refusal {
+        status: 500,
+        message: format!("The script {chosen:?} chooses in a cycle."),
+    })
+}
+
+/// Plays `request` against `scripts`.
+pub fn play(scripts: &Scripts, request: &Request) -> Result<Turn, Refusal> {
+    let (name, script) = resolve(scripts, request)?;
     let step = step_index(request);
     let (delay_ms, text, calls) = match script.steps.get(step) {
         None => (
@@ -250,7 +303,10 @@ pub fn play(scripts: &Scripts, request: &Request) -> Result<Turn, Refusal> {
             (
                 format!("call_{step}_{i}"),
                 call.name.clone(),
-                call.arguments_text(),
+                match &call.arguments {
+                    Value::String(text) => text.clone(),
+                    args => fill_value(args, request).to_string(),
+                },
             )
         })
         .collect();
@@ -328,7 +384,36 @@ fn fill(text: &str, request: &Request) -> String {
     out
 }
 
+/// `value` with the placeholders of every string in it filled in.
+fn fill_value(value: &Value, request: &Request) -> Value {
+    match value {
+        Value::String(text) => Value::String(fill(text, request)),
+        Value::Array(items) => Value::Array(items.iter().map(|v| fill_value(v, request)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), fill_value(v, request)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// `{field:<prefix>}`: what follows the first `<prefix>` in the first user
+/// message, up to a space, a quote, a bracket or a comma.
+fn field(prefix: &str, request: &Request) -> Option<String> {
+    let text = first_user(request);
+    let start = text.find(prefix)? + prefix.len();
+    let rest = &text[start..];
+    let end = rest
+        .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | ',' | ']' | '}'))
+        .unwrap_or(rest.len());
+    Some(rest[..end].to_owned())
+}
+
 fn placeholder(key: &str, request: &Request) -> Option<String> {
+    if let Some(prefix) = key.strip_prefix("field:") {
+        return Some(field(prefix, request).unwrap_or_default());
+    }
     let value = match key {
         "prompt" => request
             .messages
@@ -421,6 +506,109 @@ mod tests {
         let default = request(json!({"model": "scripted",
             "messages": [{"role": "user", "content": "hi"}]}));
         assert_eq!(play(&scripts, &default).expect("turn").script, "demo");
+    }
+
+    fn user(content: &str) -> Request {
+        request(json!({"model": "scripted", "messages": [{"role": "user", "content": content}]}))
+    }
+
+    fn calls_of(turn: &Turn) -> Vec<(String, Value)> {
+        match &turn.answer {
+            Answer::Message { tool_calls, .. } => tool_calls
+                .iter()
+                .map(|(_, n, a)| (n.clone(), serde_json::from_str(a).expect("json args")))
+                .collect(),
+            Answer::Error { .. } => panic!("an error: {turn:?}"),
+        }
+    }
+
+    #[test]
+    fn a_goals_runs_play_their_phase_of_the_named_script() {
+        let scripts = scripts();
+        for (prompt, want) in [
+            ("Plan this goal for a team of AI employees.\n", "demo.plan"),
+            ("Plan this goal. [script:replan]", "replan.plan"),
+            ("Plan this goal. [script:strict]", "demo.plan"),
+            (
+                "You are working on one sub-task of a goal.\n\nYour sub-task (outline): x",
+                "demo.work",
+            ),
+            (
+                "Review one sub-task's work against its acceptance criteria.",
+                "strict.reject",
+            ),
+            (
+                "Review one sub-task's work\nEarlier review rounds:\n",
+                "demo.review",
+            ),
+            ("Every sub-task of this goal is done. [script:echo]", "echo"),
+            ("Every sub-task of this goal is done.", "demo.deliver"),
+            ("Anything else", "demo"),
+        ] {
+            let prompt = if want.starts_with("strict") || prompt.contains("Earlier") {
+                format!("{prompt} [script:strict]")
+            } else {
+                prompt.to_string()
+            };
+            assert_eq!(
+                play(&scripts, &user(&prompt)).expect("turn").script,
+                want,
+                "{prompt}"
+            );
+        }
+        // Outside a goal, an unknown name is still a 404.
+        assert_eq!(
+            play(&scripts, &user("hi [script:strict]"))
+                .expect_err("404")
+                .status,
+            404
+        );
+    }
+
+    #[test]
+    fn field_placeholders_fill_tool_arguments_from_the_prompt() {
+        let scripts = scripts();
+        let work = play(
+            &scripts,
+            &user("You are working on one sub-task of a goal.\n\nYour sub-task (copy): Write"),
+        )
+        .expect("turn");
+        let calls = calls_of(&work);
+        assert_eq!(calls[0].0, "write_file");
+        assert_eq!(calls[0].1["path"], "copy.md");
+        let id = "0190a4f2-0000-7000-8000-00000000abcd";
+        let review = request(json!({"model": "scripted", "messages": [
+            {"role": "user", "content": format!("Review one sub-task's work. Submit {{\"task_id\": \"{id}\", \"score\": 1-10}}")},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "shell", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "a.md"}
+        ]}));
+        let calls = calls_of(&play(&scripts, &review).expect("turn"));
+        assert_eq!(calls[0].0, "action_review_submit");
+        assert_eq!(calls[0].1["task_id"], id);
+        assert_eq!(calls[0].1["approve"], true);
+    }
+
+    #[test]
+    fn choosing_scripts_must_name_scripts_that_exist() {
+        let err = Scripts::from_json(
+            r#"{"scripts": {"c": {"cases": [{"when": "x", "script": "gone"}], "otherwise": "c"}}}"#,
+        )
+        .expect_err("refused");
+        assert!(err.to_string().contains("\"gone\""), "{err}");
+        let err = Scripts::from_json(r#"{"scripts": {"c": {"cases": [], "else": "c"}}}"#)
+            .expect_err("refused");
+        assert!(err.to_string().contains("unknown field `else`"), "{err}");
+        let cyclic = Scripts::from_json(r#"{"scripts": {"c": {"cases": [], "otherwise": "c"}}}"#)
+            .expect("valid");
+        assert_eq!(
+            play(
+                &cyclic,
+                &request(json!({"model": "scripted:c", "messages": []}))
+            )
+            .expect_err("cycle")
+            .status,
+            500
+        );
     }
 
     #[test]

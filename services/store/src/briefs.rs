@@ -63,7 +63,7 @@ fn cut(text: &str, max: usize) -> String {
     }
 }
 
-fn budget_line(b: &Budget) -> String {
+pub(crate) fn budget_line(b: &Budget) -> String {
     let mut parts = Vec::new();
     if let Some(t) = b.tokens {
         parts.push(format!("{t} tokens"));

@@ -132,8 +132,7 @@ pub(crate) fn row_to_goal(r: &Row) -> Result<GoalRow> {
 }
 
 /// The extra columns of a task of a goal, after [`COLS`].
-pub(crate) const LOOP_COLS: &str =
-    "kind::text, subtask_key, module_key, title, reviews_task_id, reworks, \
+pub(crate) const LOOP_COLS: &str = "subtask_key, module_key, title, reviews_task_id, reworks, \
      deps_left, size, review_role, min_score, max_reworks";
 
 /// A task of a goal, with what the loop needs of it.
@@ -175,9 +174,7 @@ impl GoalTask {
 
 pub(crate) fn row_to_goal_task(r: &Row) -> Result<GoalTask> {
     let row = row_to_task(r)?;
-    let kind: String = r.get(17);
-    let kind = TaskKind::parse(&kind)
-        .ok_or_else(|| Error::Invalid(format!("task row has unknown kind {kind:?}")))?;
+    let kind = row.view.kind;
     let n = |i: usize| -> u32 { r.get::<_, i32>(i).max(0) as u32 };
     Ok(GoalTask {
         row,
@@ -647,6 +644,7 @@ impl<'a> LoopTx<'a> {
             created_at: self.now,
             updated_at: self.now,
             employee_id: new.employee_id,
+            kind: new.kind,
         };
         insert_history(&self.tx, &view, None, None).await?;
         if let Some(d) = dispatch {
@@ -809,6 +807,19 @@ impl Store {
         if let Some(key) = &new.idempotency_key {
             if let Some(g) = goal_by_key(&client, &new.tenant, key).await? {
                 return same_goal(g, new, key);
+            }
+        }
+        if let Some(p) = new.planner_id {
+            let ok = client
+                .query_opt(
+                    "SELECT 1 FROM employees WHERE id = $1 AND tenant = $2 AND state <> 'offboarded'",
+                    &[&p, &new.tenant],
+                )
+                .await?;
+            if ok.is_none() {
+                return Err(Error::Invalid(format!(
+                    "planner {p} is not one of this tenant's employees; leave it out to have one chosen"
+                )));
             }
         }
         let id = Uuid::now_v7();
@@ -1102,6 +1113,76 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Charges a model call of goal task `task` to its goal (a task of no
+    /// goal: nothing). When the goal's spend now reaches its token or cost
+    /// budget, the goal waits for a person (blocked, kind `budget`) and its
+    /// queued work waits with it; runs in flight finish within their
+    /// role's per-run quotas. A person's `decide` with a larger budget
+    /// resumes it.
+    pub async fn charge_goal(
+        &self,
+        task: Uuid,
+        tokens: u64,
+        cost_usd: f64,
+    ) -> Result<Vec<OutboxMsg>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE goals g SET spent_tokens = g.spent_tokens + $2, spent_cost_usd = g.spent_cost_usd + $3
+                 FROM tasks t WHERE t.id = $1 AND g.id = t.goal_id
+                 RETURNING g.id, g.state::text IN ('planning', 'running', 'paused', 'delivering')
+                     AND ((g.budget ? 'tokens' AND g.spent_tokens >= (g.budget->>'tokens')::bigint)
+                       OR (g.budget ? 'cost_usd' AND g.spent_cost_usd >= (g.budget->>'cost_usd')::float8))",
+            )
+            .await?;
+        let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
+        let Some(row) = client
+            .query_opt(&stmt, &[&task, &tokens, &cost_usd])
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let (goal, crossed): (Uuid, bool) = (row.get(0), row.get(1));
+        drop(client);
+        if !crossed {
+            return Ok(Vec::new());
+        }
+        let mut client = self.client().await?;
+        let mut t = LoopTx::begin(&mut client).await?;
+        let Some(mut g) = t.find_goal(goal).await? else {
+            return Ok(Vec::new());
+        };
+        let open = matches!(
+            g.state,
+            GoalState::Planning | GoalState::Running | GoalState::Paused | GoalState::Delivering
+        );
+        if !open || !t.over_budget(&g) {
+            return Ok(Vec::new());
+        }
+        let reason = format!(
+            "the goal has spent {} tokens and ${:.4}, reaching its budget ({}); a person decides (a larger budget, or cancel)",
+            g.spent.tokens,
+            g.spent.cost_usd,
+            crate::briefs::budget_line(&g.budget)
+        );
+        t.hold_queued(&g, "the goal's budget is spent").await?;
+        t.goal_to(
+            &mut g,
+            GoalState::Blocked,
+            &reason,
+            Some(Blocked {
+                kind: BlockKind::Budget,
+                reason: reason.clone(),
+                task_id: None,
+                details: Vec::new(),
+            }),
+        )
+        .await?;
+        t.commit().await
+    }
+}
+
 /// What a person may do to a goal.
 #[derive(Clone, Debug)]
 pub enum GoalAction {
@@ -1212,10 +1293,11 @@ impl LoopTx<'_> {
 }
 
 impl LoopTx<'_> {
-    /// Queued sub-tasks wait again (a paused goal, a spent budget).
+    /// Queued sub-tasks and review runs wait again (a paused goal, a spent
+    /// budget).
     pub async fn hold_queued(&mut self, g: &GoalRow, reason: &str) -> Result<()> {
         for t in self
-            .lock_tasks(g, &[TaskKind::Work], &[TaskState::Queued])
+            .lock_tasks(g, &[TaskKind::Work, TaskKind::Review], &[TaskState::Queued])
             .await?
         {
             state::check(TaskState::Queued, TaskState::Pending)?;

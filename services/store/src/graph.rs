@@ -56,10 +56,19 @@ impl LoopTx<'_> {
             return Ok(());
         }
         for mut d in self
-            .lock_tasks(g, &[TaskKind::Work], &[TaskState::Pending])
+            .lock_tasks(
+                g,
+                &[TaskKind::Work, TaskKind::Review],
+                &[TaskState::Pending],
+            )
             .await?
         {
-            if d.deps_left == 0 {
+            if d.kind == TaskKind::Review {
+                // A review run held back: its input does not change.
+                let input = d.view().input.clone();
+                self.queue(&mut d, input, Some("the goal goes on"), false)
+                    .await?;
+            } else if d.deps_left == 0 {
                 let input = self.compose_input(&d, None).await?;
                 self.queue(&mut d, input, Some("its dependencies are done"), false)
                     .await?;

@@ -129,9 +129,17 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "INSERT INTO score_events (tenant, employee_id, delta, reason, by_key, at)
-                 SELECT $1, e.id, $3, $4, $5, $6 FROM employees e WHERE e.id = $2 AND e.tenant = $1
-                 RETURNING id, employee_id, delta, reason, task_id, review_id, by_key, at",
+                "WITH s AS (
+                     INSERT INTO score_events (tenant, employee_id, delta, reason, by_key, at)
+                     SELECT $1, e.id, $3, $4, $5, $6 FROM employees e WHERE e.id = $2 AND e.tenant = $1
+                     RETURNING id, employee_id, delta, reason, task_id, review_id, by_key, at
+                 ), a AS (
+                     INSERT INTO audit (at, tenant, employee_id, action, target, outcome, detail)
+                     SELECT s.at, $1, NULL, 'score.adjust', s.employee_id::text, 'allowed',
+                            format('%s points by key %s: %s', s.delta, s.by_key, s.reason)
+                     FROM s
+                 )
+                 SELECT id, employee_id, delta, reason, task_id, review_id, by_key, at FROM s",
                 &[
                     &tenant,
                     &employee,

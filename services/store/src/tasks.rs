@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
+use subjects::goals::TaskKind;
 use subjects::{subject, Event, EventBody, TaskState, TaskView, WorkItem};
 use time::OffsetDateTime;
 use tokio_postgres::Row;
@@ -22,7 +23,7 @@ use crate::{state, Error, OutboxMsg, Result, Store};
 pub(crate) const COLS: &str =
     "id, tenant, role, goal_id, input, state::text, attempt, max_attempts, timeout_secs, \
                     result, error, created_at, updated_at, dispatch_id, worker_id, \
-                    extract(epoch FROM now() - heartbeat_at)::float8, employee_id";
+                    extract(epoch FROM now() - heartbeat_at)::float8, employee_id, kind::text";
 
 /// A task as stored, with what only workers care about.
 #[derive(Clone, Debug)]
@@ -56,6 +57,8 @@ pub(crate) fn row_to_task(r: &Row) -> Result<TaskRow> {
             created_at: r.get(11),
             updated_at: r.get(12),
             employee_id: r.get(16),
+            kind: TaskKind::parse(r.get(17))
+                .ok_or_else(|| Error::Invalid("task row has an unknown kind".to_string()))?,
         },
         timeout_secs: n(8),
         dispatch_id: r.get(13),
@@ -352,6 +355,7 @@ impl Store {
             created_at: now,
             updated_at: now,
             employee_id: new.employee_id,
+            kind: TaskKind::Work,
         };
         let dispatch = Uuid::now_v7();
         let outbox = vec![

@@ -324,8 +324,8 @@ impl Store {
             t.subtask_done(&mut g, &x).await?;
             VerdictOutcome::Done
         } else {
-            t.task_to(&mut x, TaskState::Rework, Some(&issues.join("; ")))
-                .await?;
+            // Past the cap the sub-task goes from review straight to a
+            // person; within it, back to work with the issues.
             x.reworks += 1;
             t.tx.execute(
                 "UPDATE tasks SET reworks = $2 WHERE id = $1",
@@ -374,6 +374,8 @@ impl Store {
                 .await?;
                 VerdictOutcome::Escalated
             } else {
+                t.task_to(&mut x, TaskState::Rework, Some(&issues.join("; ")))
+                    .await?;
                 let input = t.compose_input(&x, None).await?;
                 t.queue(&mut x, input, Some("sent back for rework"), false)
                     .await?;

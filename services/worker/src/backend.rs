@@ -272,6 +272,8 @@ impl Backend for StoreBackend {
 
     fn record_usage(&self, r: UsageRecord) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
+            let (task, tokens, cost) =
+                (r.task_id, r.prompt_tokens + r.completion_tokens, r.cost_usd);
             self.store
                 .insert_usage(&store::usage::NewUsage {
                     at: at(r.at),
@@ -285,7 +287,15 @@ impl Backend for StoreBackend {
                     cost_usd: r.cost_usd,
                 })
                 .await
-                .map_err(err)
+                .map_err(err)?;
+            // A goal's run spends the goal's budget too.
+            let outbox = self
+                .store
+                .charge_goal(task, tokens, cost)
+                .await
+                .map_err(err)?;
+            self.relay.send(outbox);
+            Ok(())
         })
     }
 

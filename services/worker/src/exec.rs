@@ -280,8 +280,15 @@ async fn plan(shared: &Shared, running: &Running) -> Result<Plan, Outcome> {
         memory,
         stream: true,
     };
+    let mut want = role_want(role, &task.tenant, task.employee_id);
+    // A goal's runs share its workspace: its work writes there, the rest
+    // (planning, review, delivery) only read it.
+    want.goal = task.goal_id.map(|goal| runtime::GoalMount {
+        goal,
+        read_only: task.kind != subjects::goals::TaskKind::Work,
+    });
     Ok(Plan {
-        want: role_want(role, &task.tenant, task.employee_id),
+        want,
         agent: Some((spec, ctx)),
     })
 }
@@ -304,6 +311,7 @@ pub(crate) fn role_want(
             ..runtime::Limits::default()
         }),
         role_max_active: Some(role.pool.max_active as usize),
+        goal: None,
     }
 }
 
@@ -359,8 +367,9 @@ async fn execute(shared: &Arc<Shared>, running: &Running, cancel: &CancellationT
         input: running.task.input.clone(),
         timeout_ms: limit.as_millis() as u64,
         max_output_bytes: shared.cfg.max_output_bytes,
-        // An employee's workspace is its own and survives between tasks.
-        fresh_workspace: container.employee.is_none(),
+        // An employee's workspace is its own and survives between tasks;
+        // a goal's is shared by the goal's runs.
+        fresh_workspace: container.employee.is_none() && plan.want.goal.is_none(),
         agent,
     });
     // Bounded: a container that writes faster than the events are

@@ -5,6 +5,7 @@ mod agents;
 mod employees;
 mod failures;
 mod flow;
+mod goals;
 mod hostile;
 mod input;
 mod natsauth;

@@ -68,6 +68,7 @@ fn id_of(v: &Value) -> String {
 /// What tenant acme owns, made through the API with acme's admin key.
 struct Acme {
     task: String,
+    goal: String,
     employee: String,
     credential: String,
     key: String,
@@ -84,6 +85,16 @@ async fn acme_owns(w: &World, admin: &str) -> Acme {
     )
     .await;
     assert_eq!(s, 202, "{task}");
+    let (s, goal) = call(
+        w,
+        Some(admin),
+        Method::POST,
+        "/v1/goals",
+        Some(&json!({"title": "acme's goal", "acceptance": "acme is happy"})),
+        None,
+    )
+    .await;
+    assert_eq!(s, 202, "{goal}");
     let (s, employee) = call(
         w,
         Some(admin),
@@ -136,6 +147,7 @@ async fn acme_owns(w: &World, admin: &str) -> Acme {
     .expect("audit");
     Acme {
         task: id_of(&task),
+        goal: id_of(&goal),
         employee: id_of(&employee),
         credential: id_of(&credential),
         key: id_of(&key),
@@ -279,8 +291,67 @@ async fn every_route_refuses_no_key_the_wrong_scope_and_other_tenants() {
             Scope::Operator,
             false,
         ),
+        (
+            Method::POST,
+            "/v1/goals".into(),
+            Some(json!({"title": "t", "acceptance": "a"})),
+            Scope::Submit,
+            false,
+        ),
+        (Method::GET, "/v1/goals".into(), None, Scope::Read, false),
+        (
+            Method::GET,
+            format!("/v1/goals/{}", acme.goal),
+            None,
+            Scope::Read,
+            true,
+        ),
+        (
+            Method::GET,
+            format!("/v1/goals/{}/events", acme.goal),
+            None,
+            Scope::Read,
+            true,
+        ),
+        (
+            Method::GET,
+            "/v1/leaderboard".into(),
+            None,
+            Scope::Read,
+            false,
+        ),
+        (
+            Method::POST,
+            format!("/v1/employees/{}/score", acme.employee),
+            Some(json!({"delta": 5, "reason": "good work"})),
+            Scope::Admin,
+            true,
+        ),
     ];
-    let acme_ids = [&acme.task, &acme.employee, &acme.credential, &acme.key];
+    let mut routes = routes;
+    for act in ["pause", "resume", "approve", "cancel", "replan"] {
+        routes.push((
+            Method::POST,
+            format!("/v1/goals/{}/{act}", acme.goal),
+            None,
+            Scope::Submit,
+            true,
+        ));
+    }
+    routes.push((
+        Method::POST,
+        format!("/v1/goals/{}/decide", acme.goal),
+        Some(json!({"action": "retry"})),
+        Scope::Submit,
+        true,
+    ));
+    let acme_ids = [
+        &acme.task,
+        &acme.goal,
+        &acme.employee,
+        &acme.credential,
+        &acme.key,
+    ];
     let (mut unauthenticated, mut forbidden, mut hidden, mut cross_tenant_successes) = (0, 0, 0, 0);
     for (method, path, body, needs, names_acme) in &routes {
         // No key: 401, and nothing about the resource.

@@ -155,6 +155,21 @@ pub fn access(method: &Method, path: &str) -> Option<Access> {
         ("POST" | "GET", "/v1/keys") => Needs(Admin),
         ("DELETE", "/v1/keys/{id}") => Needs(Admin),
         ("GET", "/v1/workers") => Needs(Operator),
+        ("POST", "/v1/goals") => Needs(Submit),
+        ("GET", "/v1/goals") => Needs(Read),
+        ("GET", "/v1/goals/{id}") => Needs(Read),
+        ("GET", "/v1/goals/{id}/events") => Needs(Read),
+        (
+            "POST",
+            "/v1/goals/{id}/pause"
+            | "/v1/goals/{id}/resume"
+            | "/v1/goals/{id}/approve"
+            | "/v1/goals/{id}/cancel"
+            | "/v1/goals/{id}/replan"
+            | "/v1/goals/{id}/decide",
+        ) => Needs(Submit),
+        ("GET", "/v1/leaderboard") => Needs(Read),
+        ("POST", "/v1/employees/{id}/score") => Needs(Admin),
         _ => return None,
     })
 }

@@ -108,6 +108,11 @@ impl From<store::Error> for Refusal {
                 Refusal::new(StatusCode::CONFLICT, format!("the task is {}; {i}", i.from))
             }
             store::Error::Invalid(r) => Refusal::bad(r),
+            e @ store::Error::IllegalGoal(_) => Refusal::new(StatusCode::CONFLICT, e.to_string()),
+            store::Error::Refused { status, reason } => Refusal::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+                reason,
+            ),
             e @ store::Error::NoVault => Refusal::unavailable(e.to_string()),
             other => {
                 tracing::error!(error = %other, "database error");

@@ -1,0 +1,643 @@
+//! The self-organizing loop end to end on real NATS, Postgres and Docker,
+//! with the scripted provider's planner, executor and reviewer scripts: a
+//! goal planned, its sub-tasks run in dependency order in the goal's shared
+//! workspace, reviewed, sent back, escalated to a person and delivered.
+
+use colony::Role;
+use colony_tests::World;
+use serde_json::{json, Value};
+use subjects::goals::{BlockKind, GoalState, GoalView};
+use subjects::TaskState;
+use uuid::Uuid;
+
+fn roles(max_reworks: u32, review: bool) -> Vec<(&'static str, String)> {
+    let limits = "limits: { memory_mb: 256, cpus: 1.0, pids: 128, timeout_secs: 60 }";
+    vec![
+        (
+            "planner",
+            format!(
+                "name: planner
+description: plans goals
+model: scripted
+system_prompt: You plan goals.
+tools: [read_file]
+allowed_actions: [plan.submit, note]
+may_create: [executor]
+{limits}
+max_turns: 10
+"
+            ),
+        ),
+        (
+            "executor",
+            format!(
+                "name: executor
+description: does one sub-task in the goal's workspace
+model: scripted
+system_prompt: You do the work.
+tools: [shell, read_file, write_file]
+allowed_actions: [note, review.submit]
+review: {{ required: {review}, reviewer_role: reviewer, min_score: 7, max_reworks: {max_reworks} }}
+{limits}
+max_turns: 10
+"
+            ),
+        ),
+        (
+            "reviewer",
+            format!(
+                "name: reviewer
+description: checks work against its acceptance criteria
+model: scripted
+system_prompt: You review.
+tools: [shell, read_file]
+allowed_actions: [review.submit]
+{limits}
+max_turns: 10
+"
+            ),
+        ),
+    ]
+}
+
+fn use_roles(w: &mut World, max_reworks: u32, review: bool, scripts: Value) {
+    let roles = roles(max_reworks, review);
+    let refs: Vec<(&str, &str)> = roles.iter().map(|(n, y)| (*n, y.as_str())).collect();
+    w.use_roles(&refs, &scripts.to_string()).expect("roles");
+    w.settings.worker_slots = 4;
+}
+
+/// Every state change of the goal's work sub-tasks, in commit order:
+/// (event id, sub-task key, to-state).
+async fn work_history(w: &World, goal: Uuid) -> Vec<(i64, String, String)> {
+    let db = w.db().await.expect("db");
+    db.query(
+        "SELECT e.id, t.subtask_key, e.to_state::text FROM events e JOIN tasks t ON t.id = e.task_id
+         WHERE t.goal_id = $1 AND t.kind = 'work' ORDER BY e.id",
+        &[&goal],
+    )
+    .await
+    .expect("events")
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+/// The goal's own events: (kind, to-state, reason, detail).
+async fn goal_events(
+    w: &World,
+    goal: Uuid,
+) -> Vec<(String, Option<String>, Option<String>, Option<Value>)> {
+    let db = w.db().await.expect("db");
+    db.query(
+        "SELECT kind, to_state::text, reason, detail FROM goal_events WHERE goal_id = $1 ORDER BY id",
+        &[&goal],
+    )
+    .await
+    .expect("goal events")
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    .collect()
+}
+
+/// The errors of each refused plan of the goal, oldest first.
+async fn refused_plans(w: &World, goal: Uuid) -> Vec<Vec<String>> {
+    goal_events(w, goal)
+        .await
+        .into_iter()
+        .filter(|(k, _, r, _)| {
+            k == "plan" && r.as_deref().is_some_and(|r| r.starts_with("plan refused"))
+        })
+        .map(|(_, _, _, d)| serde_json::from_value(d.unwrap_or_default()).unwrap_or_default())
+        .collect()
+}
+
+/// Final, or waiting for a person.
+fn settled(g: &GoalView) -> bool {
+    g.state.is_final() || g.state == GoalState::Blocked
+}
+
+fn subtask<'a>(g: &'a GoalView, key: &str) -> &'a subjects::goals::SubtaskView {
+    g.subtasks
+        .iter()
+        .find(|s| s.key == key)
+        .unwrap_or_else(|| panic!("no sub-task {key} in {:?}", g.subtasks))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goal_is_planned_run_in_dependency_order_reviewed_reworked_and_delivered() {
+    let mut w = World::new().await.expect("world");
+    use_roles(&mut w, 3, true, json!({"scripts": {}}));
+    let colony = w.start(Role::All).await.expect("start");
+    let id = w
+        .submit_goal(json!({
+            "title": "Landing page for the bakery",
+            "description": "A one-page site. [script:strict]",
+            "acceptance": "page.md holds every section with its text",
+            "budget": {"tokens": 2000000, "cost_usd": 5.0}
+        }))
+        .await
+        .expect("submit");
+    let g = w.wait_goal(id, 180, settled).await.expect("goal");
+    assert_eq!(g.state, GoalState::Done, "{g:?}");
+
+    // The plan as the planner submitted it, every sub-task done after one
+    // rework: the strict reviewer rejects each first round.
+    let plan = g.plan.as_ref().expect("a plan");
+    assert_eq!(plan.subtasks.len(), 3);
+    assert_eq!(g.progress.total, 3);
+    assert_eq!(g.progress.done, 3);
+    for key in ["outline", "copy", "page"] {
+        let s = subtask(&g, key);
+        assert_eq!(s.state, TaskState::Done, "{s:?}");
+        assert_eq!(s.reworks, 1, "{key}: one rework");
+        assert_eq!(s.reviews.len(), 2, "{key}: {:?}", s.reviews);
+        assert!(!s.reviews[0].approve && s.reviews[0].score == 4);
+        assert_eq!(s.reviews[0].issues.len(), 2);
+        assert!(s.reviews[1].approve && s.reviews[1].score == 8);
+        assert_ne!(
+            s.reviews[1].reviewer_employee_id, s.employee_id,
+            "nobody reviews their own work"
+        );
+    }
+    assert_eq!(subtask(&g, "page").depends_on, ["copy", "outline"]);
+
+    // No dependent started before its dependencies were done.
+    let history = work_history(&w, id).await;
+    let first = |key: &str, to: &str| {
+        history
+            .iter()
+            .find(|(_, k, s)| k == key && s == to)
+            .map(|(i, _, _)| *i)
+            .unwrap_or_else(|| panic!("{key} never {to}: {history:?}"))
+    };
+    let page_running = first("page", "running");
+    for dep in ["outline", "copy"] {
+        let done = history
+            .iter()
+            .filter(|(_, k, s)| k == dep && s == "done")
+            .map(|(i, _, _)| *i)
+            .max()
+            .expect("done");
+        assert!(
+            done < page_running,
+            "page ran (event {page_running}) before {dep} was done (event {done}): {history:?}"
+        );
+    }
+    // The rework went through review and back.
+    let page: Vec<&str> = history
+        .iter()
+        .filter(|(_, k, _)| k == "page")
+        .map(|(_, _, s)| s.as_str())
+        .collect();
+    assert_eq!(
+        page,
+        [
+            "pending", "queued", "running", "review", "rework", "queued", "running", "review",
+            "done"
+        ]
+    );
+
+    // The shared workspace: the dependent saw its dependencies' files, and
+    // the deliverable lists them all.
+    let page_result = subtask(&g, "page").result.clone().expect("result");
+    let files: Vec<&str> = page_result["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    assert_eq!(files, ["copy.md", "outline.md", "page.md"]);
+    let deliverable = g.deliverable.clone().expect("deliverable");
+    assert!(deliverable["summary"]
+        .as_str()
+        .expect("summary")
+        .contains("Every sub-task is done"));
+    assert_eq!(deliverable["files"].as_array().expect("files").len(), 3);
+    assert!(g.spent.tokens > 0, "{:?}", g.spent);
+
+    // The goal's events tell the story in order.
+    let states: Vec<String> = goal_events(&w, id)
+        .await
+        .into_iter()
+        .filter_map(|(k, to, _, _)| if k == "state" { to } else { None })
+        .collect();
+    assert_eq!(states, ["running", "delivering", "done"]);
+
+    // A watcher that comes late gets the history, then the end.
+    let body = w
+        .http()
+        .get(format!("{}/v1/goals/{id}/events", w.url()))
+        .send()
+        .await
+        .expect("events")
+        .text()
+        .await
+        .expect("body");
+    let events: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"end"), "{body}");
+    assert!(events.iter().filter(|e| **e == "task").count() >= 9 * 3);
+    assert!(events.contains(&"goal"));
+
+    // Scores: approvals earned, rejections cost, never the other way.
+    let db = w.db().await.expect("db");
+    let rows = db
+        .query(
+            "SELECT s.delta, r.verdict::text FROM score_events s JOIN reviews r ON r.id = s.review_id
+             WHERE r.task_id IN (SELECT id FROM tasks WHERE goal_id = $1)",
+            &[&id],
+        )
+        .await
+        .expect("scores");
+    assert_eq!(rows.len(), 6, "one ledger row per verdict");
+    for r in &rows {
+        let (delta, verdict): (i32, String) = (r.get(0), r.get(1));
+        match verdict.as_str() {
+            "approved" => assert!(delta >= 0, "an approval cost {delta}"),
+            _ => assert!(delta <= 0, "a rejection earned {delta}"),
+        }
+    }
+    let board: Value = w
+        .http()
+        .get(format!("{}/v1/leaderboard?role=executor", w.url()))
+        .send()
+        .await
+        .expect("leaderboard")
+        .json()
+        .await
+        .expect("json");
+    let top = &board.as_array().expect("a list")[0];
+    assert_eq!(top["role"], "executor");
+    assert_eq!(top["approved"], 3);
+    assert_eq!(top["rejected"], 3);
+    println!(
+        "goal: 3 sub-tasks, 6 reviews, 3 reworks, {} tokens; page ran at event {page_running}",
+        g.spent.tokens
+    );
+    colony.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_plan_is_refused_with_every_error_and_the_fixed_one_accepted() {
+    let mut w = World::new().await.expect("world");
+    use_roles(&mut w, 3, true, json!({"scripts": {}}));
+    let colony = w.start(Role::All).await.expect("start");
+    let id = w
+        .submit_goal(json!({
+            "title": "Plan it twice",
+            "description": "[script:replan]",
+            "acceptance": "a valid plan",
+            "require_plan_approval": true
+        }))
+        .await
+        .expect("submit");
+    let g = w
+        .wait_goal(id, 60, |g| g.state != GoalState::Planning)
+        .await
+        .expect("planned");
+    assert_eq!(g.state, GoalState::AwaitingApproval, "{:?}", g.blocked);
+    assert_eq!(g.plan.as_ref().map(|p| p.subtasks.len()), Some(3));
+    // Nothing runs before a person approves.
+    assert!(
+        g.subtasks.iter().all(|s| s.state == TaskState::Pending),
+        "{:?}",
+        g.subtasks
+    );
+    let refused = refused_plans(&w, id).await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let errors = refused[0].join("\n");
+    for says in [
+        "the dependencies make a cycle: a → b → a",
+        "depends on nowhere, which the plan does not have",
+        "role \"wizard\" may not be planned",
+        "sub-task e has no acceptance criteria",
+    ] {
+        assert!(errors.contains(says), "{says:?} missing from {errors}");
+    }
+    // The planner's run got the same list as the action's answer, audited.
+    let db = w.db().await.expect("db");
+    let audited: Vec<String> = db
+        .query(
+            "SELECT coalesce(detail, '') FROM audit WHERE action = 'plan.submit' ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("audit")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(audited.len(), 2, "{audited:?}");
+    assert!(audited[0].contains("a → b → a"), "{audited:?}");
+
+    // A person cancels it: the goal and its open tasks are cancelled.
+    let r = w
+        .http()
+        .post(format!("{}/v1/goals/{id}/cancel", w.url()))
+        .json(&json!({"note": "changed my mind"}))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(r.status(), 200);
+    let g: GoalView = r.json().await.expect("view");
+    assert_eq!(g.state, GoalState::Cancelled);
+    assert!(
+        g.subtasks.iter().all(|s| s.state == TaskState::Cancelled),
+        "{:?}",
+        g.subtasks
+    );
+    // A final goal takes no more actions.
+    let r = w
+        .http()
+        .post(format!("{}/v1/goals/{id}/approve", w.url()))
+        .send()
+        .await
+        .expect("approve");
+    assert_eq!(r.status(), 409);
+    colony.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planner_that_never_gets_it_right_blocks_the_goal_with_the_reasons() {
+    let mut w = World::new().await.expect("world");
+    use_roles(&mut w, 3, true, json!({"scripts": {}}));
+    let colony = w.start(Role::All).await.expect("start");
+    // Over NATS, as the tenant's own client: the same rules as HTTP.
+    let tenant = w.nats_as("tenant-default").await.expect("tenant client");
+    let js = async_nats::jetstream::new(tenant);
+    js.publish(
+        subjects::subject::intake_goal("default"),
+        json!({"title": "Never right", "description": "[script:stubborn]", "acceptance": "a valid plan",
+               "idempotency_key": "stubborn-1"})
+        .to_string()
+        .into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    let store = w.store(1);
+    let id = loop {
+        let list = store.list_goals("default", None, 10).await.expect("list");
+        if let Some(g) = list.first() {
+            break g.id;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let g = w
+        .wait_goal(id, 60, |g| g.state != GoalState::Planning)
+        .await
+        .expect("blocked");
+    assert_eq!(g.state, GoalState::Blocked);
+    let blocked = g.blocked.expect("why");
+    assert_eq!(blocked.kind, BlockKind::PlanRejected);
+    assert!(
+        blocked.reason.contains("refused 3 times"),
+        "{}",
+        blocked.reason
+    );
+    assert!(
+        blocked.details.iter().any(|d| d.contains("cycle")),
+        "{:?}",
+        blocked.details
+    );
+    assert!(g.plan.is_none() && g.subtasks.is_empty());
+    let refusals = refused_plans(&w, id).await.len();
+    assert_eq!(refusals, 3, "two re-asks after the first refusal");
+    println!(
+        "stubborn planner: {refusals} refused plans, then blocked: {}",
+        blocked.reason
+    );
+    colony.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rework_cap_escalates_to_a_person_whose_decision_resumes_the_goal() {
+    let mut w = World::new().await.expect("world");
+    let plan = json!({"subtasks": [{"key": "only", "title": "The only sub-task", "role": "executor",
+        "description": "Write only.md.", "acceptance": ["only.md exists"]}]});
+    let reviewed = "{field:\"task_id\": \"}";
+    use_roles(
+        &mut w,
+        1,
+        true,
+        json!({"scripts": {
+            "capped.plan": [
+                {"tool_calls": [{"name": "action_plan_submit", "arguments": plan}]},
+                {"text": "planned: {last_tool}"}
+            ],
+            "capped.work": [
+                // A work run is no review run: refused, audited.
+                {"tool_calls": [{"name": "action_review_submit", "arguments": {"task_id": Uuid::nil(), "score": 10, "approve": true}}]},
+                {"tool_calls": [{"name": "write_file", "arguments": {"path": "only.md", "content": "only\n"}}]},
+                {"text": "wrote only.md"}
+            ],
+            "capped.review": [
+                // A verdict for a task this run was not given: refused.
+                {"tool_calls": [{"name": "action_review_submit", "arguments": {"task_id": Uuid::now_v7(), "score": 9, "approve": true}}]},
+                {"tool_calls": [{"name": "action_review_submit", "arguments": {"task_id": reviewed, "score": 3, "approve": false, "issues": ["only.md is too short"]}}]},
+                {"text": "rejected: {last_tool}"}
+            ]
+        }}),
+    );
+    let colony = w.start(Role::All).await.expect("start");
+    let id = w
+        .submit_goal(
+            json!({"title": "Capped", "description": "[script:capped]", "acceptance": "only.md"}),
+        )
+        .await
+        .expect("submit");
+    let g = w.wait_goal(id, 120, settled).await.expect("escalated");
+    assert_eq!(g.state, GoalState::Blocked, "{g:?}");
+    let blocked = g.blocked.clone().expect("why");
+    assert_eq!(blocked.kind, BlockKind::ReworksExhausted, "{blocked:?}");
+    let only = subtask(&g, "only");
+    assert_eq!(only.reviews.len(), 2, "the first round and one rework");
+    assert!(only.reviews.iter().all(|r| !r.approve));
+    assert_eq!(
+        blocked
+            .details
+            .iter()
+            .filter(|d| d.contains("only.md is too short"))
+            .count(),
+        2,
+        "every round's issues: {:?}",
+        blocked.details
+    );
+
+    // The refused verdicts are in the audit trail, with why; none failed.
+    let db = w.db().await.expect("db");
+    let failed: i64 = db
+        .query_one("SELECT count(*) FROM audit WHERE outcome = 'failed'", &[])
+        .await
+        .expect("audit")
+        .get(0);
+    assert_eq!(failed, 0);
+    let denied: Vec<String> = db
+        .query(
+            "SELECT coalesce(detail, '') FROM audit WHERE action = 'review.submit' AND outcome = 'denied' ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("audit")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        denied
+            .iter()
+            .any(|d| d.contains("a work run, not a review run")),
+        "{denied:?}"
+    );
+    assert!(
+        denied
+            .iter()
+            .any(|d| d.contains("only for the task a run was given")),
+        "{denied:?}"
+    );
+
+    // A person approves the work anyway: the sub-task is done, the goal
+    // delivered.
+    let r = w
+        .http()
+        .post(format!("{}/v1/goals/{id}/decide", w.url()))
+        .json(&json!({"action": "approve", "note": "good enough"}))
+        .send()
+        .await
+        .expect("decide");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let g = w
+        .wait_goal(id, 60, |g| g.state.is_final())
+        .await
+        .expect("done");
+    assert_eq!(g.state, GoalState::Done, "{g:?}");
+    assert_eq!(subtask(&g, "only").state, TaskState::Done);
+
+    // A review run by the employee who did the work is refused, whatever
+    // it says: made up here on the finished goal's rows (a live one is
+    // never dispatched that way).
+    let row = db
+        .query_one(
+            "SELECT r.id, w.id, w.employee_id FROM tasks r JOIN tasks w ON w.id = r.reviews_task_id
+             WHERE r.goal_id = $1 AND r.kind = 'review' LIMIT 1",
+            &[&id],
+        )
+        .await
+        .expect("a review");
+    let (review, work, worker): (Uuid, Uuid, Option<Uuid>) = (row.get(0), row.get(1), row.get(2));
+    let run = Uuid::now_v7();
+    db.batch_execute(&format!(
+        "UPDATE tasks SET state = 'review' WHERE id = '{work}';
+         UPDATE tasks SET state = 'running', employee_id = '{}' WHERE id = '{review}';
+         INSERT INTO runs (id, task_id, attempt, worker_id, state, started_at)
+              VALUES ('{run}', '{review}', 9, 'test', 'running', now());",
+        worker.expect("an employee")
+    ))
+    .await
+    .expect("made up");
+    let refused = w
+        .store(1)
+        .submit_verdict(
+            &store::plans::RunRef {
+                tenant: "default".into(),
+                task_id: review,
+                run_id: run,
+                employee_id: worker,
+            },
+            &subjects::goals::ReviewVerdict {
+                task_id: work,
+                score: 10,
+                approve: true,
+                issues: vec![],
+                summary: "my own work is great".into(),
+            },
+        )
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&refused, store::Error::Refused { status: 403, reason } if reason.contains("nobody reviews their own work")),
+        "{refused}"
+    );
+    colony.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goals_refuse_bad_input_with_one_sentence() {
+    let w = World::new().await.expect("world");
+    let colony = w.start(Role::Ingress).await.expect("start");
+    let cases = [
+        (json!({"title": "t"}), 400, "missing field `acceptance`"),
+        (
+            json!({"title": "", "acceptance": "a"}),
+            400,
+            "title must be",
+        ),
+        (
+            json!({"title": "t", "acceptance": "a", "budget": {"tokens": 0}}),
+            400,
+            "budget.tokens is 0",
+        ),
+        (
+            json!({"title": "t", "acceptance": "a", "priority": 12}),
+            400,
+            "priority is 12",
+        ),
+        (
+            json!({"title": "t", "acceptance": "a", "planner": Uuid::now_v7()}),
+            422,
+            "is not one of this tenant's employees",
+        ),
+    ];
+    for (body, status, says) in cases {
+        let r = w
+            .http()
+            .post(format!("{}/v1/goals", w.url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status().as_u16(), status, "{body}");
+        let v: Value = r.json().await.expect("json");
+        assert!(
+            v["error"].as_str().expect("error").contains(says),
+            "{body}: {v}"
+        );
+    }
+    for (path, says) in [
+        ("/v1/goals?state=sleeping", "not a goal state"),
+        ("/v1/goals?limit=0", "limit is 0"),
+        ("/v1/goals/not-a-uuid", "is not a goal id"),
+    ] {
+        let r = w
+            .http()
+            .get(format!("{}{path}", w.url()))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 400, "{path}");
+        let v: Value = r.json().await.expect("json");
+        assert!(
+            v["error"].as_str().expect("error").contains(says),
+            "{path}: {v}"
+        );
+    }
+    let missing = Uuid::now_v7();
+    let r = w
+        .http()
+        .post(format!("{}/v1/goals/{missing}/decide", w.url()))
+        .json(&json!({"action": "shrug"}))
+        .send()
+        .await
+        .expect("decide");
+    assert_eq!(r.status(), 400);
+    // Nothing was half-written.
+    assert!(w
+        .store(1)
+        .list_goals("default", None, 10)
+        .await
+        .expect("list")
+        .is_empty());
+    colony.stop().await.expect("stop");
+}
