@@ -1395,6 +1395,12 @@ impl LoopTx<'_> {
                             g.id, g.spent.tokens, g.spent.cost_usd
                         )));
                     }
+                    if g.plan.is_none() {
+                        // The budget ran out while it was being planned.
+                        return self
+                            .start_replan(g, &d.note, "a person raised the budget")
+                            .await;
+                    }
                     self.goal_to(g, GoalState::Running, "a person raised the budget", None)
                         .await?;
                     if let Some(task) = blocked.task_id {

@@ -641,3 +641,180 @@ async fn goals_refuse_bad_input_with_one_sentence() {
         .is_empty());
     colony.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goal_whose_spend_crosses_its_budget_stops_and_waits_for_a_person() {
+    let mut w = World::new().await.expect("world");
+    use_roles(&mut w, 3, false, json!({"scripts": {}}));
+    let colony = w.start(Role::All).await.expect("start");
+    // The planning run alone spends a few thousand tokens.
+    let id = w
+        .submit_goal(json!({"title": "Thrifty", "description": "Do it cheaply.",
+            "acceptance": "page.md", "budget": {"tokens": 1500}}))
+        .await
+        .expect("submit");
+    let g = w.wait_goal(id, 60, settled).await.expect("blocked");
+    assert_eq!(g.state, GoalState::Blocked, "{g:?}");
+    let blocked = g.blocked.clone().expect("why");
+    assert_eq!(blocked.kind, BlockKind::Budget, "{blocked:?}");
+    assert!(g.spent.tokens >= 1500, "{:?}", g.spent);
+    assert!(
+        blocked.reason.contains("reaching its budget"),
+        "{}",
+        blocked.reason
+    );
+    // Nothing starts once it waits (runs already in flight finish within
+    // their role's per-run quota).
+    let db = w.db().await.expect("db");
+    let after: i64 = db
+        .query_one(
+            "SELECT count(*) FROM runs r JOIN tasks t ON t.id = r.task_id WHERE t.goal_id = $1
+               AND r.started_at > (SELECT at FROM goal_events WHERE goal_id = $1 AND to_state = 'blocked' LIMIT 1)",
+            &[&id],
+        )
+        .await
+        .expect("runs")
+        .get(0);
+    assert_eq!(after, 0, "no run started past the budget");
+    // Crossed while planning (no sub-tasks yet) or while the first two ran:
+    // either way the dependent has not started.
+    if let Some(page) = g.subtasks.iter().find(|s| s.key == "page") {
+        assert_eq!(
+            page.state,
+            TaskState::Pending,
+            "the dependent waits: {page:?}"
+        );
+    }
+    // Retrying without more money is refused with why.
+    let r = w
+        .http()
+        .post(format!("{}/v1/goals/{id}/decide", w.url()))
+        .json(&json!({"action": "retry"}))
+        .send()
+        .await
+        .expect("decide");
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.expect("json");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("decide with a larger budget"),
+        "{v}"
+    );
+    // A person raises the budget: the goal goes on to done.
+    let r = w
+        .http()
+        .post(format!("{}/v1/goals/{id}/decide", w.url()))
+        .json(&json!({"action": "retry", "note": "worth it", "budget": {"tokens": 5000000}}))
+        .send()
+        .await
+        .expect("decide");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let g = w.wait_goal(id, 120, settled).await.expect("done");
+    assert_eq!(g.state, GoalState::Done, "{g:?}");
+    println!(
+        "budget: blocked at {} of 1500 tokens, done at {} after a raise",
+        blocked.reason, g.spent.tokens
+    );
+    colony.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_ready_sub_tasks_and_three_worker_processes_run_each_exactly_once() {
+    const N: usize = 100;
+    let mut w = World::new().await.expect("world");
+    let subtasks: Vec<Value> = (0..N)
+        .map(|i| {
+            json!({"key": format!("s{i:03}"), "title": format!("part {i}"), "role": "executor",
+                   "description": "Say done.", "acceptance": ["it says done"]})
+        })
+        .collect();
+    let dir = {
+        use_roles(
+            &mut w,
+            3,
+            false,
+            json!({"scripts": {
+                "many.plan": [
+                    {"tool_calls": [{"name": "action_plan_submit", "arguments": {"subtasks": subtasks}}]},
+                    {"text": "planned"}
+                ],
+                "many.work": [{"text": "done with {field:Your sub-task (}"}]
+            }}),
+        );
+        w.settings.roles_dir.clone().expect("roles dir")
+    };
+    w.settings.goal_max_subtasks = N as u32;
+    // Everything but the workers in this process; three worker processes.
+    let mut parts = Vec::new();
+    for role in [Role::Ingress, Role::Relay, Role::Planner, Role::Reviewer] {
+        parts.push(w.start(role).await.expect("start"));
+    }
+    let scripts = w.settings.scripts.clone().expect("scripts");
+    let env = [
+        ("COLONY_ROLES_DIR", dir.to_str().expect("utf-8")),
+        ("COLONY_SCRIPTS", scripts.to_str().expect("utf-8")),
+        ("COLONY_GOAL_MAX_SUBTASKS", "100"),
+        ("COLONY_WORKER_SLOTS", "4"),
+    ];
+    let mut workers: Vec<std::process::Child> = (0..3)
+        .map(|i| {
+            w.spawn_process_env("worker", &format!("race-{}-{i}", w.id), &env)
+                .expect("worker")
+        })
+        .collect();
+    let id = w
+        .submit_goal(
+            json!({"title": "Many", "description": "[script:many]", "acceptance": "all done"}),
+        )
+        .await
+        .expect("submit");
+    let g = w.wait_goal(id, 300, settled).await;
+    for p in &mut workers {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    let g = g.expect("goal");
+    assert_eq!(g.state, GoalState::Done, "{:?}", g.blocked);
+    assert_eq!(g.progress.done as usize, N);
+
+    let db = w.db().await.expect("db");
+    let rows = db
+        .query(
+            "SELECT t.subtask_key,
+                    (SELECT count(*) FROM runs r WHERE r.task_id = t.id),
+                    (SELECT count(*) FROM events e WHERE e.task_id = t.id AND e.to_state = 'running'),
+                    (SELECT count(*) FROM events e WHERE e.task_id = t.id AND e.to_state = 'done')
+             FROM tasks t WHERE t.goal_id = $1 AND t.kind = 'work' ORDER BY t.subtask_key",
+            &[&id],
+        )
+        .await
+        .expect("counts");
+    assert_eq!(rows.len(), N);
+    for r in &rows {
+        let (key, runs, running, done): (String, i64, i64, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        assert_eq!(
+            (runs, running, done),
+            (1, 1, 1),
+            "{key}: runs, running, done"
+        );
+    }
+    let by_worker: Vec<(String, i64)> = db
+        .query(
+            "SELECT r.worker_id, count(*) FROM runs r JOIN tasks t ON t.id = r.task_id
+             WHERE t.goal_id = $1 AND t.kind = 'work' GROUP BY 1 ORDER BY 1",
+            &[&id],
+        )
+        .await
+        .expect("by worker")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(by_worker.len() >= 2, "the work was shared: {by_worker:?}");
+    println!("race: {N} sub-tasks, each claimed and done once; runs by worker: {by_worker:?}");
+    for p in parts {
+        p.stop().await.expect("stop");
+    }
+}
