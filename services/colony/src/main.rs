@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use colony::{Role, Settings};
 use tokio_util::sync::CancellationToken;
 
+mod goal_cli;
+
 #[derive(Parser)]
 #[command(
     name = "colony",
@@ -88,6 +90,12 @@ enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Goals: submit, get, watch, list, and steer them (cancel, approve,
+    /// pause, resume, replan, decide).
+    Goal {
+        #[command(subcommand)]
+        command: goal_cli::GoalCommand,
+    },
     /// API keys: make, list and revoke them.
     Keys {
         #[command(subcommand)]
@@ -150,9 +158,9 @@ struct Run {
 }
 
 #[derive(clap::Args)]
-struct Client {
+pub(crate) struct Client {
     #[arg(long, env = "COLONY_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
+    pub(crate) url: String,
     /// The API key; unset: the key in COLONY_API_KEY_FILE, else in
     /// ./.colony/operator.key (which ops/up writes).
     #[arg(long = "api-key", env = "COLONY_API_KEY", hide_env_values = true)]
@@ -163,7 +171,7 @@ struct Client {
 
 impl Client {
     /// An HTTP client that sends the key, and the base URL.
-    fn http(&self, tenant: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    pub(crate) fn http(&self, tenant: Option<&str>) -> anyhow::Result<reqwest::Client> {
         let key = match (&self.api_key, &self.api_key_file) {
             (Some(k), _) => k.0.trim().to_string(),
             (None, Some(path)) => std::fs::read_to_string(path)
@@ -265,6 +273,7 @@ async fn main() -> anyhow::Result<()> {
             return print_task(&client.http(None)?, &client.url, &id, wait).await;
         }
         Command::Keys { command } => return keys(command).await,
+        Command::Goal { command } => return goal_cli::run(command).await,
         Command::NatsConfig {
             credentials,
             server_config,
@@ -382,7 +391,7 @@ fn init_logs(filter: &str) {
         .init();
 }
 
-async fn answer(resp: reqwest::Response) -> anyhow::Result<serde_json::Value> {
+pub(crate) async fn answer(resp: reqwest::Response) -> anyhow::Result<serde_json::Value> {
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.context("Colony's answer is not JSON")?;
     if !status.is_success() {

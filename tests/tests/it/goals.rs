@@ -818,3 +818,75 @@ async fn a_hundred_ready_sub_tasks_and_three_worker_processes_run_each_exactly_o
         p.stop().await.expect("stop");
     }
 }
+
+/// `colony goal …` as a person runs it; (stdout, stderr) of a success.
+async fn cli(w: &World, args: &[&str]) -> (String, String) {
+    let bin = World::colony_bin().expect("colony binary");
+    let (url, key) = (w.url(), w.operator_key.clone());
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .arg("goal")
+            .args(&args)
+            .env("COLONY_URL", url)
+            .env("COLONY_API_KEY", key)
+            .env("NO_PROXY", "127.0.0.1")
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run colony");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "colony goal: {stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_submits_a_goal_waits_for_it_then_watches_and_lists_it() {
+    let mut w = World::new().await.expect("world");
+    use_roles(&mut w, 3, true, json!({"scripts": {}}));
+    let colony = w.start(Role::All).await.expect("start");
+    let (out, _) = cli(
+        &w,
+        &[
+            "submit",
+            "--title",
+            "Landing page for the bakery",
+            "--description",
+            "Sections, copy, page.",
+            "--acceptance",
+            "page.md holds every section",
+            "--budget-usd",
+            "2",
+            "--wait",
+        ],
+    )
+    .await;
+    let g: GoalView = serde_json::from_str(&out).expect("the goal as JSON");
+    assert_eq!(g.state, GoalState::Done, "{out}");
+    assert_eq!(g.subtasks.len(), 3);
+    assert!(g
+        .subtasks
+        .iter()
+        .all(|s| s.reviews.len() == 1 && s.reviews[0].approve));
+    assert!(g.deliverable.is_some());
+    let (out, lines) = cli(&w, &["watch", &g.id.to_string()]).await;
+    let again: GoalView = serde_json::from_str(&out).expect("the final view");
+    assert_eq!(again.id, g.id);
+    assert!(
+        lines.lines().any(|l| l.contains("goal state → done")),
+        "{lines}"
+    );
+    assert!(
+        lines.lines().filter(|l| l.contains(" task ")).count() >= 12,
+        "{lines}"
+    );
+    let (out, _) = cli(&w, &["list", "--state", "done"]).await;
+    let list: Vec<Value> = serde_json::from_str(&out).expect("a list");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["progress"]["done"], 3);
+    colony.stop().await.expect("stop");
+}
