@@ -48,129 +48,211 @@ struct Ctx {
     http: reqwest::Client,
     base: String,
     board: Board,
+    key: String,
 }
 
-pub async fn run(
-    args: &Args,
-    mut settings: colony::Settings,
-    cleanup: &mut Cleanup,
-) -> anyhow::Result<Summary> {
-    let port = match args.http_port {
-        Some(p) => p,
-        None => free_port()?,
-    };
-    settings.http_addr = SocketAddr::from(([127, 0, 0, 1], port));
-    settings.worker_slots = args.slots;
-    settings.prewarm = args.slots;
-    settings.max_idle = Some(args.slots);
-    settings.worker_id = Some("loadtest-colony".to_string());
-    settings.container_labels = vec![format!("{BENCH_LABEL_KEY}={BENCH_LABEL_VALUE}")];
+/// Colony running in process for the rounds of the bench, with an API key.
+pub struct ColonyBench {
+    ctx: Ctx,
+    pub settings: colony::Settings,
+    listener: tokio::task::JoinHandle<()>,
+}
 
-    // Listen for results before anything can finish.
-    let nats = colony::connect_nats(&settings, subjects::auth::Kind::Admin).await?;
-    let mut results = nats
-        .subscribe(subjects::subject::results_all())
-        .await
-        .context("cannot subscribe to the result subjects")?;
-    nats.flush().await.context("NATS flush")?;
-    let board: Board = Arc::new(Mutex::new(HashMap::new()));
-    let listener = {
-        let board = board.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = results.next().await {
-                let (at, wall) = (Instant::now(), SystemTime::now());
-                let view: TaskView = match serde_json::from_slice(&msg.payload) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::warn!(subject = %msg.subject, error = %e, "result is not a TaskView");
+impl Drop for ColonyBench {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl ColonyBench {
+    /// Start `colony::serve(Role::All)` and run the warm-up tasks.
+    pub async fn start(
+        args: &Args,
+        mut settings: colony::Settings,
+        cleanup: &mut Cleanup,
+    ) -> anyhow::Result<ColonyBench> {
+        let port = match args.http_port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        settings.http_addr = SocketAddr::from(([127, 0, 0, 1], port));
+        settings.worker_slots = args.slots;
+        settings.prewarm = args.slots;
+        settings.max_idle = Some(args.slots);
+        settings.worker_id = Some("loadtest-colony".to_string());
+        settings.container_labels = vec![format!("{BENCH_LABEL_KEY}={BENCH_LABEL_VALUE}")];
+
+        // Listen for results before anything can finish.
+        let nats = colony::connect_nats(&settings, subjects::auth::Kind::Admin).await?;
+        let mut results = nats
+            .subscribe(subjects::subject::results_all())
+            .await
+            .context("cannot subscribe to the result subjects")?;
+        nats.flush().await.context("NATS flush")?;
+        let board: Board = Arc::new(Mutex::new(HashMap::new()));
+        let listener = {
+            let board = board.clone();
+            tokio::spawn(async move {
+                while let Some(msg) = results.next().await {
+                    let (at, wall) = (Instant::now(), SystemTime::now());
+                    let view: TaskView = match serde_json::from_slice(&msg.payload) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::warn!(subject = %msg.subject, error = %e, "result is not a TaskView");
+                            continue;
+                        }
+                    };
+                    if !view.state.is_final() {
                         continue;
                     }
-                };
-                if !view.state.is_final() {
-                    continue;
-                }
-                let verdict = (at, wall, judge(&view));
-                let mut b = board.lock().expect("board");
-                match b.remove(&view.id) {
-                    Some(Slot::Waiting(tx)) => {
-                        let _ = tx.send(verdict);
-                    }
-                    // A duplicate: keep the first.
-                    Some(arrived @ Slot::Arrived(_)) => {
-                        b.insert(view.id, arrived);
-                    }
-                    None => {
-                        b.insert(view.id, Slot::Arrived(verdict));
+                    let verdict = (at, wall, judge(&view));
+                    let mut b = board.lock().expect("board");
+                    match b.remove(&view.id) {
+                        Some(Slot::Waiting(tx)) => {
+                            let _ = tx.send(verdict);
+                        }
+                        // A duplicate: keep the first.
+                        Some(arrived @ Slot::Arrived(_)) => {
+                            b.insert(view.id, arrived);
+                        }
+                        None => {
+                            b.insert(view.id, Slot::Arrived(verdict));
+                        }
                     }
                 }
-            }
-        })
-    };
+            })
+        };
 
-    let token = cleanup.token.clone();
-    let started = Instant::now();
-    cleanup.serve = Some(tokio::spawn(colony::serve(
-        colony::Role::All,
-        settings.clone(),
-        token,
-    )));
+        let token = cleanup.token.clone();
+        let started = Instant::now();
+        cleanup.serve = Some(tokio::spawn(colony::serve(
+            colony::Role::All,
+            settings.clone(),
+            token,
+        )));
 
-    // The API needs a key: an operator key of the bench's own database.
-    let store = colony::store_for(&settings, 1)?;
-    store
-        .migrate()
-        .await
-        .context("cannot migrate the bench database")?;
-    let key = store
-        .create_key("default", "loadtest", store::Scope::Operator)
-        .await
-        .context("cannot make an API key for the bench")?
-        .secret;
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
-            .context("the key is not a header value")?,
-    );
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .default_headers(headers)
-        .pool_max_idle_per_host(args.concurrency.max(1) * 2)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("cannot build the HTTP client")?;
-    let base = format!("http://{}", settings.http_addr);
-    wait_healthy(&http, &base, cleanup).await?;
-    eprintln!(
-        "loadtest: colony: healthy on {base} after {:.2} s",
-        started.elapsed().as_secs_f64()
-    );
+        // The API needs a key: an operator key of the bench's own database.
+        let store = colony::store_for(&settings, 1)?;
+        store
+            .migrate()
+            .await
+            .context("cannot migrate the bench database")?;
+        let key = store
+            .create_key("default", "loadtest", store::Scope::Operator)
+            .await
+            .context("cannot make an API key for the bench")?
+            .secret;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                .context("the key is not a header value")?,
+        );
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .default_headers(headers)
+            .pool_max_idle_per_host(args.concurrency.max(1) * 2)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("cannot build the HTTP client")?;
+        let base = format!("http://{}", settings.http_addr);
+        wait_healthy(&http, &base, cleanup).await?;
+        eprintln!(
+            "loadtest: colony: healthy on {base} after {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
 
-    let ctx = Ctx { http, base, board };
-    let item_timeout = Duration::from_secs(args.task_timeout_secs);
-    let warm_started = Instant::now();
-    let warm = drive(&ctx, args.warmup, args.concurrency, item_timeout).await?;
-    if let Some((Err(e), _)) = warm.iter().find(|s| s.0.is_err()) {
-        bail!("colony: a warm-up task failed: {e}");
-    }
-    eprintln!(
-        "loadtest: colony: {} warm-up tasks in {:.2} s",
-        warm.len(),
-        warm_started.elapsed().as_secs_f64()
-    );
-    let measured = drive(&ctx, args.tasks, args.concurrency, item_timeout).await?;
-    listener.abort();
-    let (samples, traces): (Vec<Sample>, Vec<Option<Trace>>) = measured.into_iter().unzip();
-    let mut summary = Summary::of("colony", &samples);
-    let traces: Vec<Trace> = traces.into_iter().flatten().collect();
-    summary.stages = match stages(&settings, &traces).await {
-        Ok(rows) => crate::stats::stage_line("colony stages", &STAGES, &rows),
-        Err(e) => {
-            tracing::warn!(error = format!("{e:#}"), "no stage breakdown");
-            None
+        let ctx = Ctx {
+            http,
+            base,
+            board,
+            key,
+        };
+        let item_timeout = Duration::from_secs(args.task_timeout_secs);
+        let warm_started = Instant::now();
+        let warm = drive(
+            &ctx,
+            &shell_task(),
+            args.warmup,
+            args.concurrency,
+            item_timeout,
+        )
+        .await?;
+        if let Some((Err(e), _)) = warm.iter().find(|s| s.0.is_err()) {
+            bail!("colony: a warm-up task failed: {e}");
         }
-    };
-    Ok(summary)
+        eprintln!(
+            "loadtest: colony: {} warm-up tasks in {:.2} s",
+            warm.len(),
+            warm_started.elapsed().as_secs_f64()
+        );
+        Ok(ColonyBench {
+            ctx,
+            settings,
+            listener,
+        })
+    }
+
+    /// The HTTP client (with the key) and the API's base URL.
+    pub fn http(&self) -> (&reqwest::Client, &str) {
+        (&self.ctx.http, &self.ctx.base)
+    }
+
+    /// The operator key the bench's requests carry.
+    pub fn key(&self) -> &str {
+        &self.ctx.key
+    }
+
+    /// `args.tasks` no-op shell tasks through the whole path.
+    pub async fn measure(&self, args: &Args) -> anyhow::Result<Summary> {
+        let item_timeout = Duration::from_secs(args.task_timeout_secs);
+        let measured = drive(
+            &self.ctx,
+            &shell_task(),
+            args.tasks,
+            args.concurrency,
+            item_timeout,
+        )
+        .await?;
+        let (samples, traces): (Vec<Sample>, Vec<Option<Trace>>) = measured.into_iter().unzip();
+        let mut summary = Summary::of("colony", &samples);
+        let traces: Vec<Trace> = traces.into_iter().flatten().collect();
+        summary.stages = match stages(&self.settings, &traces).await {
+            Ok(rows) => crate::stats::stage_line("colony stages", &STAGES, &rows),
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "no stage breakdown");
+                None
+            }
+        };
+        Ok(summary)
+    }
+
+    /// `n` tasks of `bodies` (taken in turn), `concurrency` in flight;
+    /// each judged done when its final state is done (and a shell task's
+    /// exit code 0).
+    pub async fn run_tasks(
+        &self,
+        name: &'static str,
+        bodies: &[Value],
+        n: usize,
+        concurrency: usize,
+        item_timeout: Duration,
+    ) -> anyhow::Result<Summary> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let samples = crate::stats::keep_in_flight(n, concurrency, name, || {
+            let ctx = self.ctx.clone();
+            let body = bodies
+                [next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % bodies.len()]
+            .clone();
+            async move { one(&ctx, &body, item_timeout).await.0 }
+        })
+        .await?;
+        Ok(Summary::of(name, &samples))
+    }
+}
+
+fn shell_task() -> Value {
+    json!({"role": "shell", "input": {"command": "true"}})
 }
 
 /// Stage durations (ms) of each traced task, from the timestamps Colony
@@ -212,14 +294,14 @@ async fn stages(settings: &colony::Settings, traces: &[Trace]) -> anyhow::Result
         .collect())
 }
 
-/// Done with exit code 0, or why not.
+/// Done (a shell task: with exit code 0), or why not.
 fn judge(view: &TaskView) -> Result<(), String> {
     let code = view
         .result
         .as_ref()
         .and_then(|r| r.get("exit_code"))
         .and_then(Value::as_i64);
-    if view.state == TaskState::Done && code == Some(0) {
+    if view.state == TaskState::Done && code.is_none_or(|c| c == 0) {
         return Ok(());
     }
     Err(format!(
@@ -270,20 +352,21 @@ async fn wait_healthy(
 /// Keep `concurrency` items in flight until `n` are finished.
 async fn drive(
     ctx: &Ctx,
+    body: &Value,
     n: usize,
     concurrency: usize,
     item_timeout: Duration,
 ) -> anyhow::Result<Vec<(Sample, Option<Trace>)>> {
     crate::stats::keep_in_flight(n, concurrency, "colony task", || {
-        let ctx = ctx.clone();
-        async move { one(&ctx, item_timeout).await }
+        let (ctx, body) = (ctx.clone(), body.clone());
+        async move { one(&ctx, &body, item_timeout).await }
     })
     .await
 }
 
-async fn one(ctx: &Ctx, item_timeout: Duration) -> (Sample, Option<Trace>) {
+async fn one(ctx: &Ctx, body: &Value, item_timeout: Duration) -> (Sample, Option<Trace>) {
     let (start, submitted) = (Instant::now(), SystemTime::now());
-    let (id, verdict) = match submit(ctx, item_timeout).await {
+    let (id, verdict) = match submit(ctx, body, item_timeout).await {
         Ok(r) => r,
         Err(e) => return (Err(e), None),
     };
@@ -301,11 +384,15 @@ async fn one(ctx: &Ctx, item_timeout: Duration) -> (Sample, Option<Trace>) {
 }
 
 /// POST one task and wait for its result.
-async fn submit(ctx: &Ctx, item_timeout: Duration) -> Result<(uuid::Uuid, Verdict), String> {
+async fn submit(
+    ctx: &Ctx,
+    body: &Value,
+    item_timeout: Duration,
+) -> Result<(uuid::Uuid, Verdict), String> {
     let resp = ctx
         .http
         .post(format!("{}/v1/tasks", ctx.base))
-        .json(&json!({"role": "shell", "input": {"command": "true"}}))
+        .json(body)
         .send()
         .await
         .map_err(|e| format!("POST /v1/tasks: {e}"))?;

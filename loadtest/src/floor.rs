@@ -75,93 +75,129 @@ struct Ctx {
     waiters: Waiters,
 }
 
-pub async fn run(args: &Args, settings: &colony::Settings) -> anyhow::Result<Summary> {
-    let nats = colony::connect_nats(settings, subjects::auth::Kind::Admin).await?;
-    let js = jetstream::new(nats.clone());
-    let consumer = prepare_streams(&js).await?;
-    let pool = pg_pool(settings, settings.db_pool)?;
-    prepare_table(&pool).await?;
+/// The floor's streams, table, containers and consumers, ready for rounds.
+pub struct Floor {
+    ctx: Ctx,
+    js: jetstream::Context,
+    rt: std::sync::Arc<runtime::Runtime>,
+    stop: CancellationToken,
+    consumers: JoinSet<runtime::Container>,
+}
 
-    let mut cfg = runtime::Config::new(
-        settings.agent_image.clone(),
-        settings.socket_dir.clone(),
-        "loadtest-floor".to_string(),
-    );
-    cfg.labels = [(BENCH_LABEL_KEY.to_string(), BENCH_LABEL_VALUE.to_string())].into();
-    cfg.max_idle = args.slots;
-    cfg.max_active = args.slots;
-    cfg.ready_timeout = Duration::from_secs(15);
-    let rt = runtime::Runtime::connect(cfg)
-        .await
-        .context("floor: cannot reach Docker")?;
-    let started = Instant::now();
-    let want = runtime::Want::role(ROLE);
-    let acquired = futures_util::future::join_all((0..args.slots).map(|_| rt.acquire(&want))).await;
-    let mut containers = Vec::new();
-    let mut error = None;
-    for a in acquired {
-        match a {
-            Ok(c) => containers.push(c),
-            Err(e) => error = Some(e),
-        }
-    }
-    if let Some(e) = error {
-        for c in &containers {
-            rt.discard(c).await;
-        }
-        return Err(e).context("floor: cannot start a container");
-    }
-    eprintln!(
-        "loadtest: floor: {} containers ready in {:.2} s",
-        containers.len(),
-        started.elapsed().as_secs_f64()
-    );
+impl Floor {
+    /// Streams, a table, `args.slots` containers with a consumer each, and
+    /// the warm-up items.
+    pub async fn start(args: &Args, settings: &colony::Settings) -> anyhow::Result<Floor> {
+        let nats = colony::connect_nats(settings, subjects::auth::Kind::Admin).await?;
+        let js = jetstream::new(nats.clone());
+        let consumer = prepare_streams(&js).await?;
+        let pool = pg_pool(settings, settings.db_pool)?;
+        prepare_table(&pool).await?;
 
-    let ctx = Ctx {
-        js: js.clone(),
-        pool: pool.clone(),
-        waiters: Arc::new(Mutex::new(HashMap::new())),
-    };
-    let stop = CancellationToken::new();
-    let mut consumers = JoinSet::new();
-    for c in containers {
-        consumers.spawn(consume(ctx.clone(), consumer.clone(), c, stop.clone()));
-    }
-
-    let item_timeout = Duration::from_secs(args.task_timeout_secs);
-    let measured = async {
-        let warm = drive(&ctx, args.warmup, args.concurrency, item_timeout).await?;
-        if let Some((Err(e), _)) = warm.iter().find(|s| s.0.is_err()) {
-            bail!("floor: a warm-up item failed: {e}");
-        }
-        drive(&ctx, args.tasks, args.concurrency, item_timeout).await
-    }
-    .await;
-
-    stop.cancel();
-    let mut back = Vec::new();
-    let joined = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(r) = consumers.join_next().await {
-            if let Ok(c) = r {
-                back.push(c);
+        let mut cfg = runtime::Config::new(
+            settings.agent_image.clone(),
+            settings.socket_dir.clone(),
+            "loadtest-floor".to_string(),
+        );
+        cfg.labels = [(BENCH_LABEL_KEY.to_string(), BENCH_LABEL_VALUE.to_string())].into();
+        cfg.max_idle = args.slots;
+        cfg.max_active = args.slots;
+        cfg.ready_timeout = Duration::from_secs(15);
+        let rt = runtime::Runtime::connect(cfg)
+            .await
+            .context("floor: cannot reach Docker")?;
+        let started = Instant::now();
+        let want = runtime::Want::role(ROLE);
+        let acquired =
+            futures_util::future::join_all((0..args.slots).map(|_| rt.acquire(&want))).await;
+        let mut containers = Vec::new();
+        let mut error = None;
+        for a in acquired {
+            match a {
+                Ok(c) => containers.push(c),
+                Err(e) => error = Some(e),
             }
         }
-    })
-    .await;
-    if joined.is_err() {
-        tracing::warn!("floor consumers did not stop within 10 s");
+        if let Some(e) = error {
+            for c in &containers {
+                rt.discard(c).await;
+            }
+            return Err(e).context("floor: cannot start a container");
+        }
+        eprintln!(
+            "loadtest: floor: {} containers ready in {:.2} s",
+            containers.len(),
+            started.elapsed().as_secs_f64()
+        );
+
+        let ctx = Ctx {
+            js: js.clone(),
+            pool: pool.clone(),
+            waiters: Arc::new(Mutex::new(HashMap::new())),
+        };
+        let stop = CancellationToken::new();
+        let mut consumers = JoinSet::new();
+        for c in containers {
+            consumers.spawn(consume(ctx.clone(), consumer.clone(), c, stop.clone()));
+        }
+        let floor = Floor {
+            ctx,
+            js,
+            rt,
+            stop,
+            consumers,
+        };
+        let item_timeout = Duration::from_secs(args.task_timeout_secs);
+        let warm = drive(&floor.ctx, args.warmup, args.concurrency, item_timeout).await;
+        match warm {
+            Ok(w) => {
+                if let Some((Err(e), _)) = w.iter().find(|s| s.0.is_err()) {
+                    let e = e.clone();
+                    floor.stop().await;
+                    bail!("floor: a warm-up item failed: {e}");
+                }
+            }
+            Err(e) => {
+                floor.stop().await;
+                return Err(e);
+            }
+        }
+        Ok(floor)
     }
-    for c in &back {
-        rt.discard(c).await;
+
+    /// `args.tasks` counted items.
+    pub async fn measure(&self, args: &Args) -> anyhow::Result<Summary> {
+        let item_timeout = Duration::from_secs(args.task_timeout_secs);
+        let measured = drive(&self.ctx, args.tasks, args.concurrency, item_timeout).await?;
+        let (samples, stages): (Vec<Sample>, Vec<Vec<f64>>) = measured.into_iter().unzip();
+        let stages: Vec<Vec<f64>> = stages.into_iter().filter(|s| !s.is_empty()).collect();
+        let mut summary = Summary::of("floor", &samples);
+        summary.stages = crate::stats::stage_line("floor stages", &STAGES, &stages);
+        Ok(summary)
     }
-    for s in [WORK_STREAM, RESULT_STREAM] {
-        let _ = js.delete_stream(s).await;
+
+    /// Stop the consumers, remove the containers and the streams.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        let mut back = Vec::new();
+        let joined = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(r) = self.consumers.join_next().await {
+                if let Ok(c) = r {
+                    back.push(c);
+                }
+            }
+        })
+        .await;
+        if joined.is_err() {
+            tracing::warn!("floor consumers did not stop within 10 s");
+        }
+        for c in &back {
+            self.rt.discard(c).await;
+        }
+        for s in [WORK_STREAM, RESULT_STREAM] {
+            let _ = self.js.delete_stream(s).await;
+        }
     }
-    let (samples, stages): (Vec<Sample>, Vec<Vec<f64>>) = measured?.into_iter().unzip();
-    let stages: Vec<Vec<f64>> = stages.into_iter().filter(|s| !s.is_empty()).collect();
-    let mut summary = Summary::of("floor", &samples);
-    summary.stages = crate::stats::stage_line("floor stages", &STAGES, &stages);
-    Ok(summary)
 }
 
 async fn prepare_streams(js: &jetstream::Context) -> anyhow::Result<PullConsumer> {

@@ -1,17 +1,25 @@
 //! loadtest: drives no-op `shell` tasks through Colony's whole path against
 //! warm containers, and in the same run through the bare floor of the same
 //! chain (publish, fetch, one commit, one call into a running container,
-//! publish, one commit), and compares the two.
+//! publish, one commit), and compares the two; then goals through the whole
+//! loop against plain agent runs of the same machine ([`loop_phase`]).
+//!
+//! The phases alternate — floor, Colony, ceiling, loop; floor, Colony, … —
+//! for `--rounds` rounds, and what is reported is the median of the
+//! per-round ratios with their spread: this machine is noisy, and phases
+//! run one after the other see different moments of it.
 //!
 //! Run by `ops/bench`, which gives it a fresh database and nats-server
-//! through `COLONY_DATABASE_URL` and `COLONY_NATS_URL`. The last line of
-//! stdout is always `colony/floor latency p50 X.XX, throughput Y.YY` when
-//! both phases ran; the exit status is non-zero if any task failed or the
-//! run did not finish within `--timeout-secs`.
+//! through `COLONY_DATABASE_URL` and `COLONY_NATS_URL`. Stdout ends with
+//! `colony/floor latency p50 X.XX, throughput Y.YY` and then (unless
+//! `--goals 0`) `loop/ceiling X.XX, wake-up p50 Y.Y ms`; the exit status is
+//! non-zero if any task failed or the run did not finish within
+//! `--timeout-secs`.
 
 mod colony_phase;
 mod floor;
 mod gateway_phase;
+mod loop_phase;
 mod pool_phase;
 mod stats;
 
@@ -37,9 +45,23 @@ pub const BENCH_LABEL_VALUE: &str = "1";
     about = "Colony vs. the bare floor of its chain: p50/p99 latency and throughput of no-op shell tasks"
 )]
 pub struct Args {
-    /// Counted tasks per phase.
-    #[arg(long, default_value_t = 2000)]
+    /// Counted tasks per phase and round.
+    #[arg(long, default_value_t = 1000)]
     pub tasks: usize,
+    /// Rounds of alternating phases (at least 1; 3 or more for a median
+    /// worth the name).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Goals per loop round; 0 skips the loop phases.
+    #[arg(long, default_value_t = 4)]
+    pub goals: usize,
+    /// Sub-tasks per goal (the second half each depends on one of the
+    /// first).
+    #[arg(long, default_value_t = 8)]
+    pub subtasks: usize,
+    /// SSE clients following goals at once at the end; 0 skips them.
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
     /// Submissions in flight at once.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
@@ -52,8 +74,8 @@ pub struct Args {
     /// Port of Colony's HTTP API (default: a free port on 127.0.0.1).
     #[arg(long)]
     pub http_port: Option<u16>,
-    /// The whole run (both phases) must finish within this.
-    #[arg(long, default_value_t = 300)]
+    /// The whole run (every phase) must finish within this.
+    #[arg(long, default_value_t = 900)]
     pub timeout_secs: u64,
     /// One task must finish within this.
     #[arg(long, default_value_t = 60)]
@@ -106,8 +128,8 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    if args.tasks == 0 || args.concurrency == 0 || args.slots == 0 {
-        eprintln!("loadtest: --tasks, --concurrency and --slots must be at least 1");
+    if args.tasks == 0 || args.concurrency == 0 || args.slots == 0 || args.rounds == 0 {
+        eprintln!("loadtest: --tasks, --concurrency, --slots and --rounds must be at least 1");
         return ExitCode::from(2);
     }
 
@@ -127,15 +149,15 @@ async fn main() -> ExitCode {
         }
     }
     println!(
-        "loadtest: {} tasks per phase (+{} warm-up), concurrency {}, slots {}",
-        args.tasks, args.warmup, args.concurrency, args.slots
+        "loadtest: {} rounds; {} tasks per phase and round (+{} warm-up), concurrency {}, slots {}; loop: {} goals of {} sub-tasks per round, {} watchers",
+        args.rounds, args.tasks, args.warmup, args.concurrency, args.slots, args.goals, args.subtasks, args.watchers
     );
 
     let limit = Duration::from_secs(args.timeout_secs);
     let outcome = tokio::time::timeout(limit, run(&args, settings, &mut cleanup)).await;
     cleanup.finish().await;
 
-    let (floor, colony) = match outcome {
+    let report = match outcome {
         Err(_) => {
             eprintln!(
                 "loadtest: error: the run did not finish within {} s (--timeout-secs); it was stopped",
@@ -150,7 +172,7 @@ async fn main() -> ExitCode {
         Ok(Ok(r)) => r,
     };
     let mut failed = false;
-    for s in [&floor, &colony] {
+    for s in report.floor.iter().chain(&report.colony) {
         if s.failed > 0 {
             failed = true;
             println!(
@@ -162,11 +184,50 @@ async fn main() -> ExitCode {
             );
         }
     }
+    let latency: Vec<f64> = report
+        .floor
+        .iter()
+        .zip(&report.colony)
+        .map(|(f, c)| c.p50_ms / f.p50_ms)
+        .collect();
+    let throughput: Vec<f64> = report
+        .floor
+        .iter()
+        .zip(&report.colony)
+        .map(|(f, c)| c.tps / f.tps)
+        .collect();
+    println!(
+        "rounds: colony/floor latency p50 {}; throughput {}",
+        spread(&latency),
+        spread(&throughput)
+    );
+    if !report.loops.is_empty() {
+        let ratios: Vec<f64> = report.loops.iter().map(loop_phase::Round::ratio).collect();
+        println!("rounds: loop/ceiling {}", spread(&ratios));
+        if let Some(w) = &report.watchers {
+            println!("{w}");
+            failed |= w.errors > 0;
+        }
+    }
     println!(
         "colony/floor latency p50 {:.2}, throughput {:.2}",
-        colony.p50_ms / floor.p50_ms,
-        colony.tps / floor.tps
+        median(&latency),
+        median(&throughput)
     );
+    if !report.loops.is_empty() {
+        let ratios: Vec<f64> = report.loops.iter().map(loop_phase::Round::ratio).collect();
+        let mut wake: Vec<f64> = report
+            .loops
+            .iter()
+            .flat_map(|r| r.wakeups.iter().copied())
+            .collect();
+        wake.sort_by(f64::total_cmp);
+        println!(
+            "loop/ceiling {:.2}, wake-up p50 {:.1} ms",
+            median(&ratios),
+            stats::percentile(&wake, 50.0)
+        );
+    }
     if failed {
         ExitCode::FAILURE
     } else {
@@ -174,36 +235,130 @@ async fn main() -> ExitCode {
     }
 }
 
-/// The pool phase, then the task phases (floor first); each prints its
-/// lines as soon as it is done.
+/// The median of per-round figures.
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// `median M (min–max over N rounds: a, b, c)`.
+fn spread(v: &[f64]) -> String {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    format!(
+        "median {:.2} ({:.2}–{:.2} over {} rounds: {})",
+        median(v),
+        s.first().copied().unwrap_or(f64::NAN),
+        s.last().copied().unwrap_or(f64::NAN),
+        v.len(),
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Everything the rounds measured.
+struct Report {
+    floor: Vec<Summary>,
+    colony: Vec<Summary>,
+    loops: Vec<loop_phase::Round>,
+    watchers: Option<loop_phase::Watchers>,
+}
+
+/// The pool and gateway phases, then `--rounds` rounds of floor, Colony,
+/// ceiling and loop; each prints its lines as soon as it is done.
 async fn run(
     args: &Args,
-    settings: colony::Settings,
+    mut settings: colony::Settings,
     cleanup: &mut Cleanup,
-) -> anyhow::Result<(Summary, Summary)> {
+) -> anyhow::Result<Report> {
     if args.pool_samples > 0 {
         println!("{}", pool_phase::run(args, &settings).await?);
     }
     if args.gateway_calls > 0 {
         println!("{}", gateway_phase::run(args, &settings).await?);
     }
-    let floor = floor::run(args, &settings).await?;
-    println!("{floor}");
-    if let Some(s) = &floor.stages {
-        println!("{s}");
+    let dir = std::env::temp_dir().join(format!("colony-loadtest-{}", std::process::id()));
+    let (roles, scripts) = loop_phase::write_roles_and_scripts(&dir, args)?;
+    settings.roles_dir = Some(roles);
+    settings.scripts = Some(scripts);
+    let result = rounds(args, settings, cleanup).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn rounds(
+    args: &Args,
+    settings: colony::Settings,
+    cleanup: &mut Cleanup,
+) -> anyhow::Result<Report> {
+    let floor = floor::Floor::start(args, &settings).await?;
+    let colony = match colony_phase::ColonyBench::start(args, settings, cleanup).await {
+        Ok(c) => c,
+        Err(e) => {
+            floor.stop().await;
+            return Err(e);
+        }
+    };
+    let mut report = Report {
+        floor: Vec::new(),
+        colony: Vec::new(),
+        loops: Vec::new(),
+        watchers: None,
+    };
+    let measured = async {
+        if args.goals > 0 {
+            // The loop's roles start their containers and hire their
+            // employees once, outside the counted rounds.
+            let warm = Args {
+                goals: 1,
+                ..args.clone()
+            };
+            loop_phase::ceiling(&colony, &warm).await?;
+            loop_phase::round(&colony, &warm, 1.0).await?;
+        }
+        for r in 1..=args.rounds {
+            let f = floor.measure(args).await?;
+            println!("round {r} {f}");
+            if f.ok == 0 {
+                bail!(
+                    "no floor item succeeded; first error: {}",
+                    f.first_error.as_deref().unwrap_or("?")
+                );
+            }
+            let c = colony.measure(args).await?;
+            println!("round {r} {c}");
+            if r == args.rounds {
+                for s in [&f.stages, &c.stages].into_iter().flatten() {
+                    println!("{s}");
+                }
+            }
+            report.floor.push(f);
+            report.colony.push(c);
+            if args.goals > 0 {
+                let ceiling = loop_phase::ceiling(&colony, args).await?;
+                println!("round {r} {ceiling}");
+                let l = loop_phase::round(&colony, args, ceiling.tps).await?;
+                println!("round {r} {l}");
+                report.loops.push(l);
+            }
+        }
+        if args.goals > 0 && args.watchers > 0 {
+            let w = loop_phase::watchers(&colony, args).await?;
+            report.watchers = Some(w);
+        }
+        anyhow::Ok(())
     }
-    if floor.ok == 0 {
-        bail!(
-            "no floor item succeeded; first error: {}",
-            floor.first_error.as_deref().unwrap_or("?")
-        );
-    }
-    let colony = colony_phase::run(args, settings, cleanup).await?;
-    println!("{colony}");
-    if let Some(s) = &colony.stages {
-        println!("{s}");
-    }
-    Ok((floor, colony))
+    .await;
+    floor.stop().await;
+    drop(colony);
+    measured.map(|()| report)
 }
 
 /// Remove every container labelled `colony.bench=1`, and its socket directory.

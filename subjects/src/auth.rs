@@ -192,7 +192,12 @@ pub fn permissions(kind: Kind) -> Permissions {
             p.publish_allow.extend(consumes(LOOP));
             p.publish_allow.push(subject::dlq(subject::DLQ_LOOP));
         }
-        Kind::Patrol | Kind::Scheduler => {
+        Kind::Patrol => {
+            // It watches the runs live and tells a run's worker to stop.
+            p.publish_allow.push(subject::ctl_any());
+            p.subscribe_allow.push(subject::events_all());
+        }
+        Kind::Scheduler => {
             p.publish_allow.extend(consumes(EVENTS));
         }
     }

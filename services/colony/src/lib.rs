@@ -159,6 +159,26 @@ pub struct Settings {
     /// Attempts of a goal's sub-task before it waits for a person.
     #[arg(long, env = "COLONY_SUBTASK_ATTEMPTS", default_value_t = 3)]
     pub subtask_attempts: u32,
+    /// The patrol sweeps this often.
+    #[arg(long, env = "COLONY_PATROL_INTERVAL_MS", default_value_t = 2000)]
+    pub patrol_interval_ms: u64,
+    /// A running task whose worker has not heartbeat for this long is
+    /// requeued by the patrol.
+    #[arg(long, env = "COLONY_PATROL_STALE_SECS", default_value_t = 30)]
+    pub patrol_stale_secs: u64,
+    /// The same tool call with the same result this many times in a row
+    /// stops a run as stuck.
+    #[arg(long, env = "COLONY_PATROL_LOOP_REPEATS", default_value_t = 5)]
+    pub patrol_loop_repeats: u32,
+    /// A run with no new output for this long is stopped as stuck.
+    #[arg(long, env = "COLONY_PATROL_SILENT_SECS", default_value_t = 300)]
+    pub patrol_silent_secs: u64,
+    /// A task queued and unclaimed for this long raises an alert.
+    #[arg(long, env = "COLONY_PATROL_UNCLAIMED_SECS", default_value_t = 60)]
+    pub patrol_unclaimed_secs: u64,
+    /// A running goal where nothing changed for this long raises an alert.
+    #[arg(long, env = "COLONY_PATROL_GOAL_IDLE_SECS", default_value_t = 900)]
+    pub patrol_goal_idle_secs: u64,
 }
 
 /// A secret from the environment: `NAME`, else the contents of the file
@@ -432,6 +452,7 @@ pub enum Role {
     Relay,
     Planner,
     Reviewer,
+    Patrol,
 }
 
 /// Connect to NATS as the user of `kind` (with its password from
@@ -518,6 +539,33 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
             ingress::run(cfg, store, nats, relay, token)
                 .await
                 .context("ingress")
+        });
+    }
+    if matches!(role, Role::All | Role::Patrol) {
+        let mut cfg = patrol::Config::new(format!(
+            "{}-{}",
+            s.worker_id.clone().unwrap_or_else(|| "patrol".into()),
+            uuid::Uuid::now_v7().simple()
+        ));
+        cfg.interval = std::time::Duration::from_millis(s.patrol_interval_ms.max(100));
+        cfg.lease_ttl = (cfg.interval * 5).max(std::time::Duration::from_secs(2));
+        cfg.stale_after = std::time::Duration::from_secs(s.patrol_stale_secs.max(1));
+        cfg.loop_repeats = s.patrol_loop_repeats.max(2);
+        cfg.silent_after = std::time::Duration::from_secs(s.patrol_silent_secs.max(1));
+        cfg.unclaimed_after = std::time::Duration::from_secs(s.patrol_unclaimed_secs.max(1));
+        cfg.goal_idle_after = std::time::Duration::from_secs(s.patrol_goal_idle_secs.max(1));
+        let (store, nats, relay, token) = (
+            store.clone(),
+            connect_nats(&s, Kind::Patrol).await?,
+            relay.clone(),
+            shutdown.clone(),
+        );
+        services.spawn(async move {
+            patrol::run(cfg, store, nats, relay, token.clone())
+                .await
+                .context("patrol")?;
+            anyhow::ensure!(token.is_cancelled(), "the patrol stopped");
+            Ok(())
         });
     }
     if matches!(role, Role::All | Role::Planner | Role::Reviewer) {

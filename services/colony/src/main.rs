@@ -34,6 +34,8 @@ enum Command {
     Planner(Run),
     /// Run the reviewer consumer (review runs of sub-tasks' work).
     Reviewer(Run),
+    /// Run the patrol (finds stuck work and recovers it; one acts at a time).
+    Patrol(Run),
     /// Apply database migrations and exit.
     Migrate(Run),
     /// Submit a task over HTTP and print it.
@@ -217,6 +219,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Relay(r) => (Role::Relay, r),
         Command::Planner(r) => (Role::Planner, r),
         Command::Reviewer(r) => (Role::Reviewer, r),
+        Command::Patrol(r) => (Role::Patrol, r),
         Command::Migrate(r) => {
             init_logs(&r.log);
             let applied = colony::migrate(&r.settings).await?;

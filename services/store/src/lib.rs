@@ -26,6 +26,7 @@ pub mod memory;
 pub mod migrate;
 pub mod notes;
 pub mod outbox;
+pub mod patrol;
 pub mod plans;
 pub mod scores;
 pub mod state;

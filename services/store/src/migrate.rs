@@ -61,6 +61,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0010_goals.sql",
         include_str!("../../../sql/0010_goals.sql"),
     ),
+    (
+        11,
+        "0011_patrol.sql",
+        include_str!("../../../sql/0011_patrol.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed: the advisory lock that serialises migrators.

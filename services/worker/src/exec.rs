@@ -98,7 +98,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: Message) {
         tracing::info!(task = %running.task.id, attempt = running.task.attempt, "took over a task from a lost worker");
     }
 
-    let inflight = crate::InFlight::enter(&shared, running.task.id);
+    let inflight = crate::InFlight::enter(&shared, running.task.id, running.task.attempt);
     let cancel = inflight.cancel.clone();
     publish_event(
         &shared,

@@ -165,8 +165,8 @@ pub(crate) struct Shared {
     pub runtime: Arc<runtime::Runtime>,
     /// Serves each agent run's gateway.sock.
     pub gateway: gateway::Gateway,
-    /// Task id → the token that cancels its run.
-    pub inflight: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// Task id → the token that cancels its run, and the run's attempt.
+    pub inflight: Mutex<HashMap<Uuid, (CancellationToken, u32)>>,
     /// Cancelled at the end of the drain period: hand back what is left.
     pub hand_back: CancellationToken,
     /// The worker's scope (see [`run`]): cancelled when the worker ends.
@@ -178,20 +178,22 @@ pub(crate) struct Shared {
 pub(crate) struct InFlight {
     shared: Arc<Shared>,
     id: Uuid,
+    attempt: u32,
     pub(crate) cancel: CancellationToken,
 }
 
 impl InFlight {
-    pub(crate) fn enter(shared: &Arc<Shared>, id: Uuid) -> InFlight {
+    pub(crate) fn enter(shared: &Arc<Shared>, id: Uuid, attempt: u32) -> InFlight {
         let cancel = shared.scope.child_token();
         shared
             .inflight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, cancel.clone());
+            .insert(id, (cancel.clone(), attempt));
         InFlight {
             shared: shared.clone(),
             id,
+            attempt,
             cancel,
         }
     }
@@ -199,11 +201,15 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.shared
+        let mut map = self
+            .shared
             .inflight
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
+            .unwrap_or_else(|e| e.into_inner());
+        // A later attempt of the same task on this worker keeps its entry.
+        if map.get(&self.id).is_some_and(|(_, a)| *a == self.attempt) {
+            map.remove(&self.id);
+        }
     }
 }
 
@@ -703,20 +709,29 @@ async fn control(shared: Arc<Shared>, mut msgs: Commands) {
         if !msg.subject.ends_with(subject::CTL_CANCEL) {
             continue;
         }
-        let token = shared
+        let entry = shared
             .inflight
             .lock()
             .expect("inflight lock")
             .get(&id)
             .cloned();
-        let Some(token) = token else { continue };
+        let Some((token, attempt)) = entry else {
+            continue;
+        };
+        // Postgres decides: a run stops when its task is no longer this
+        // run's (cancelled, or taken from it by the patrol); a forged
+        // command changes nothing.
         match shared.store.get_task(id).await {
-            Ok(Some(t)) if t.view.state == subjects::TaskState::Cancelled => {
-                tracing::info!(task = %id, "cancelling run");
+            Ok(Some(t))
+                if t.view.state != subjects::TaskState::Running
+                    || t.view.attempt != attempt
+                    || t.worker_id.as_deref() != Some(shared.cfg.worker_id.as_str()) =>
+            {
+                tracing::info!(task = %id, state = %t.view.state, "stopping run: the task is no longer this run's");
                 token.cancel();
             }
             Ok(_) => {
-                tracing::warn!(task = %id, "a cancel command for a task that is not cancelled; ignored")
+                tracing::warn!(task = %id, "a cancel command for a task this run still holds; ignored")
             }
             Err(e) => {
                 tracing::warn!(task = %id, error = %e, "cannot check a cancel command; the run goes on (its result is dropped if the task was cancelled)")

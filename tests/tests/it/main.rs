@@ -9,6 +9,7 @@ mod goals;
 mod hostile;
 mod input;
 mod natsauth;
+mod patrol;
 mod pool;
 mod sandbox;
 mod schema;
