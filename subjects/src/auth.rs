@@ -37,10 +37,11 @@ pub enum Kind {
     Reviewer,
     Patrol,
     Scheduler,
+    Notifier,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Admin,
         Kind::Ingress,
         Kind::Relay,
@@ -49,6 +50,7 @@ impl Kind {
         Kind::Reviewer,
         Kind::Patrol,
         Kind::Scheduler,
+        Kind::Notifier,
     ];
 
     /// The NATS user name.
@@ -62,6 +64,7 @@ impl Kind {
             Kind::Reviewer => "colony-reviewer",
             Kind::Patrol => "colony-patrol",
             Kind::Scheduler => "colony-scheduler",
+            Kind::Notifier => "colony-notifier",
         }
     }
 
@@ -146,7 +149,7 @@ pub fn permissions(kind: Kind) -> Permissions {
         publish_deny: Vec::new(),
         subscribe_allow: vec![format!("{}.>", inbox_prefix(user))],
     };
-    use crate::stream::{EVENTS, INTAKE, LOOP, WORK};
+    use crate::stream::{EVENTS, INTAKE, LOOP, NOTIFY, WORK};
     match kind {
         Kind::Admin => {}
         Kind::Ingress => {
@@ -199,6 +202,9 @@ pub fn permissions(kind: Kind) -> Permissions {
         }
         Kind::Scheduler => {
             p.publish_allow.extend(consumes(EVENTS));
+        }
+        Kind::Notifier => {
+            p.publish_allow.extend(consumes(NOTIFY));
         }
     }
     p

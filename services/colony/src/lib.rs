@@ -317,24 +317,31 @@ impl Settings {
         pools
     }
 
+    /// The private ranges agent egress and webhooks may reach.
+    pub fn allow_private(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.egress_allow_private
+            .iter()
+            .filter(|c| !c.is_empty())
+            .map(|cidr| {
+                cidr.trim()
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| cidr.trim().parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "COLONY_EGRESS_ALLOW_PRIVATE entry {cidr:?} is not a CIDR (e.g. 10.0.0.0/8) or an IP address"
+                        )
+                    })
+            })
+            .collect()
+    }
+
     /// The gateway's provider and prices; `base_url` is the provider to
     /// use (the configured one, or the in-process scripted one).
     pub fn gateway_config(&self, base_url: String) -> anyhow::Result<gateway::GatewayConfig> {
         let mut c = gateway::GatewayConfig::default();
         c.provider.base_url = base_url;
         c.provider.api_key = self.model_api_key.as_ref().map(|k| k.0.clone());
-        for cidr in self.egress_allow_private.iter().filter(|c| !c.is_empty()) {
-            let net = cidr
-                .trim()
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| cidr.trim().parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| {
-                    anyhow::anyhow!(
-                        "COLONY_EGRESS_ALLOW_PRIVATE entry {cidr:?} is not a CIDR (e.g. 10.0.0.0/8) or an IP address"
-                    )
-                })?;
-            c.allow_private.push(net);
-        }
+        c.allow_private = self.allow_private()?;
         for m in self.model_map.iter().filter(|m| !m.is_empty()) {
             let (from, to) = m.split_once('=').with_context(|| {
                 format!("COLONY_MODEL_MAP entry {m:?} is not name=provider-model")
@@ -439,6 +446,8 @@ impl Settings {
             per_peer: rate(self.rate_per_peer),
             per_key: rate(self.rate_per_key),
         };
+        // Checked when the process starts (`serve`).
+        c.webhook_addresses = gateway::AddressPolicy::new(self.allow_private().unwrap_or_default());
         c
     }
 }
@@ -453,6 +462,7 @@ pub enum Role {
     Planner,
     Reviewer,
     Patrol,
+    Notifier,
 }
 
 /// Connect to NATS as the user of `kind` (with its password from
@@ -495,6 +505,7 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
         .transpose()
         .context("COLONY_VAULT_KEY is not usable")?;
     use subjects::auth::Kind;
+    s.allow_private()?;
     // Each part of the process talks to NATS as its own user: the relay
     // (which every role runs) publishes what the outbox holds.
     let nats = connect_nats(&s, Kind::Relay).await?;
@@ -539,6 +550,24 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
             ingress::run(cfg, store, nats, relay, token)
                 .await
                 .context("ingress")
+        });
+    }
+    if matches!(role, Role::All | Role::Notifier) {
+        let cfg = notifier::Config {
+            addresses: gateway::AddressPolicy::new(s.allow_private()?),
+            ..notifier::Config::default()
+        };
+        let (store, nats, token) = (
+            store.clone(),
+            connect_nats(&s, Kind::Notifier).await?,
+            shutdown.clone(),
+        );
+        services.spawn(async move {
+            notifier::run(cfg, store, nats, token.clone())
+                .await
+                .context("notifier")?;
+            anyhow::ensure!(token.is_cancelled(), "the notifier stopped");
+            Ok(())
         });
     }
     if matches!(role, Role::All | Role::Patrol) {

@@ -36,6 +36,8 @@ enum Command {
     Reviewer(Run),
     /// Run the patrol (finds stuck work and recovers it; one acts at a time).
     Patrol(Run),
+    /// Run the notifier (posts notifications to the tenants' webhooks).
+    Notifier(Run),
     /// Apply database migrations and exit.
     Migrate(Run),
     /// Submit a task over HTTP and print it.
@@ -220,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Planner(r) => (Role::Planner, r),
         Command::Reviewer(r) => (Role::Reviewer, r),
         Command::Patrol(r) => (Role::Patrol, r),
+        Command::Notifier(r) => (Role::Notifier, r),
         Command::Migrate(r) => {
             init_logs(&r.log);
             let applied = colony::migrate(&r.settings).await?;

@@ -137,10 +137,10 @@ fn target_of(host: &str, port: u16) -> String {
 /// What kind of address is not public, for the refusal's sentence, and
 /// whether the operator may open it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct NotPublic {
-    pub(crate) kind: &'static str,
+pub struct NotPublic {
+    pub kind: &'static str,
     /// Link-local, metadata, multicast, broadcast, unspecified: never.
-    pub(crate) openable: bool,
+    pub openable: bool,
 }
 
 const fn never(kind: &'static str) -> Option<NotPublic> {
@@ -232,7 +232,7 @@ impl AddressPolicy {
     }
 
     /// `Err` with what kind of address `ip` is when egress may not go there.
-    pub(crate) fn check(&self, ip: IpAddr) -> Result<(), NotPublic> {
+    pub fn check(&self, ip: IpAddr) -> Result<(), NotPublic> {
         let canonical = ip.to_canonical();
         match classify(canonical) {
             None => Ok(()),

@@ -51,6 +51,7 @@ pub use backend::{
     AuditOutcome, AuditRecord, Backend, BackendError, BoxFuture, UsageRecord, EGRESS_ACTION,
     MODEL_ACTION,
 };
+pub use egress::{AddressPolicy, NotPublic};
 pub use run::{DailyUsage, Quotas, RunContext, RunMeter, RunTotals};
 pub use subjects::TaskSubmission;
 

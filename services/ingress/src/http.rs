@@ -15,7 +15,8 @@
 //! - `POST /v1/tasks/{id}/cancel` → cancels a task that is not final.
 //! - `GET /healthz` → 200 `{"status":"ok"}` when Postgres and NATS answer,
 //!   else 503 `{"status":"unavailable"}` (the cause goes to the log only).
-//! - Goals, the leaderboard and score adjustments ([`goals`]).
+//! - Goals, the leaderboard and score adjustments ([`goals`]); webhooks
+//!   for notifications ([`webhooks`]).
 //! - Employees ([`employees`]), the audit trail ([`audit`]), credentials
 //!   ([`credentials`]), API keys ([`keys`]), and `GET /v1/workers` (operator
 //!   keys only).
@@ -29,6 +30,7 @@ mod employees;
 pub mod error;
 mod goals;
 mod keys;
+mod webhooks;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -127,6 +129,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/goals/{id}/replan", post(goal_replan))
         .route("/v1/goals/{id}/decide", post(goal_decide))
         .route("/v1/leaderboard", get(goals::leaderboard))
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/v1/webhooks/{id}", delete(webhooks::remove))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/v1/employees/{id}/score", post(goals::adjust_score))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -63,6 +63,8 @@ pub struct Config {
     pub limits: http::auth::Limits,
     /// A listener bound already (else `http_addr` is bound).
     pub listener: SharedListener,
+    /// Where webhooks may point (the agent egress's address rules).
+    pub webhook_addresses: gateway::AddressPolicy,
 }
 
 impl Default for Config {
@@ -75,6 +77,7 @@ impl Default for Config {
             max_wait: Duration::from_secs(120),
             limits: http::auth::Limits::default(),
             listener: SharedListener::default(),
+            webhook_addresses: gateway::AddressPolicy::default(),
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod tasks;
 pub mod usage;
 pub mod vault;
 pub mod verdicts;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -66,6 +66,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0011_patrol.sql",
         include_str!("../../../sql/0011_patrol.sql"),
     ),
+    (
+        12,
+        "0012_webhooks.sql",
+        include_str!("../../../sql/0012_webhooks.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed: the advisory lock that serialises migrators.

@@ -87,7 +87,7 @@ impl Vault {
         Ok(Vault::from_key(&key))
     }
 
-    fn seal(&self, aad: &[u8], value: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    pub(crate) fn seal(&self, aad: &[u8], value: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let sealed = self
             .cipher
@@ -96,7 +96,7 @@ impl Vault {
         (nonce.to_vec(), sealed)
     }
 
-    fn open(&self, aad: &[u8], nonce: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn open(&self, aad: &[u8], nonce: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
         if nonce.len() != NONCE_BYTES {
             return None;
         }
@@ -106,7 +106,7 @@ impl Vault {
     }
 }
 
-fn aad(id: Uuid, tenant: &str) -> Vec<u8> {
+pub(crate) fn aad(id: Uuid, tenant: &str) -> Vec<u8> {
     let mut a = id.as_bytes().to_vec();
     a.extend_from_slice(tenant.as_bytes());
     a
@@ -242,7 +242,7 @@ fn row_to_credential(r: &Row) -> Credential {
 }
 
 impl Store {
-    fn vault(&self) -> Result<&Vault> {
+    pub(crate) fn vault(&self) -> Result<&Vault> {
         self.vault.as_deref().ok_or(Error::NoVault)
     }
 

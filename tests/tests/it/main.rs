@@ -9,6 +9,7 @@ mod goals;
 mod hostile;
 mod input;
 mod natsauth;
+mod notify;
 mod patrol;
 mod pool;
 mod sandbox;

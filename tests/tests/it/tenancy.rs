@@ -69,6 +69,7 @@ fn id_of(v: &Value) -> String {
 struct Acme {
     task: String,
     goal: String,
+    webhook: String,
     employee: String,
     credential: String,
     key: String,
@@ -125,6 +126,16 @@ async fn acme_owns(w: &World, admin: &str) -> Acme {
     )
     .await;
     assert_eq!(s, 201, "{key}");
+    let (s, webhook) = call(
+        w,
+        Some(admin),
+        Method::POST,
+        "/v1/webhooks",
+        Some(&json!({"url": "http://93.184.216.34/acme-hook"})),
+        None,
+    )
+    .await;
+    assert_eq!(s, 201, "{webhook}");
     let employee_id = Uuid::parse_str(&id_of(&employee)).expect("uuid");
     let st = w
         .store(1)
@@ -148,6 +159,7 @@ async fn acme_owns(w: &World, admin: &str) -> Acme {
     Acme {
         task: id_of(&task),
         goal: id_of(&goal),
+        webhook: id_of(&webhook),
         employee: id_of(&employee),
         credential: id_of(&credential),
         key: id_of(&key),
@@ -338,6 +350,36 @@ async fn every_route_refuses_no_key_the_wrong_scope_and_other_tenants() {
             true,
         ));
     }
+    routes.extend([
+        (
+            Method::POST,
+            "/v1/webhooks".to_string(),
+            Some(json!({"url": "http://93.184.216.34/globex"})),
+            Scope::Admin,
+            false,
+        ),
+        (
+            Method::GET,
+            "/v1/webhooks".to_string(),
+            None,
+            Scope::Admin,
+            false,
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/webhooks/{}", acme.webhook),
+            None,
+            Scope::Admin,
+            true,
+        ),
+        (
+            Method::GET,
+            format!("/v1/webhooks/{}/deliveries", acme.webhook),
+            None,
+            Scope::Admin,
+            true,
+        ),
+    ]);
     routes.push((
         Method::POST,
         format!("/v1/goals/{}/decide", acme.goal),
@@ -348,6 +390,7 @@ async fn every_route_refuses_no_key_the_wrong_scope_and_other_tenants() {
     let acme_ids = [
         &acme.task,
         &acme.goal,
+        &acme.webhook,
         &acme.employee,
         &acme.credential,
         &acme.key,

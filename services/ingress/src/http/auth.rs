@@ -170,6 +170,9 @@ pub fn access(method: &Method, path: &str) -> Option<Access> {
         ) => Needs(Submit),
         ("GET", "/v1/leaderboard") => Needs(Read),
         ("POST", "/v1/employees/{id}/score") => Needs(Admin),
+        ("POST" | "GET", "/v1/webhooks") => Needs(Admin),
+        ("DELETE", "/v1/webhooks/{id}") => Needs(Admin),
+        ("GET", "/v1/webhooks/{id}/deliveries") => Needs(Admin),
         _ => return None,
     })
 }
