@@ -34,3 +34,9 @@ CREATE UNIQUE INDEX patrol_alert_once ON patrol_actions (rule, task_id, attempt)
     WHERE action = 'alert' AND task_id IS NOT NULL;
 CREATE UNIQUE INDEX patrol_goal_alert_once ON patrol_actions (rule, goal_id, ((evidence->>'since')))
     WHERE action = 'alert' AND task_id IS NULL;
+
+-- A goal's workspace volume is removed once the goal has been final for
+-- its retention; when that happened.
+ALTER TABLE goals ADD COLUMN workspace_removed_at timestamptz;
+CREATE INDEX goals_workspace_retention ON goals (updated_at)
+    WHERE workspace_removed_at IS NULL AND state IN ('done', 'failed', 'cancelled');

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::stats::{Sample, Summary};
-use crate::{Args, BENCH_LABEL_KEY, BENCH_LABEL_VALUE};
+use crate::{Args, BENCH_LABEL_KEY};
 
 const WORK_STREAM: &str = "FLOOR_WORK";
 const RESULT_STREAM: &str = "FLOOR_RESULTS";
@@ -99,7 +99,9 @@ impl Floor {
             settings.socket_dir.clone(),
             "loadtest-floor".to_string(),
         );
-        cfg.labels = [(BENCH_LABEL_KEY.to_string(), BENCH_LABEL_VALUE.to_string())].into();
+        // Not Colony's label value: Colony's worker runs alongside in the
+        // same process and would take these for orphans of its own.
+        cfg.labels = [(BENCH_LABEL_KEY.to_string(), "floor".to_string())].into();
         cfg.max_idle = args.slots;
         cfg.max_active = args.slots;
         cfg.ready_timeout = Duration::from_secs(15);

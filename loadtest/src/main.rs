@@ -113,7 +113,7 @@ impl Cleanup {
         match remove_bench_containers(&self.socket_dir).await {
             Ok(n) => tracing::info!(removed = n, "bench containers removed"),
             Err(e) => eprintln!(
-                "loadtest: could not remove the containers labelled {BENCH_LABEL_KEY}={BENCH_LABEL_VALUE}: {e:#}"
+                "loadtest: could not remove the containers labelled {BENCH_LABEL_KEY}: {e:#}"
             ),
         }
     }
@@ -361,7 +361,8 @@ async fn rounds(
     measured.map(|()| report)
 }
 
-/// Remove every container labelled `colony.bench=1`, and its socket directory.
+/// Remove every container labelled `colony.bench` (any value), and its
+/// socket directory.
 async fn remove_bench_containers(socket_dir: &Path) -> anyhow::Result<usize> {
     let docker = bollard::Docker::connect_with_unix_defaults()
         .context("no Docker engine")?
@@ -370,7 +371,8 @@ async fn remove_bench_containers(socket_dir: &Path) -> anyhow::Result<usize> {
         .context("no Docker engine")?;
     let filters = HashMap::from([(
         "label".to_string(),
-        vec![format!("{BENCH_LABEL_KEY}={BENCH_LABEL_VALUE}")],
+        // Every value: Colony's, the floor's, the pool phase's.
+        vec![BENCH_LABEL_KEY.to_string()],
     )]);
     let list = docker
         .list_containers(Some(

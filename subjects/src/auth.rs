@@ -196,8 +196,11 @@ pub fn permissions(kind: Kind) -> Permissions {
             p.publish_allow.push(subject::dlq(subject::DLQ_LOOP));
         }
         Kind::Patrol => {
-            // It watches the runs live and tells a run's worker to stop.
+            // It watches the runs live, tells a run's worker to stop, and
+            // reads how deep the dead letters are.
             p.publish_allow.push(subject::ctl_any());
+            p.publish_allow
+                .push(format!("$JS.API.STREAM.INFO.{}", crate::stream::DLQ));
             p.subscribe_allow.push(subject::events_all());
         }
         Kind::Scheduler => {

@@ -159,6 +159,9 @@ pub struct Settings {
     /// Attempts of a goal's sub-task before it waits for a person.
     #[arg(long, env = "COLONY_SUBTASK_ATTEMPTS", default_value_t = 3)]
     pub subtask_attempts: u32,
+    /// A final goal's shared workspace is removed this long after its end.
+    #[arg(long, env = "COLONY_GOAL_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub goal_retention_secs: u64,
     /// The patrol sweeps this often.
     #[arg(long, env = "COLONY_PATROL_INTERVAL_MS", default_value_t = 2000)]
     pub patrol_interval_ms: u64,
@@ -179,6 +182,12 @@ pub struct Settings {
     /// A running goal where nothing changed for this long raises an alert.
     #[arg(long, env = "COLONY_PATROL_GOAL_IDLE_SECS", default_value_t = 900)]
     pub patrol_goal_idle_secs: u64,
+    /// One task started this many times within ten minutes raises an alert.
+    #[arg(long, env = "COLONY_PATROL_STORM_RUNS", default_value_t = 5)]
+    pub patrol_storm_runs: u32,
+    /// The dead-letter stream growing by this many messages raises an alert.
+    #[arg(long, env = "COLONY_PATROL_DLQ_GROWTH", default_value_t = 10)]
+    pub patrol_dlq_growth: u64,
 }
 
 /// A secret from the environment: `NAME`, else the contents of the file
@@ -392,6 +401,7 @@ impl Settings {
         w.gateway = self.gateway_config(model_base_url)?;
         w.admission = self.admission_rules(roles);
         w.loop_roles = std::sync::Arc::new(self.loop_roles(roles));
+        w.goal_retention = std::time::Duration::from_secs(self.goal_retention_secs);
         w.slots = self.worker_slots.max(1);
         w.ack_wait = Duration::from_millis(self.ack_wait_ms);
         w.heartbeat_interval = Duration::from_millis(self.heartbeat_ms);
@@ -583,6 +593,8 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
         cfg.silent_after = std::time::Duration::from_secs(s.patrol_silent_secs.max(1));
         cfg.unclaimed_after = std::time::Duration::from_secs(s.patrol_unclaimed_secs.max(1));
         cfg.goal_idle_after = std::time::Duration::from_secs(s.patrol_goal_idle_secs.max(1));
+        cfg.storm_runs = s.patrol_storm_runs.max(2);
+        cfg.dlq_growth = s.patrol_dlq_growth.max(1);
         let (store, nats, relay, token) = (
             store.clone(),
             connect_nats(&s, Kind::Patrol).await?,

@@ -14,7 +14,12 @@
 //! - `unclaimed`: a task queued for `unclaimed_after` that no worker took
 //!   (no worker serves its pool): an alert, once per attempt;
 //! - `goal_idle`: a running goal where nothing changed for `goal_idle_after`:
-//!   an alert, once per quiet spell.
+//!   an alert, once per quiet spell;
+//! - `redelivery_storm`: a task started `storm_runs` times within
+//!   `storm_window`: an alert, once per attempt;
+//! - `dlq_growth`: the dead-letter stream grew by `dlq_growth` messages
+//!   since the patrol last looked: an alert to the operator's (`default`)
+//!   tenant.
 //!
 //! A stuck task is recovered in steps, one per finding, each written down
 //! with its rule, reason and evidence (`patrol_actions`), as a `patrol`
@@ -56,6 +61,12 @@ pub struct Config {
     pub silent_after: Duration,
     pub unclaimed_after: Duration,
     pub goal_idle_after: Duration,
+    /// This many runs of one task within `storm_window`: an alert.
+    pub storm_runs: u32,
+    pub storm_window: Duration,
+    /// The dead-letter stream growing by this many since the last alert:
+    /// an alert (to the `default` tenant, the operator's).
+    pub dlq_growth: u64,
 }
 
 impl Config {
@@ -69,6 +80,9 @@ impl Config {
             silent_after: Duration::from_secs(300),
             unclaimed_after: Duration::from_secs(60),
             goal_idle_after: Duration::from_secs(900),
+            storm_runs: 5,
+            storm_window: Duration::from_secs(600),
+            dlq_growth: 10,
         }
     }
 }
@@ -123,6 +137,8 @@ pub async fn run(
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut holding = false;
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut dlq_seen: Option<u64> = None;
     loop {
         tokio::select! {
             biased;
@@ -147,6 +163,9 @@ pub async fn run(
                     let p = Patrol { cfg: &cfg, store: &store, nats: &nats, relay: &relay };
                     if let Err(e) = p.sweep(&watch, started).await {
                         tracing::warn!(error = %e, "patrol: the sweep stopped early; next one in {:?}", cfg.interval);
+                    }
+                    if let Err(e) = p.dead_letters(&js, &mut dlq_seen).await {
+                        tracing::warn!(error = %e, "patrol: cannot record a dead-letter alert");
                     }
                 } else {
                     watch.lock().expect("watch lock").looping.clear();
@@ -319,6 +338,34 @@ impl Patrol<'_> {
             })
             .await?;
         }
+        // Tasks started over and over.
+        for c in self
+            .store
+            .churning(self.cfg.storm_window, self.cfg.storm_runs)
+            .await?
+        {
+            let reason = format!(
+                "task {} was started {:.0} times in {} s (a redelivery or retry storm); its last error says why",
+                c.id,
+                c.waited_secs,
+                self.cfg.storm_window.as_secs()
+            );
+            self.record(PatrolAction {
+                tenant: c.tenant,
+                task_id: Some(c.id),
+                attempt: Some(c.attempt),
+                goal_id: c.goal_id,
+                subtask_key: None,
+                rule: "redelivery_storm",
+                action: "alert",
+                reason,
+                evidence: Some(
+                    json!({"runs": c.waited_secs, "window_secs": self.cfg.storm_window.as_secs()}),
+                ),
+                holder: self.cfg.holder.clone(),
+            })
+            .await?;
+        }
         // Goals where nothing moves.
         for g in self.store.quiet_goals(self.cfg.goal_idle_after).await? {
             let reason = format!(
@@ -335,6 +382,54 @@ impl Patrol<'_> {
                 action: "alert",
                 reason,
                 evidence: Some(json!({"since": g.since.unix_timestamp()})),
+                holder: self.cfg.holder.clone(),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Alert when the dead-letter stream grew by `dlq_growth` since the
+    /// last look that alerted (or the first look).
+    async fn dead_letters(
+        &self,
+        js: &async_nats::jetstream::Context,
+        seen: &mut Option<u64>,
+    ) -> Result<(), store::Error> {
+        let depth = match js.get_stream(subjects::stream::DLQ).await {
+            Ok(mut s) => match s.info().await {
+                Ok(i) => i.state.messages,
+                Err(e) => {
+                    tracing::debug!(error = %e, "patrol: no dead-letter stream info");
+                    return Ok(());
+                }
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "patrol: no dead-letter stream");
+                return Ok(());
+            }
+        };
+        let Some(before) = *seen else {
+            *seen = Some(depth);
+            return Ok(());
+        };
+        if depth < before {
+            // Aged out or purged: a new baseline.
+            *seen = Some(depth);
+        } else if depth - before >= self.cfg.dlq_growth {
+            *seen = Some(depth);
+            self.record(PatrolAction {
+                tenant: subjects::DEFAULT_TENANT.to_string(),
+                task_id: None,
+                attempt: None,
+                goal_id: None,
+                subtask_key: None,
+                rule: "dlq_growth",
+                action: "alert",
+                reason: format!(
+                    "the dead-letter stream grew from {before} to {depth} messages; see what was refused and why on colony.dlq.>"
+                ),
+                evidence: Some(json!({"from": before, "to": depth})),
                 holder: self.cfg.holder.clone(),
             })
             .await?;

@@ -152,6 +152,8 @@ pub struct Container {
     pub name: String,
     pub role: String,
     pub employee: Option<uuid::Uuid>,
+    /// The goal whose workspace it mounts.
+    pub goal: Option<uuid::Uuid>,
     pub config_hash: String,
     /// Host path of its `agent.sock`.
     pub agent_socket: PathBuf,
@@ -702,6 +704,7 @@ impl Runtime {
             name: name.clone(),
             role: role.clone(),
             employee: want.employee,
+            goal: want.goal.map(|g| g.goal),
             config_hash: hash,
             agent_socket: paths.agent,
             gateway_socket: paths.gateway,
@@ -817,12 +820,16 @@ impl Runtime {
             let employee = labels
                 .get(label::EMPLOYEE)
                 .and_then(|e| uuid::Uuid::parse_str(e).ok());
+            let goal = labels
+                .get(label::GOAL)
+                .and_then(|g| uuid::Uuid::parse_str(g).ok());
             let paths = sockets::SocketPaths::of(self.cfg.socket_dir.join(&name));
             let c = Container {
                 id: id.clone(),
                 name: name.clone(),
                 role: role.clone(),
                 employee,
+                goal,
                 config_hash: hash.clone(),
                 agent_socket: paths.agent,
                 gateway_socket: paths.gateway,
@@ -940,6 +947,48 @@ impl Runtime {
         }
         self.freed.notify_waiters();
         idle.len()
+    }
+
+    /// A goal is past its retention: remove this worker's idle containers
+    /// that mount its workspace, then the workspace. `Ok(false)` while a
+    /// container (a run in flight, or another worker's idle one) still
+    /// mounts it: the volume stays until a later try.
+    pub async fn retire_goal(&self, goal: uuid::Uuid) -> Result<bool> {
+        let idle: Vec<Container> = {
+            let mut p = self.pool.lock().expect("pool lock");
+            let mut out = Vec::new();
+            for list in p.idle.values_mut() {
+                let (theirs, rest): (Vec<_>, Vec<_>) =
+                    list.drain(..).partition(|c| c.goal == Some(goal));
+                *list = rest;
+                out.extend(theirs);
+            }
+            out
+        };
+        for c in &idle {
+            self.remove_container(c).await;
+        }
+        if !idle.is_empty() {
+            self.freed.notify_waiters();
+        }
+        let name = spec::goal_volume(goal);
+        match self
+            .docker
+            .remove_volume(
+                &name,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Remove an employee's workspace volume (after its containers are gone).

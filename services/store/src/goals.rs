@@ -1183,6 +1183,38 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Goals final for longer than `retention` whose workspace is still
+    /// there (oldest first).
+    pub async fn goals_to_retire(&self, retention: std::time::Duration) -> Result<Vec<Uuid>> {
+        let client = self.client().await?;
+        Ok(client
+            .query(
+                "SELECT id FROM goals
+                 WHERE workspace_removed_at IS NULL AND state IN ('done', 'failed', 'cancelled')
+                   AND updated_at < now() - make_interval(secs => $1)
+                 ORDER BY updated_at LIMIT 100",
+                &[&retention.as_secs_f64()],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    /// The goal's workspace is gone.
+    pub async fn workspace_retired(&self, goal: Uuid) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE goals SET workspace_removed_at = now() WHERE id = $1 AND workspace_removed_at IS NULL",
+                &[&goal],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
 /// What a person may do to a goal.
 #[derive(Clone, Debug)]
 pub enum GoalAction {

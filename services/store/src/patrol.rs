@@ -65,7 +65,8 @@ pub struct PatrolRecord {
     pub at: OffsetDateTime,
 }
 
-/// A task queued and not claimed.
+/// A task queued and not claimed (or, from [`Store::churning`], started
+/// over and over: `waited_secs` is then its number of runs).
 #[derive(Clone, Debug)]
 pub struct Waiting {
     pub id: Uuid,
@@ -169,6 +170,33 @@ impl Store {
                  FROM tasks WHERE state = 'queued' AND updated_at < now() - make_interval(secs => $1)
                  ORDER BY updated_at LIMIT 500",
                 &[&secs(for_at_least)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Waiting {
+                id: r.get(0),
+                tenant: r.get(1),
+                role: r.get(2),
+                attempt: r.get::<_, i32>(3).max(0) as u32,
+                goal_id: r.get(4),
+                waited_secs: r.get(5),
+            })
+            .collect())
+    }
+
+    /// Tasks started `at_least` times within `window` (a redelivery or
+    /// retry storm), with their current attempt.
+    pub async fn churning(&self, window: Duration, at_least: u32) -> Result<Vec<Waiting>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT t.id, t.tenant, t.role, t.attempt, t.goal_id, n.runs::float8
+                 FROM (SELECT task_id, count(*) AS runs FROM runs
+                       WHERE started_at > now() - make_interval(secs => $1)
+                       GROUP BY task_id HAVING count(*) >= $2) n
+                 JOIN tasks t ON t.id = n.task_id LIMIT 500",
+                &[&secs(window), &i64::from(at_least)],
             )
             .await?;
         Ok(rows

@@ -117,6 +117,8 @@ pub struct Config {
     /// The roles and limits of the goal loop (what a plan may hold, who
     /// reviews).
     pub loop_roles: Arc<store::plans::LoopRoles>,
+    /// A final goal's workspace is removed this long after its end.
+    pub goal_retention: Duration,
     /// How often the worker writes its status (runs, pool metrics) to the
     /// worker registry; an entry not refreshed for 3× this disappears.
     pub status_interval: Duration,
@@ -149,6 +151,7 @@ impl Config {
                 "planner",
                 store::plans::LoopLimits::default(),
             )),
+            goal_retention: Duration::from_secs(7 * 24 * 3600),
             runtime,
         }
     }
@@ -209,6 +212,36 @@ impl Drop for InFlight {
         // A later attempt of the same task on this worker keeps its entry.
         if map.get(&self.id).is_some_and(|(_, a)| *a == self.attempt) {
             map.remove(&self.id);
+        }
+    }
+}
+
+/// Goals final for longer than their retention: their workspaces go
+/// (with this worker's idle containers that mount them). A workspace still
+/// mounted elsewhere stays for a later try.
+async fn retire_goals(shared: &Shared) {
+    let goals = match shared
+        .store
+        .goals_to_retire(shared.cfg.goal_retention)
+        .await
+    {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list goals past their retention");
+            return;
+        }
+    };
+    for goal in goals {
+        match shared.runtime.retire_goal(goal).await {
+            Ok(true) => {
+                if let Err(e) = shared.store.workspace_retired(goal).await {
+                    tracing::warn!(goal = %goal, error = %e, "cannot mark a goal's workspace removed");
+                } else {
+                    tracing::info!(goal = %goal, "goal workspace removed (past its retention)");
+                }
+            }
+            Ok(false) => tracing::debug!(goal = %goal, "goal workspace still mounted; later"),
+            Err(e) => tracing::warn!(goal = %goal, error = %e, "cannot remove a goal's workspace"),
         }
     }
 }
@@ -642,6 +675,7 @@ async fn upkeep(shared: Arc<Shared>) {
         if reaped > 0 {
             tracing::info!(reaped, "removed containers idle past their TTL");
         }
+        retire_goals(&shared).await;
     }
 }
 

@@ -890,3 +890,49 @@ async fn the_cli_submits_a_goal_waits_for_it_then_watches_and_lists_it() {
     assert_eq!(list[0]["progress"]["done"], 3);
     colony.stop().await.expect("stop");
 }
+
+fn volume_exists(goal: Uuid) -> bool {
+    std::process::Command::new("docker")
+        .args(["volume", "inspect", &runtime::spec::goal_volume(goal)])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_goals_workspace_stays_for_its_retention_then_goes() {
+    let mut w = World::new().await.expect("world");
+    use_roles(&mut w, 3, false, json!({"scripts": {}}));
+    w.settings.goal_retention_secs = 3600;
+    let colony = w.start(Role::All).await.expect("start");
+    let id = w
+        .submit_goal(json!({"title": "Keep my files", "acceptance": "page.md"}))
+        .await
+        .expect("submit");
+    let g = w.wait_goal(id, 120, settled).await.expect("done");
+    assert_eq!(g.state, GoalState::Done, "{g:?}");
+    assert!(volume_exists(id), "the workspace outlives the goal's end");
+    // An hour later (the goal's end moved back, not the clock): it goes.
+    let db = w.db().await.expect("db");
+    db.execute(
+        "UPDATE goals SET updated_at = now() - interval '2 hours' WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .expect("age it");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while volume_exists(id) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(!volume_exists(id), "removed after its retention");
+    let removed: Option<time::OffsetDateTime> = db
+        .query_one(
+            "SELECT workspace_removed_at FROM goals WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("row")
+        .get(0);
+    assert!(removed.is_some());
+    colony.stop().await.expect("stop");
+}

@@ -289,3 +289,66 @@ max_turns: 3
     );
     keep.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_storms_and_growing_dead_letters_are_alerted() {
+    let mut w = World::new().await.expect("world");
+    quick_patrol(&mut w);
+    w.settings.patrol_storm_runs = 4;
+    w.settings.patrol_dlq_growth = 3;
+    let colony = w.start(Role::All).await.expect("start");
+    // The patrol's first look at the dead letters is its baseline.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let id = w
+        .submit_shell("sleep 5", json!({"max_attempts": 5, "timeout_secs": 1}))
+        .await
+        .expect("submit");
+    let t = w.wait_final(id, 60).await.expect("final");
+    assert_eq!(t.state, TaskState::Failed);
+    let tenant = w.nats_as("tenant-default").await.expect("tenant client");
+    let js = async_nats::jetstream::new(tenant);
+    for i in 0..3 {
+        js.publish(
+            subjects::subject::intake("default"),
+            format!("not json {i}").into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    }
+    let db = w.db().await.expect("db");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let rules = loop {
+        let rules: Vec<(String, String)> = db
+            .query(
+                "SELECT rule, reason FROM patrol_actions WHERE action = 'alert' ORDER BY id",
+                &[],
+            )
+            .await
+            .expect("alerts")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let has = |r: &str| rules.iter().any(|(x, _)| x == r);
+        if (has("redelivery_storm") && has("dlq_growth")) || std::time::Instant::now() > deadline {
+            break rules;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let storm: Vec<&String> = rules
+        .iter()
+        .filter(|(r, _)| r == "redelivery_storm")
+        .map(|(_, why)| why)
+        .collect();
+    assert!(!storm.is_empty(), "{rules:?}");
+    assert!(storm[0].contains(&id.to_string()), "{storm:?}");
+    let dlq: Vec<&String> = rules
+        .iter()
+        .filter(|(r, _)| r == "dlq_growth")
+        .map(|(_, why)| why)
+        .collect();
+    assert_eq!(dlq.len(), 1, "{rules:?}");
+    assert!(dlq[0].contains("grew from 0 to 3"), "{dlq:?}");
+    colony.stop().await.expect("stop");
+}
