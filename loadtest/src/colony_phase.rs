@@ -79,6 +79,8 @@ impl ColonyBench {
         settings.worker_slots = args.slots;
         settings.prewarm = args.slots;
         settings.max_idle = Some(args.slots);
+        // The loop's goals each need containers of their own.
+        settings.max_containers = settings.max_containers.max(32);
         settings.worker_id = Some("loadtest-colony".to_string());
         settings.container_labels = vec![format!("{BENCH_LABEL_KEY}={BENCH_LABEL_VALUE}")];
 

@@ -19,6 +19,9 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::colony_phase::ColonyBench;
+
+/// Links of the chain whose wake-ups are measured with nothing else running.
+const CHAIN: usize = 6;
 use crate::stats::{percentile, Summary};
 use crate::Args;
 
@@ -27,7 +30,9 @@ use crate::Args;
 pub fn write_roles_and_scripts(dir: &Path, args: &Args) -> anyhow::Result<(PathBuf, PathBuf)> {
     let roles = dir.join("roles");
     std::fs::create_dir_all(&roles).context("cannot make the bench's roles directory")?;
-    let pool = format!("pool: {{ warm: 0, max_active: {} }}", args.slots);
+    // Room for the containers of every goal in flight (a goal's runs mount
+    // its own workspace, so its containers are its own).
+    let pool = "pool: { warm: 0, max_active: 16 }";
     let limits = "limits: { memory_mb: 256, cpus: 1.0, pids: 128, timeout_secs: 120 }";
     let files = [
         (
@@ -92,6 +97,26 @@ pub fn write_roles_and_scripts(dir: &Path, args: &Args) -> anyhow::Result<(PathB
             {"text": "checked"}
         ]
     }});
+    // A chain s0 → s1 → … for the wake-up latency, run alone.
+    let chain: Vec<Value> = (0..CHAIN)
+        .map(|i| {
+            let mut s = json!({"key": format!("c{i}"), "title": format!("link {i}"), "role": "executor",
+                               "description": "Write your link.", "acceptance": ["the link is written"]});
+            if i > 0 {
+                s["depends_on"] = json!([format!("c{}", i - 1)]);
+            }
+            s
+        })
+        .collect();
+    let mut scripts = scripts;
+    for phase in ["work", "review", "deliver"] {
+        scripts["scripts"][format!("chain.{phase}")] =
+            scripts["scripts"][format!("bench.{phase}")].clone();
+    }
+    scripts["scripts"]["chain.plan"] = json!([
+        {"tool_calls": [{"name": "action_plan_submit", "arguments": {"subtasks": chain}}]},
+        {"text": "planned"}
+    ]);
     let path = dir.join("scripts.json");
     std::fs::write(&path, scripts.to_string()).context("cannot write the bench's scripts")?;
     Ok((roles, path))
@@ -104,8 +129,11 @@ pub struct Round {
     pub secs: f64,
     pub subtasks_per_s: f64,
     pub ceiling_runs_per_s: f64,
-    /// Wake-up latencies of this round, ms.
+    /// Wake-up latencies of the chain run alone this round, ms.
     pub wakeups: Vec<f64>,
+    /// Wake-up latencies inside the round's goals (behind the other goals'
+    /// runs for a worker slot), ms.
+    pub busy_wakeups: Vec<f64>,
     /// Goal latencies (submission → done), ms.
     pub goals: Vec<f64>,
 }
@@ -120,11 +148,13 @@ impl std::fmt::Display for Round {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut w = self.wakeups.clone();
         w.sort_by(f64::total_cmp);
+        let mut b = self.busy_wakeups.clone();
+        b.sort_by(f64::total_cmp);
         let mut g = self.goals.clone();
         g.sort_by(f64::total_cmp);
         write!(
             f,
-            "loop: {} sub-tasks in {:.2} s = {:.2} sub-tasks/s; ceiling {:.2} runs/s = {:.2} sub-tasks/s; loop/ceiling {:.2}; wake-up p50 {:.1} ms, p99 {:.1} ms ({} dependents); goal p50 {:.0} ms",
+            "loop: {} sub-tasks in {:.2} s = {:.2} sub-tasks/s; ceiling {:.2} runs/s = {:.2} sub-tasks/s; loop/ceiling {:.2}; wake-up alone p50 {:.1} ms, p99 {:.1} ms ({} links); in the busy round p50 {:.0} ms, p99 {:.0} ms ({} dependents); goal p50 {:.0} ms",
             self.subtasks,
             self.secs,
             self.subtasks_per_s,
@@ -134,6 +164,9 @@ impl std::fmt::Display for Round {
             percentile(&w, 50.0),
             percentile(&w, 99.0),
             w.len(),
+            percentile(&b, 50.0),
+            percentile(&b, 99.0),
+            b.len(),
             percentile(&g, 50.0)
         )
     }
@@ -167,21 +200,23 @@ pub async fn ceiling(bench: &ColonyBench, args: &Args) -> anyhow::Result<Summary
     Ok(s)
 }
 
-/// Submit `args.goals` goals at once and wait until every one is done.
+/// Submit `n` goals of goal script `script` at once.
 async fn submit_goals(
     bench: &ColonyBench,
     n: usize,
     what: &str,
+    script: &str,
 ) -> anyhow::Result<Vec<uuid::Uuid>> {
     let (http, base) = bench.http();
     let posts = (0..n).map(|i| {
         let http = http.clone();
         let url = format!("{base}/v1/goals");
+        let description = format!("[script:{script}]");
         async move {
             let r = http
                 .post(url)
                 .json(
-                    &json!({"title": format!("{what} {i}"), "description": "[script:bench]",
+                    &json!({"title": format!("{what} {i}"), "description": description,
                               "acceptance": "every part is written"}),
                 )
                 .send()
@@ -242,7 +277,7 @@ async fn wait_done(
 pub async fn round(bench: &ColonyBench, args: &Args, ceiling_tps: f64) -> anyhow::Result<Round> {
     let pool = crate::floor::pg_pool(&bench.settings, 2)?;
     let db = pool.get().await?;
-    let ids = submit_goals(bench, args.goals, "bench goal").await?;
+    let ids = submit_goals(bench, args.goals, "bench goal", "bench").await?;
     wait_done(&db, &ids, Duration::from_secs(args.task_timeout_secs * 4)).await?;
     // From Colony's own stamps: each taken as its transaction was written.
     let row = db
@@ -265,7 +300,27 @@ pub async fn round(bench: &ColonyBench, args: &Args, ceiling_tps: f64) -> anyhow
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let wakeups: Vec<f64> = db
+    let busy_wakeups = wakeups(&db, &ids).await?;
+    // The chain, alone: what the wake-up costs when a worker slot is free.
+    let chain = submit_goals(bench, 1, "chain goal", "chain").await?;
+    wait_done(&db, &chain, Duration::from_secs(args.task_timeout_secs * 4)).await?;
+    let idle_wakeups = wakeups(&db, &chain).await?;
+    let subtasks = args.goals * args.subtasks;
+    Ok(Round {
+        subtasks,
+        secs,
+        subtasks_per_s: subtasks as f64 / secs.max(1e-9),
+        ceiling_runs_per_s: ceiling_tps,
+        wakeups: idle_wakeups,
+        busy_wakeups,
+        goals,
+    })
+}
+
+/// Each dependent's wake-up, ms: its first `running` after the last of its
+/// dependencies' `done` (both stamped by Colony as it commits them).
+async fn wakeups(db: &deadpool_postgres::Object, ids: &[uuid::Uuid]) -> anyhow::Result<Vec<f64>> {
+    Ok(db
         .query(
             "SELECT extract(epoch FROM
                       (SELECT min(e.at) FROM events e WHERE e.task_id = t.id AND e.to_state = 'running')
@@ -280,16 +335,7 @@ pub async fn round(bench: &ColonyBench, args: &Args, ceiling_tps: f64) -> anyhow
         .await?
         .iter()
         .filter_map(|r| r.get::<_, Option<f64>>(0))
-        .collect();
-    let subtasks = args.goals * args.subtasks;
-    Ok(Round {
-        subtasks,
-        secs,
-        subtasks_per_s: subtasks as f64 / secs.max(1e-9),
-        ceiling_runs_per_s: ceiling_tps,
-        wakeups,
-        goals,
-    })
+        .collect())
 }
 
 /// What the watchers saw.
@@ -324,7 +370,7 @@ impl std::fmt::Display for Watchers {
 /// of one more round from submission to `end`.
 pub async fn watchers(bench: &ColonyBench, args: &Args) -> anyhow::Result<Watchers> {
     let started = Instant::now();
-    let ids = submit_goals(bench, args.goals, "watched goal").await?;
+    let ids = submit_goals(bench, args.goals, "watched goal", "bench").await?;
     let (_, base) = bench.http();
     let key = bench.key().to_string();
     let limit = Duration::from_secs(args.task_timeout_secs * 4);

@@ -52,8 +52,8 @@ pub struct Args {
     /// worth the name).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Goals per loop round; 0 skips the loop phases.
-    #[arg(long, default_value_t = 4)]
+    /// Goals per loop round (in flight at once); 0 skips the loop phases.
+    #[arg(long, default_value_t = 6)]
     pub goals: usize,
     /// Sub-tasks per goal (the second half each depends on one of the
     /// first).

@@ -281,12 +281,16 @@ async fn plan(shared: &Shared, running: &Running) -> Result<Plan, Outcome> {
         stream: true,
     };
     let mut want = role_want(role, &task.tenant, task.employee_id);
-    // A goal's runs share its workspace: its work writes there, the rest
-    // (planning, review, delivery) only read it.
-    want.goal = task.goal_id.map(|goal| runtime::GoalMount {
-        goal,
-        read_only: task.kind != subjects::goals::TaskKind::Work,
-    });
+    // A goal's runs share its workspace: its work writes there, review and
+    // delivery only read it. Planning needs none (what is done is in its
+    // prompt), so planners' containers serve every goal.
+    want.goal = match (task.goal_id, task.kind) {
+        (Some(_), subjects::goals::TaskKind::Plan) | (None, _) => None,
+        (Some(goal), kind) => Some(runtime::GoalMount {
+            goal,
+            read_only: kind != subjects::goals::TaskKind::Work,
+        }),
+    };
     Ok(Plan {
         want,
         agent: Some((spec, ctx)),
