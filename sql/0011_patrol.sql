@@ -40,3 +40,9 @@ CREATE UNIQUE INDEX patrol_goal_alert_once ON patrol_actions (rule, goal_id, ((e
 ALTER TABLE goals ADD COLUMN workspace_removed_at timestamptz;
 CREATE INDEX goals_workspace_retention ON goals (updated_at)
     WHERE workspace_removed_at IS NULL AND state IN ('done', 'failed', 'cancelled');
+
+-- A replan may give a new sub-task the key of one it cancelled: keys are
+-- unique among a goal's sub-tasks that are not cancelled.
+DROP INDEX tasks_goal_key;
+CREATE UNIQUE INDEX tasks_goal_key ON tasks (goal_id, subtask_key)
+    WHERE subtask_key IS NOT NULL AND state <> 'cancelled';

@@ -11,6 +11,8 @@ use crate::{bad, Rejection, Rules};
 pub const MAX_TITLE_CHARS: usize = 200;
 /// Longest description or acceptance text, in characters.
 pub const MAX_TEXT_CHARS: usize = 20_000;
+/// Largest token budget (far beyond any goal; it fits Postgres' bigint).
+pub const MAX_TOKENS: u64 = 1 << 50;
 /// Longest wall-clock budget a goal may ask for (30 days).
 pub const MAX_WALL_SECS: u64 = 30 * 24 * 3600;
 
@@ -112,10 +114,12 @@ pub fn check_goal_submission(
 
 /// A budget whose every limit is positive and finite.
 pub fn check_budget(b: &Budget) -> Result<(), Rejection> {
-    if b.tokens == Some(0) {
-        return Err(bad(
-            "budget.tokens is 0; leave it out for no limit, or give a positive number".to_string(),
-        ));
+    if let Some(t) = b.tokens {
+        if t == 0 || t > MAX_TOKENS {
+            return Err(bad(format!(
+                "budget.tokens is {t}; leave it out for no limit, or give 1 to {MAX_TOKENS}"
+            )));
+        }
     }
     if let Some(c) = b.cost_usd {
         if !c.is_finite() || c <= 0.0 || c > 1_000_000.0 {

@@ -165,6 +165,8 @@ async fn handle(cfg: &Config, store: &Store, msg: jetstream::Message) {
                 continue;
             }
         }
+        // Slow webhooks must not get the message redelivered meanwhile.
+        let _ = msg.ack_with(AckKind::Progress).await;
         let started = Instant::now();
         let result = deliver(cfg, &t, kind, &n, &msg.payload).await;
         let last = attempt >= cfg.max_attempts;

@@ -69,6 +69,16 @@ impl GoalRow {
         }
     }
 
+    /// Nothing may start: a person paused it, or its budget is spent.
+    pub fn stopped(&self) -> bool {
+        self.state == GoalState::Paused
+            || (self.state == GoalState::Blocked
+                && self
+                    .blocked
+                    .as_ref()
+                    .is_some_and(|b| b.kind == BlockKind::Budget))
+    }
+
     /// New sub-tasks are not started: the goal is paused, over its budget,
     /// or not yet approved.
     pub fn holds_work(&self) -> bool {
@@ -587,7 +597,12 @@ impl<'a> LoopTx<'a> {
     /// `pending`.
     pub async fn insert_task(&mut self, g: &GoalRow, new: NewGoalTask) -> Result<GoalTask> {
         let id = Uuid::now_v7();
-        let queued = !new.pending;
+        // A paused goal, or one whose budget is spent, starts no sub-task
+        // or review: the run waits (pending) until the goal goes on
+        // (`release_ready`). (A plan being written inserts its sub-tasks
+        // before the goal runs; they are queued as the plan says.)
+        let held = matches!(new.kind, TaskKind::Work | TaskKind::Review) && g.stopped();
+        let queued = !new.pending && !held;
         let dispatch = queued.then(Uuid::now_v7);
         let state = if queued {
             TaskState::Queued
@@ -722,7 +737,8 @@ impl<'a> LoopTx<'a> {
                 .execute(
                     "INSERT INTO employees (id, tenant, name, role, state, quotas, created_at, updated_at)
                      SELECT $1, $2, $3, $4, 'active', '{}', $5, $5
-                     WHERE NOT EXISTS (SELECT 1 FROM employees WHERE tenant = $2 AND name = $3 AND state <> 'offboarded')",
+                     WHERE NOT EXISTS (SELECT 1 FROM employees WHERE tenant = $2 AND name = $3 AND state <> 'offboarded')
+                     ON CONFLICT DO NOTHING",
                     &[&id, &tenant, &name, &role, &self.now],
                 )
                 .await?;
@@ -1376,6 +1392,16 @@ impl LoopTx<'_> {
 
     async fn decide(&mut self, g: &mut GoalRow, blocked: &Blocked, d: &GoalDecision) -> Result<()> {
         let note = Some(d.note.as_str()).filter(|n| !n.trim().is_empty());
+        let goes_on = matches!(
+            d.action,
+            DecideAction::Approve | DecideAction::Retry | DecideAction::Replan
+        );
+        if goes_on && self.over_budget(g) {
+            return Err(Error::Invalid(format!(
+                "goal {} has spent {} tokens and ${:.2}, over its budget; decide with a larger budget",
+                g.id, g.spent.tokens, g.spent.cost_usd
+            )));
+        }
         match d.action {
             DecideAction::Cancel => {
                 let reason = match note {

@@ -225,6 +225,25 @@ impl Store {
             });
         }
         let mut x = t.lock_task(&g, v.task_id).await?;
+        // A run reviews the round it was given, not a later one (its
+        // sub-task may have been sent back and come again meanwhile).
+        let given: Option<String> =
+            t.tx.query_one(
+                "SELECT idempotency_key FROM tasks WHERE id = $1",
+                &[&run.task_id],
+            )
+            .await?
+            .get(0);
+        let round = format!("review:{}:{}:", x.id(), x.reworks);
+        if !given.as_deref().is_some_and(|k| k.starts_with(&round)) {
+            return Err(Error::Refused {
+                status: 403,
+                reason: format!(
+                    "this review run was given an earlier round of task {}; the rework is reviewed by a run of its own",
+                    x.id()
+                ),
+            });
+        }
         if x.view().employee_id.is_some() && x.view().employee_id == run.employee_id {
             return Err(Error::Refused {
                 status: 403,

@@ -332,6 +332,35 @@ async fn an_invalid_plan_is_refused_with_every_error_and_the_fixed_one_accepted(
     assert_eq!(audited.len(), 2, "{audited:?}");
     assert!(audited[0].contains("a → b → a"), "{audited:?}");
 
+    // A person asks for another plan: the open sub-tasks are cancelled and
+    // the new plan may use their keys again.
+    let r = w
+        .http()
+        .post(format!("{}/v1/goals/{id}/replan", w.url()))
+        .json(&json!({"note": "plan it again"}))
+        .send()
+        .await
+        .expect("replan");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let g = w
+        .wait_goal(id, 60, |g| {
+            g.state == GoalState::AwaitingApproval && g.subtasks.len() == 6
+        })
+        .await
+        .expect("planned again");
+    let cancelled = g
+        .subtasks
+        .iter()
+        .filter(|s| s.state == TaskState::Cancelled)
+        .count();
+    let pending: Vec<&str> = g
+        .subtasks
+        .iter()
+        .filter(|s| s.state == TaskState::Pending)
+        .map(|s| s.key.as_str())
+        .collect();
+    assert_eq!(cancelled, 3, "{:?}", g.subtasks);
+    assert_eq!(pending.len(), 3, "the same keys again: {pending:?}");
     // A person cancels it: the goal and its open tasks are cancelled.
     let r = w
         .http()
@@ -520,16 +549,18 @@ async fn the_rework_cap_escalates_to_a_person_whose_decision_resumes_the_goal() 
     // never dispatched that way).
     let row = db
         .query_one(
-            "SELECT r.id, w.id, w.employee_id FROM tasks r JOIN tasks w ON w.id = r.reviews_task_id
+            "SELECT r.id, w.id, w.employee_id, split_part(r.idempotency_key, ':', 3)::int
+             FROM tasks r JOIN tasks w ON w.id = r.reviews_task_id
              WHERE r.goal_id = $1 AND r.kind = 'review' LIMIT 1",
             &[&id],
         )
         .await
         .expect("a review");
-    let (review, work, worker): (Uuid, Uuid, Option<Uuid>) = (row.get(0), row.get(1), row.get(2));
+    let (review, work, worker, round): (Uuid, Uuid, Option<Uuid>, i32) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
     let run = Uuid::now_v7();
     db.batch_execute(&format!(
-        "UPDATE tasks SET state = 'review' WHERE id = '{work}';
+        "UPDATE tasks SET state = 'review', reworks = {round} WHERE id = '{work}';
          UPDATE tasks SET state = 'running', employee_id = '{}' WHERE id = '{review}';
          INSERT INTO runs (id, task_id, attempt, worker_id, state, started_at)
               VALUES ('{run}', '{review}', 9, 'test', 'running', now());",
@@ -559,6 +590,36 @@ async fn the_rework_cap_escalates_to_a_person_whose_decision_resumes_the_goal() 
     assert!(
         matches!(&refused, store::Error::Refused { status: 403, reason } if reason.contains("nobody reviews their own work")),
         "{refused}"
+    );
+    // Nor may a review run of an earlier round judge the rework after it.
+    db.execute(
+        "UPDATE tasks SET reworks = reworks + 1 WHERE id = $1",
+        &[&work],
+    )
+    .await
+    .expect("a round later");
+    let stale = w
+        .store(1)
+        .submit_verdict(
+            &store::plans::RunRef {
+                tenant: "default".into(),
+                task_id: review,
+                run_id: run,
+                employee_id: Some(Uuid::now_v7()),
+            },
+            &subjects::goals::ReviewVerdict {
+                task_id: work,
+                score: 2,
+                approve: false,
+                issues: vec!["judged unseen".into()],
+                summary: String::new(),
+            },
+        )
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&stale, store::Error::Refused { status: 403, reason } if reason.contains("an earlier round")),
+        "{stale}"
     );
     colony.stop().await.expect("stop");
 }
