@@ -89,11 +89,6 @@ pub struct Config {
     pub idle_ttl: Duration,
     /// How long a new container may take to answer on its socket.
     pub ready_timeout: Duration,
-    /// A goal's run whose configuration has a container busy (another run
-    /// of the same goal and employee) waits this long for it before a cold
-    /// start: a run ends sooner than a container starts, and each goal's
-    /// containers are its own.
-    pub goal_reuse_wait: Duration,
 }
 
 impl Config {
@@ -108,7 +103,6 @@ impl Config {
             max_active: 16,
             idle_ttl: Duration::from_secs(600),
             ready_timeout: Duration::from_secs(30),
-            goal_reuse_wait: Duration::from_millis(300),
         }
     }
 }
@@ -401,17 +395,8 @@ impl Runtime {
             }
         }
         let (image_id, limits, hash) = self.resolve(want).await?;
-        let reuse_until = want
-            .goal
-            .map(|_| tokio::time::Instant::now() + self.cfg.goal_reuse_wait);
         loop {
             let notified = self.freed.notified();
-            if let Some(until) = reuse_until.filter(|u| tokio::time::Instant::now() < *u) {
-                if self.busy_without_idle(&hash) {
-                    let _ = tokio::time::timeout_at(until, notified).await;
-                    continue;
-                }
-            }
             let next = self.take_or_reserve(&hash, want);
             let evict = match next {
                 Next::Taken(c) => return Ok(c),
@@ -452,12 +437,6 @@ impl Runtime {
             });
             return rx.await.unwrap_or(Err(Error::Interrupted));
         }
-    }
-
-    /// A container of `hash` is busy and none is idle.
-    fn busy_without_idle(&self, hash: &str) -> bool {
-        let p = self.pool.lock().expect("pool lock");
-        p.idle.get(hash).is_none_or(Vec::is_empty) && p.busy.values().any(|c| c.config_hash == hash)
     }
 
     /// Under the pool lock: an idle container of `hash`, or room reserved
