@@ -59,11 +59,16 @@ impl LoopTx<'_> {
             .lock_tasks(
                 g,
                 &[TaskKind::Work, TaskKind::Review],
-                &[TaskState::Pending],
+                &[TaskState::Pending, TaskState::Rework],
             )
             .await?
         {
-            if d.kind == TaskKind::Review {
+            if d.state() == TaskState::Rework {
+                // Sent back while the goal was stopped.
+                let input = self.compose_input(&d, None).await?;
+                self.queue(&mut d, input, Some("sent back for rework"), false)
+                    .await?;
+            } else if d.kind == TaskKind::Review {
                 // A review run held back: its input does not change.
                 let input = d.view().input.clone();
                 self.queue(&mut d, input, Some("the goal goes on"), false)

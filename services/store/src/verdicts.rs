@@ -395,9 +395,13 @@ impl Store {
             } else {
                 t.task_to(&mut x, TaskState::Rework, Some(&issues.join("; ")))
                     .await?;
-                let input = t.compose_input(&x, None).await?;
-                t.queue(&mut x, input, Some("sent back for rework"), false)
-                    .await?;
+                // A paused goal, or one whose budget is spent, keeps it in
+                // rework until it goes on (`release_ready`).
+                if !g.stopped() {
+                    let input = t.compose_input(&x, None).await?;
+                    t.queue(&mut x, input, Some("sent back for rework"), false)
+                        .await?;
+                }
                 VerdictOutcome::Rework { round: x.reworks }
             }
         };

@@ -997,3 +997,72 @@ async fn a_final_goals_workspace_stays_for_its_retention_then_goes() {
     assert!(removed.is_some());
     colony.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_goal_starts_nothing_until_it_is_resumed() {
+    let mut w = World::new().await.expect("world");
+    use_roles(&mut w, 3, true, json!({"scripts": {}}));
+    let colony = w.start(Role::All).await.expect("start");
+    let id = w
+        .submit_goal(
+            json!({"title": "Pause me", "description": "[script:strict]", "acceptance": "page.md"}),
+        )
+        .await
+        .expect("submit");
+    w.wait_goal(id, 60, |g| g.state == GoalState::Running)
+        .await
+        .expect("running");
+    let r = w
+        .http()
+        .post(format!("{}/v1/goals/{id}/pause", w.url()))
+        .send()
+        .await
+        .expect("pause");
+    assert_eq!(r.status(), 200);
+    // What was running finishes; nothing new starts while it is paused.
+    let db = w.db().await.expect("db");
+    let settled_at = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let running: i64 = db
+            .query_one(
+                "SELECT count(*) FROM tasks WHERE goal_id = $1 AND state IN ('running', 'queued')",
+                &[&id],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if running == 0 || std::time::Instant::now() > settled_at {
+            assert_eq!(running, 0, "runs in flight end, queued ones wait");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let started_after: i64 = db
+        .query_one(
+            "SELECT count(*) FROM runs r JOIN tasks t ON t.id = r.task_id WHERE t.goal_id = $1
+               AND r.started_at > (SELECT max(at) FROM goal_events WHERE goal_id = $1 AND to_state = 'paused')",
+            &[&id],
+        )
+        .await
+        .expect("runs")
+        .get(0);
+    assert_eq!(started_after, 0, "no run started while paused");
+    let g = w.get_goal(id).await.expect("goal");
+    assert_eq!(g.state, GoalState::Paused);
+    let r = w
+        .http()
+        .post(format!("{}/v1/goals/{id}/resume", w.url()))
+        .send()
+        .await
+        .expect("resume");
+    assert_eq!(r.status(), 200);
+    let g = w.wait_goal(id, 120, settled).await.expect("done");
+    assert_eq!(g.state, GoalState::Done, "{g:?}");
+    assert!(
+        g.subtasks.iter().all(|s| s.reworks == 1),
+        "{:?}",
+        g.subtasks
+    );
+    colony.stop().await.expect("stop");
+}
