@@ -17,6 +17,8 @@
 //!   an alert, once per quiet spell;
 //! - `redelivery_storm`: a task started `storm_runs` times within
 //!   `storm_window`: an alert, once per attempt;
+//! - a goal past its wall-clock budget (`budget.wall_secs`): blocked for
+//!   a person, its queued work held (kind `budget`, like a spent one);
 //! - `dlq_growth`: the dead-letter stream grew by `dlq_growth` messages
 //!   since the patrol last looked: an alert to the operator's (`default`)
 //!   tenant.
@@ -365,6 +367,14 @@ impl Patrol<'_> {
                 holder: self.cfg.holder.clone(),
             })
             .await?;
+        }
+        // Goals past their wall-clock budget wait for a person.
+        for goal in self.store.overdue_goals().await? {
+            let outbox = self.store.block_overdue(goal).await?;
+            if !outbox.is_empty() {
+                tracing::warn!(goal = %goal, "goal past its wall-clock budget: blocked");
+            }
+            self.relay.send(outbox);
         }
         // Goals where nothing moves.
         for g in self.store.quiet_goals(self.cfg.goal_idle_after).await? {

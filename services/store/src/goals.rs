@@ -1231,6 +1231,66 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Goals past their wall-clock budget (`budget.wall_secs` since they
+    /// were submitted) that are still at work.
+    pub async fn overdue_goals(&self) -> Result<Vec<Uuid>> {
+        let client = self.client().await?;
+        Ok(client
+            .query(
+                "SELECT id FROM goals
+                 WHERE state IN ('planning', 'running', 'paused', 'delivering')
+                   AND budget ? 'wall_secs'
+                   AND created_at + make_interval(secs => (budget->>'wall_secs')::float8) < now()
+                 LIMIT 100",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    /// A goal past its wall-clock budget waits for a person (blocked, kind
+    /// `budget`), its queued work with it; a `decide` with a larger
+    /// `wall_secs` resumes it.
+    pub async fn block_overdue(&self, goal: Uuid) -> Result<Vec<OutboxMsg>> {
+        let mut client = self.client().await?;
+        let mut t = LoopTx::begin(&mut client).await?;
+        let Some(mut g) = t.find_goal(goal).await? else {
+            return Ok(Vec::new());
+        };
+        let open = matches!(
+            g.state,
+            GoalState::Planning | GoalState::Running | GoalState::Paused | GoalState::Delivering
+        );
+        let Some(wall) = g.budget.wall_secs.filter(|_| open) else {
+            return Ok(Vec::new());
+        };
+        let age = (t.now - g.created_at).as_seconds_f64();
+        if age <= wall as f64 {
+            return Ok(Vec::new());
+        }
+        let reason = format!(
+            "the goal has run {age:.0} s, past its wall-clock budget of {wall} s; a person decides (a larger budget, or cancel)"
+        );
+        t.hold_queued(&g, "the goal's time is up").await?;
+        t.goal_to(
+            &mut g,
+            GoalState::Blocked,
+            &reason,
+            Some(Blocked {
+                kind: BlockKind::Budget,
+                reason: reason.clone(),
+                task_id: None,
+                details: Vec::new(),
+            }),
+        )
+        .await?;
+        t.commit().await
+    }
+}
+
 /// What a person may do to a goal.
 #[derive(Clone, Debug)]
 pub enum GoalAction {
@@ -1536,6 +1596,9 @@ impl LoopTx<'_> {
     pub fn over_budget(&self, g: &GoalRow) -> bool {
         g.budget.tokens.is_some_and(|t| g.spent.tokens >= t)
             || g.budget.cost_usd.is_some_and(|c| g.spent.cost_usd >= c)
+            || g.budget
+                .wall_secs
+                .is_some_and(|w| (self.now - g.created_at).as_seconds_f64() > w as f64)
     }
 }
 

@@ -1066,3 +1066,40 @@ async fn a_paused_goal_starts_nothing_until_it_is_resumed() {
     );
     colony.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goal_past_its_wall_clock_budget_waits_for_a_person() {
+    let mut w = World::new().await.expect("world");
+    // Reviewed and reworked, the goal takes a few seconds: past its one.
+    use_roles(&mut w, 3, true, json!({"scripts": {}}));
+    w.settings.patrol_interval_ms = 200;
+    let colony = w.start(Role::All).await.expect("start");
+    let id = w
+        .submit_goal(
+            json!({"title": "In a hurry", "description": "[script:strict]",
+                            "acceptance": "page.md", "budget": {"wall_secs": 1}}),
+        )
+        .await
+        .expect("submit");
+    let g = w.wait_goal(id, 60, settled).await.expect("blocked");
+    assert_eq!(g.state, GoalState::Blocked, "{g:?}");
+    let blocked = g.blocked.clone().expect("why");
+    assert_eq!(blocked.kind, BlockKind::Budget);
+    assert!(
+        blocked.reason.contains("past its wall-clock budget of 1 s"),
+        "{}",
+        blocked.reason
+    );
+    // More time, and it goes on to done.
+    let r = w
+        .http()
+        .post(format!("{}/v1/goals/{id}/decide", w.url()))
+        .json(&json!({"action": "retry", "budget": {"wall_secs": 600}}))
+        .send()
+        .await
+        .expect("decide");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let g = w.wait_goal(id, 120, settled).await.expect("done");
+    assert_eq!(g.state, GoalState::Done, "{g:?}");
+    colony.stop().await.expect("stop");
+}
