@@ -27,16 +27,26 @@ pub fn empty(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Entries a listing looks at before it stops (a run may leave millions).
+const LIST_VISITS: usize = 20_000;
+
 /// The regular files below `dir` (symlinks are not followed), sorted, at
-/// most `max`; paths relative to `dir`. Unreadable directories are skipped.
+/// most `max`; paths relative to `dir`. Unreadable directories are skipped;
+/// past [`LIST_VISITS`] entries the walk stops with what it found.
 pub fn list(dir: &Path, max: usize) -> Vec<subjects::agent::WorkspaceFile> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
+    let mut visits = 0usize;
     while let Some(d) = stack.pop() {
         let Ok(entries) = fs::read_dir(&d) else {
             continue;
         };
         for entry in entries.flatten() {
+            visits += 1;
+            if visits > LIST_VISITS {
+                stack.clear();
+                break;
+            }
             let path = entry.path();
             let Ok(meta) = fs::symlink_metadata(&path) else {
                 continue;

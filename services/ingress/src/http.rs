@@ -191,6 +191,16 @@ async fn read_json<T: DeserializeOwned>(body: Body, what: &str) -> Result<T, Ref
     })
 }
 
+/// 503 unless the vault key is set (credentials and webhook secrets are
+/// sealed with it).
+fn vault_ready(s: &AppState) -> Result<(), Refusal> {
+    if s.0.store.has_vault() {
+        Ok(())
+    } else {
+        Err(store::Error::NoVault.into())
+    }
+}
+
 /// A path segment that must be a UUID; `what` names it in the refusal.
 fn uuid_of(raw: &str, what: &str) -> Result<Uuid, Refusal> {
     Uuid::parse_str(raw).map_err(|_| Refusal::bad(format!("{raw:?} is not {what} id (a UUID)")))

@@ -370,7 +370,7 @@ impl Patrol<'_> {
         }
         // Goals past their wall-clock budget wait for a person.
         for goal in self.store.overdue_goals().await? {
-            let outbox = self.store.block_overdue(goal).await?;
+            let outbox = self.store.block_if_over_budget(goal).await?;
             if !outbox.is_empty() {
                 tracing::warn!(goal = %goal, "goal past its wall-clock budget: blocked");
             }

@@ -69,6 +69,14 @@ impl GoalRow {
         }
     }
 
+    /// Planning, running, paused or delivering: it can spend.
+    pub fn at_work(&self) -> bool {
+        matches!(
+            self.state,
+            GoalState::Planning | GoalState::Running | GoalState::Paused | GoalState::Delivering
+        )
+    }
+
     /// Nothing may start: a person paused it, or its budget is spent.
     pub fn stopped(&self) -> bool {
         self.state == GoalState::Paused
@@ -1131,11 +1139,8 @@ impl Store {
 
 impl Store {
     /// Charges a model call of goal task `task` to its goal (a task of no
-    /// goal: nothing). When the goal's spend now reaches its token or cost
-    /// budget, the goal waits for a person (blocked, kind `budget`) and its
-    /// queued work waits with it; runs in flight finish within their
-    /// role's per-run quotas. A person's `decide` with a larger budget
-    /// resumes it.
+    /// goal: nothing); a goal whose spend now reaches its token or cost
+    /// budget is blocked ([`Store::block_if_over_budget`]).
     pub async fn charge_goal(
         &self,
         task: Uuid,
@@ -1164,24 +1169,34 @@ impl Store {
         if !crossed {
             return Ok(Vec::new());
         }
+        self.block_if_over_budget(goal).await
+    }
+
+    /// A goal at work and over one of its budgets (tokens, dollars, wall
+    /// clock) waits for a person (blocked, kind `budget`), its queued work
+    /// with it; runs in flight finish within their role's per-run quotas. A
+    /// person's `decide` with a larger budget resumes it.
+    pub async fn block_if_over_budget(&self, goal: Uuid) -> Result<Vec<OutboxMsg>> {
         let mut client = self.client().await?;
         let mut t = LoopTx::begin(&mut client).await?;
         let Some(mut g) = t.find_goal(goal).await? else {
             return Ok(Vec::new());
         };
-        let open = matches!(
-            g.state,
-            GoalState::Planning | GoalState::Running | GoalState::Paused | GoalState::Delivering
-        );
-        if !open || !t.over_budget(&g) {
+        if !g.at_work() || !t.over_budget(&g) {
             return Ok(Vec::new());
         }
-        let reason = format!(
-            "the goal has spent {} tokens and ${:.4}, reaching its budget ({}); a person decides (a larger budget, or cancel)",
-            g.spent.tokens,
-            g.spent.cost_usd,
-            crate::briefs::budget_line(&g.budget)
-        );
+        let age = (t.now - g.created_at).as_seconds_f64();
+        let reason = match g.budget.wall_secs.filter(|w| age > *w as f64) {
+            Some(w) => format!(
+                "the goal has run {age:.0} s, past its wall-clock budget of {w} s; a person decides (a larger budget, or cancel)"
+            ),
+            None => format!(
+                "the goal has spent {} tokens and ${:.4}, reaching its budget ({}); a person decides (a larger budget, or cancel)",
+                g.spent.tokens,
+                g.spent.cost_usd,
+                crate::briefs::budget_line(&g.budget)
+            ),
+        };
         t.hold_queued(&g, "the goal's budget is spent").await?;
         t.goal_to(
             &mut g,
@@ -1196,6 +1211,28 @@ impl Store {
         )
         .await?;
         t.commit().await
+    }
+}
+
+impl Store {
+    /// Goals past their wall-clock budget (`budget.wall_secs` since they
+    /// were submitted) that are still at work (for
+    /// [`Store::block_if_over_budget`]).
+    pub async fn overdue_goals(&self) -> Result<Vec<Uuid>> {
+        let client = self.client().await?;
+        Ok(client
+            .query(
+                "SELECT id FROM goals
+                 WHERE state IN ('planning', 'running', 'paused', 'delivering')
+                   AND budget ? 'wall_secs'
+                   AND created_at + make_interval(secs => (budget->>'wall_secs')::float8) < now()
+                 LIMIT 100",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 }
 
@@ -1228,66 +1265,6 @@ impl Store {
             )
             .await?;
         Ok(())
-    }
-}
-
-impl Store {
-    /// Goals past their wall-clock budget (`budget.wall_secs` since they
-    /// were submitted) that are still at work.
-    pub async fn overdue_goals(&self) -> Result<Vec<Uuid>> {
-        let client = self.client().await?;
-        Ok(client
-            .query(
-                "SELECT id FROM goals
-                 WHERE state IN ('planning', 'running', 'paused', 'delivering')
-                   AND budget ? 'wall_secs'
-                   AND created_at + make_interval(secs => (budget->>'wall_secs')::float8) < now()
-                 LIMIT 100",
-                &[],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
-    }
-
-    /// A goal past its wall-clock budget waits for a person (blocked, kind
-    /// `budget`), its queued work with it; a `decide` with a larger
-    /// `wall_secs` resumes it.
-    pub async fn block_overdue(&self, goal: Uuid) -> Result<Vec<OutboxMsg>> {
-        let mut client = self.client().await?;
-        let mut t = LoopTx::begin(&mut client).await?;
-        let Some(mut g) = t.find_goal(goal).await? else {
-            return Ok(Vec::new());
-        };
-        let open = matches!(
-            g.state,
-            GoalState::Planning | GoalState::Running | GoalState::Paused | GoalState::Delivering
-        );
-        let Some(wall) = g.budget.wall_secs.filter(|_| open) else {
-            return Ok(Vec::new());
-        };
-        let age = (t.now - g.created_at).as_seconds_f64();
-        if age <= wall as f64 {
-            return Ok(Vec::new());
-        }
-        let reason = format!(
-            "the goal has run {age:.0} s, past its wall-clock budget of {wall} s; a person decides (a larger budget, or cancel)"
-        );
-        t.hold_queued(&g, "the goal's time is up").await?;
-        t.goal_to(
-            &mut g,
-            GoalState::Blocked,
-            &reason,
-            Some(Blocked {
-                kind: BlockKind::Budget,
-                reason: reason.clone(),
-                task_id: None,
-                details: Vec::new(),
-            }),
-        )
-        .await?;
-        t.commit().await
     }
 }
 

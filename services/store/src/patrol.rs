@@ -86,6 +86,19 @@ pub struct QuietGoal {
     pub since: OffsetDateTime,
 }
 
+/// `id, tenant, role, attempt, goal_id, <seconds or count>` as a
+/// [`Waiting`].
+fn row_to_waiting(r: &tokio_postgres::Row) -> Waiting {
+    Waiting {
+        id: r.get(0),
+        tenant: r.get(1),
+        role: r.get(2),
+        attempt: r.get::<_, i32>(3).max(0) as u32,
+        goal_id: r.get(4),
+        waited_secs: r.get(5),
+    }
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -172,17 +185,7 @@ impl Store {
                 &[&secs(for_at_least)],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Waiting {
-                id: r.get(0),
-                tenant: r.get(1),
-                role: r.get(2),
-                attempt: r.get::<_, i32>(3).max(0) as u32,
-                goal_id: r.get(4),
-                waited_secs: r.get(5),
-            })
-            .collect())
+        Ok(rows.iter().map(row_to_waiting).collect())
     }
 
     /// Tasks started `at_least` times within `window` (a redelivery or
@@ -199,17 +202,7 @@ impl Store {
                 &[&secs(window), &i64::from(at_least)],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Waiting {
-                id: r.get(0),
-                tenant: r.get(1),
-                role: r.get(2),
-                attempt: r.get::<_, i32>(3).max(0) as u32,
-                goal_id: r.get(4),
-                waited_secs: r.get(5),
-            })
-            .collect())
+        Ok(rows.iter().map(row_to_waiting).collect())
     }
 
     /// Running goals where nothing changed (the goal or any task of it) for

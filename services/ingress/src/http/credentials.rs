@@ -12,7 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 use store::NewCredential;
 
-use super::{read_json, uuid_of, AppState, Caller, Refusal};
+use super::{read_json, uuid_of, vault_ready as ready, AppState, Caller, Refusal};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,14 +21,6 @@ struct CredentialRequest {
     url_prefix: String,
     header: String,
     value: String,
-}
-
-fn ready(s: &AppState) -> Result<(), Refusal> {
-    if s.0.store.has_vault() {
-        Ok(())
-    } else {
-        Err(store::Error::NoVault.into())
-    }
 }
 
 pub(super) async fn put(

@@ -349,13 +349,13 @@ struct Feed {
 impl Feed {
     /// The final view, if the goal is final.
     async fn end(&self) -> Option<SseEvent> {
-        let view = self
-            .s
-            .0
-            .store
-            .goal_view(&self.tenant, self.id)
-            .await
-            .ok()??;
+        let store = &self.s.0.store;
+        // One row first: an idle watcher asks every few seconds.
+        let goal = store.goal(&self.tenant, self.id).await.ok()??;
+        if !goal.state.is_final() {
+            return None;
+        }
+        let view = store.goal_view(&self.tenant, self.id).await.ok()??;
         view.state.is_final().then(|| {
             SseEvent::default()
                 .event("end")
