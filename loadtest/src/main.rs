@@ -11,8 +11,10 @@
 //!
 //! Run by `ops/bench`, which gives it a fresh database and nats-server
 //! through `COLONY_DATABASE_URL` and `COLONY_NATS_URL`. Stdout ends with
-//! `colony/floor latency p50 X.XX, throughput Y.YY` and then (unless
-//! `--goals 0`) `loop/ceiling X.XX, wake-up p50 Y.Y ms`; the exit status is
+//! `colony/floor latency p50 X.XX, throughput Y.YY`, then (unless
+//! `--goals 0`) `loop/ceiling X.XX, wake-up p50 Y.Y ms`, then (unless
+//! `--schedules 0`) `schedule lateness p50/p99 …` ([`sched_phase`]); the
+//! exit status is
 //! non-zero if any task failed or the run did not finish within
 //! `--timeout-secs`.
 
@@ -21,6 +23,7 @@ mod floor;
 mod gateway_phase;
 mod loop_phase;
 mod pool_phase;
+mod sched_phase;
 mod stats;
 
 use std::collections::HashMap;
@@ -88,6 +91,13 @@ pub struct Args {
     /// gateway phase; 0 skips the phase.
     #[arg(long, default_value_t = 500)]
     pub gateway_calls: usize,
+    /// Schedules fired by two scheduler processes in the schedule phase
+    /// (after the others); 0 skips the phase.
+    #[arg(long, default_value_t = 1000)]
+    pub schedules: usize,
+    /// Seconds the one-second schedules run.
+    #[arg(long, default_value_t = 20)]
+    pub schedule_secs: u64,
 }
 
 /// What must be undone however the run ends.
@@ -100,7 +110,8 @@ pub struct Cleanup {
 }
 
 impl Cleanup {
-    async fn finish(&mut self) {
+    /// Stop the in-process Colony, if it runs.
+    async fn stop_colony(&mut self) {
         self.token.cancel();
         if let Some(h) = self.serve.take() {
             match tokio::time::timeout(Duration::from_secs(30), h).await {
@@ -110,6 +121,10 @@ impl Cleanup {
                 Err(_) => eprintln!("loadtest: colony did not stop within 30 s"),
             }
         }
+    }
+
+    async fn finish(&mut self) {
+        self.stop_colony().await;
         match remove_bench_containers(&self.socket_dir).await {
             Ok(n) => tracing::info!(removed = n, "bench containers removed"),
             Err(e) => eprintln!(
@@ -228,6 +243,12 @@ async fn main() -> ExitCode {
             stats::percentile(&wake, 50.0)
         );
     }
+    if let [second, minute, floor] = &report.schedules[..] {
+        println!(
+            "schedule lateness p50/p99 {:.1}/{:.1} ms (one-second), {:.1}/{:.1} ms (one-minute); floor {:.1}/{:.1} ms",
+            second.p50_ms, second.p99_ms, minute.p50_ms, minute.p99_ms, floor.p50_ms, floor.p99_ms
+        );
+    }
     if failed {
         ExitCode::FAILURE
     } else {
@@ -269,6 +290,7 @@ struct Report {
     colony: Vec<Summary>,
     loops: Vec<loop_phase::Round>,
     watchers: Option<loop_phase::Watchers>,
+    schedules: Vec<sched_phase::Lateness>,
 }
 
 /// The pool and gateway phases, then `--rounds` rounds of floor, Colony,
@@ -288,9 +310,18 @@ async fn run(
     let (roles, scripts) = loop_phase::write_roles_and_scripts(&dir, args)?;
     settings.roles_dir = Some(roles);
     settings.scripts = Some(scripts);
-    let result = rounds(args, settings, cleanup).await;
+    let result = rounds(args, settings.clone(), cleanup).await;
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    let mut report = result?;
+    if args.schedules > 0 {
+        // Colony in process runs a scheduler too: it stops first.
+        cleanup.stop_colony().await;
+        for l in sched_phase::run(args, &settings).await? {
+            println!("{l}");
+            report.schedules.push(l);
+        }
+    }
+    Ok(report)
 }
 
 async fn rounds(
@@ -311,6 +342,7 @@ async fn rounds(
         colony: Vec::new(),
         loops: Vec::new(),
         watchers: None,
+        schedules: Vec::new(),
     };
     let measured = async {
         if args.goals > 0 {

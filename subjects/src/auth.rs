@@ -204,7 +204,9 @@ pub fn permissions(kind: Kind) -> Permissions {
             p.subscribe_allow.push(subject::events_all());
         }
         Kind::Scheduler => {
-            p.publish_allow.extend(consumes(EVENTS));
+            // Its fires go out through the outbox (the relay's user); it
+            // only tells a run to stop (overlap cancel_previous).
+            p.publish_allow.push(subject::ctl_any());
         }
         Kind::Notifier => {
             p.publish_allow.extend(consumes(NOTIFY));

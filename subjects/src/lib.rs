@@ -22,6 +22,7 @@ pub mod goals;
 pub mod messages;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod schedules;
 pub mod schema;
 pub mod status;
 pub mod text;

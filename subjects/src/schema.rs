@@ -12,6 +12,7 @@ use crate::goals::{
     ReviewVerdict,
 };
 use crate::messages::*;
+use crate::schedules::{Backfill, Fires, FiresStarted, ScheduleSpec, ScheduleView};
 use crate::status::WorkerStatus;
 
 /// (file name, schema) for every message type.
@@ -43,6 +44,11 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("review_verdict.v1.json", schema_for!(ReviewVerdict)),
         ("loop_msg.v1.json", schema_for!(LoopMsg)),
         ("notification.v1.json", schema_for!(Notification)),
+        ("schedule_spec.v1.json", schema_for!(ScheduleSpec)),
+        ("schedule_view.v1.json", schema_for!(ScheduleView)),
+        ("schedule_fires.v1.json", schema_for!(Fires)),
+        ("schedule_backfill.v1.json", schema_for!(Backfill)),
+        ("schedule_fires_started.v1.json", schema_for!(FiresStarted)),
     ]
 }
 

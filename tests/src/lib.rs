@@ -494,6 +494,32 @@ impl World {
         Ok(bin)
     }
 
+    /// `colony <command> <args…>` as a person runs it, with the operator
+    /// key against this world's API: (success, stdout, stderr).
+    pub async fn cli(&self, command: &str, args: &[&str]) -> (bool, String, String) {
+        let bin = Self::colony_bin().expect("colony binary");
+        let (url, key) = (self.url(), self.operator_key.clone());
+        let command = command.to_string();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(bin)
+                .arg(command)
+                .args(&args)
+                .env("COLONY_URL", url)
+                .env("COLONY_API_KEY", key)
+                .env("NO_PROXY", "127.0.0.1")
+                .output()
+        })
+        .await
+        .expect("join")
+        .expect("run colony");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Run `colony <role>` as a separate process with these settings.
     pub fn spawn_process(&self, role: &str, worker_id: &str) -> Result<Child> {
         self.spawn_process_env(role, worker_id, &[])

@@ -316,6 +316,16 @@ enum EmployeeRefusal {
 
 /// The employee `task` names (if any) must exist in its tenant, be active,
 /// and be of the task's role.
+/// The employee `task` names (if any) is this tenant's, active, and of
+/// the task's role: what [`admit`] checks before it creates a task, for a
+/// caller that creates it itself (a schedule's fire).
+pub async fn check_task_employee(store: &Store, task: &NewTask) -> Result<(), Refused> {
+    check_employee(store, task).await.map_err(|e| match e {
+        EmployeeRefusal::Refused(r) => Refused::Rejected(r),
+        EmployeeRefusal::Store(e) => Refused::Store(e),
+    })
+}
+
 async fn check_employee(store: &Store, task: &NewTask) -> Result<(), EmployeeRefusal> {
     let Some(id) = task.employee_id else {
         return Ok(());

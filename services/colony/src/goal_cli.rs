@@ -129,12 +129,12 @@ fn budget(usd: Option<f64>, tokens: Option<u64>, secs: Option<u64>) -> Option<Va
     (!b.is_empty()).then_some(Value::Object(b))
 }
 
-fn print(v: &Value) -> anyhow::Result<()> {
+pub(crate) fn print(v: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
-async fn send(client: &Client, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+pub(crate) async fn send(client: &Client, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     answer(
         req.send()
             .await

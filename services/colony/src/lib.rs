@@ -188,6 +188,10 @@ pub struct Settings {
     /// The dead-letter stream growing by this many messages raises an alert.
     #[arg(long, env = "COLONY_PATROL_DLQ_GROWTH", default_value_t = 10)]
     pub patrol_dlq_growth: u64,
+    /// Loops of one scheduler deciding due schedules at once (each a
+    /// transaction of up to 100).
+    #[arg(long, env = "COLONY_SCHEDULER_CONCURRENCY", default_value_t = 4)]
+    pub scheduler_concurrency: usize,
 }
 
 /// A secret from the environment: `NAME`, else the contents of the file
@@ -473,6 +477,7 @@ pub enum Role {
     Reviewer,
     Patrol,
     Notifier,
+    Scheduler,
 }
 
 /// Connect to NATS as the user of `kind` (with its password from
@@ -606,6 +611,23 @@ pub async fn serve(role: Role, s: Settings, shutdown: CancellationToken) -> anyh
                 .await
                 .context("patrol")?;
             anyhow::ensure!(token.is_cancelled(), "the patrol stopped");
+            Ok(())
+        });
+    }
+    if matches!(role, Role::All | Role::Scheduler) {
+        let cfg = scheduler::run::Config {
+            concurrency: s.scheduler_concurrency.max(1),
+            ..scheduler::run::Config::default()
+        };
+        let rules = scheduler::spec::Rules::new(s.admission_rules(&roles), store.clone());
+        let (nats, relay, token) = (
+            connect_nats(&s, Kind::Scheduler).await?,
+            relay.clone(),
+            shutdown.clone(),
+        );
+        services.spawn(async move {
+            scheduler::run::run(cfg, rules, nats, relay, token.clone()).await;
+            anyhow::ensure!(token.is_cancelled(), "the scheduler stopped");
             Ok(())
         });
     }

@@ -8,6 +8,7 @@ use colony::{Role, Settings};
 use tokio_util::sync::CancellationToken;
 
 mod goal_cli;
+mod schedule_cli;
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +39,8 @@ enum Command {
     Patrol(Run),
     /// Run the notifier (posts notifications to the tenants' webhooks).
     Notifier(Run),
+    /// Run the scheduler (fires the schedules; any number may run).
+    Scheduler(Run),
     /// Apply database migrations and exit.
     Migrate(Run),
     /// Submit a task over HTTP and print it.
@@ -99,6 +102,12 @@ enum Command {
     Goal {
         #[command(subcommand)]
         command: goal_cli::GoalCommand,
+    },
+    /// Schedules: recurring tasks and goals on cron expressions (create,
+    /// list, get, update, delete, pause, resume, trigger, backfill, fires).
+    Schedule {
+        #[command(subcommand)]
+        command: schedule_cli::ScheduleCommand,
     },
     /// API keys: make, list and revoke them.
     Keys {
@@ -223,6 +232,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Reviewer(r) => (Role::Reviewer, r),
         Command::Patrol(r) => (Role::Patrol, r),
         Command::Notifier(r) => (Role::Notifier, r),
+        Command::Scheduler(r) => (Role::Scheduler, r),
         Command::Migrate(r) => {
             init_logs(&r.log);
             let applied = colony::migrate(&r.settings).await?;
@@ -280,6 +290,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Keys { command } => return keys(command).await,
         Command::Goal { command } => return goal_cli::run(command).await,
+        Command::Schedule { command } => return schedule_cli::run(command).await,
         Command::NatsConfig {
             credentials,
             server_config,

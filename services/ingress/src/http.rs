@@ -16,10 +16,10 @@
 //! - `GET /healthz` → 200 `{"status":"ok"}` when Postgres and NATS answer,
 //!   else 503 `{"status":"unavailable"}` (the cause goes to the log only).
 //! - Goals, the leaderboard and score adjustments ([`goals`]); webhooks
-//!   for notifications ([`webhooks`]).
+//!   for notifications ([`webhooks`]); schedules ([`schedules`]).
 //! - Employees ([`employees`]), the audit trail ([`audit`]), credentials
-//!   ([`credentials`]), API keys ([`keys`]), and `GET /v1/workers` (operator
-//!   keys only).
+//!   ([`credentials`]), API keys ([`keys`]), and `GET /v1/workers` and
+//!   `GET /metrics` (operator keys only).
 //!
 //! Every refusal is a JSON `{"error": "<one sentence>"}` ([`Refusal`]).
 
@@ -30,6 +30,7 @@ mod employees;
 pub mod error;
 mod goals;
 mod keys;
+mod schedules;
 mod webhooks;
 
 use std::convert::Infallible;
@@ -119,6 +120,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", delete(keys::revoke))
         .route("/v1/workers", get(workers))
+        .route("/metrics", get(metrics))
         .route("/v1/goals", post(goals::submit).get(goals::list))
         .route("/v1/goals/{id}", get(goals::get_one))
         .route("/v1/goals/{id}/events", get(goals::events))
@@ -133,6 +135,21 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/{id}", delete(webhooks::remove))
         .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/v1/employees/{id}/score", post(goals::adjust_score))
+        .route(
+            "/v1/schedules",
+            post(schedules::create).get(schedules::list),
+        )
+        .route(
+            "/v1/schedules/{id}",
+            get(schedules::get_one)
+                .patch(schedules::patch)
+                .delete(schedules::remove),
+        )
+        .route("/v1/schedules/{id}/pause", post(schedules::pause))
+        .route("/v1/schedules/{id}/resume", post(schedules::resume))
+        .route("/v1/schedules/{id}/trigger", post(schedules::trigger))
+        .route("/v1/schedules/{id}/backfill", post(schedules::backfill))
+        .route("/v1/schedules/{id}/fires", get(schedules::fires))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
@@ -208,6 +225,15 @@ fn uuid_of(raw: &str, what: &str) -> Result<Uuid, Refusal> {
 
 fn no_task(id: Uuid) -> Refusal {
     Refusal::not_found(format!("task {id} does not exist"))
+}
+
+/// The process's metrics in the OpenMetrics text format (operator keys).
+async fn metrics() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, telemetry::CONTENT_TYPE)],
+        telemetry::encode(),
+    )
+        .into_response()
 }
 
 /// `ok` or not: the cause of a failure goes to the log, never to the

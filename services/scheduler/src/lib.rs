@@ -20,6 +20,9 @@
 //! every-15-minutes schedule keeps its pace through the repeated hour (both
 //! passes) and has nothing to fire in the skipped one.
 
+pub mod run;
+pub mod spec;
+
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
@@ -32,7 +35,7 @@ pub enum Error {
     #[error("cron expression {expr:?} is not valid: {why}")]
     Expression { expr: String, why: String },
     #[error(
-        "time zone {0:?} is not an IANA zone name (e.g. Europe/Berlin, America/New_York, UTC)"
+        "time zone {0:?} is not an IANA zone name such as Europe/Berlin, America/New_York or UTC"
     )]
     Zone(String),
 }
@@ -80,6 +83,20 @@ fn days_by_name(field: &str) -> Result<String, String> {
     Ok(out.join(","))
 }
 
+/// The `cron` crate's message (the expression, a caret, then why) as the
+/// end of one sentence.
+fn one_line(msg: &str) -> String {
+    let why = msg
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && *l != "^")
+        .unwrap_or("it does not parse");
+    why.replace(". (", " (")
+        .replace(".)", ")")
+        .trim_end_matches('.')
+        .to_string()
+}
+
 impl CronSchedule {
     /// `expr` in `zone` (an IANA name).
     pub fn parse(expr: &str, zone: &str) -> Result<CronSchedule, Error> {
@@ -119,7 +136,7 @@ impl CronSchedule {
         };
         let schedule: cron::Schedule = six
             .parse()
-            .map_err(|e: cron::error::Error| bad(e.to_string()))?;
+            .map_err(|e: cron::error::Error| bad(one_line(&e.to_string())))?;
         let every_hour = six.split_whitespace().nth(2) == Some("*");
         Ok(CronSchedule {
             expr: trimmed.to_string(),
@@ -398,7 +415,7 @@ mod tests {
         let e = CronSchedule::parse("@daily", "Mars/Olympus").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "time zone \"Mars/Olympus\" is not an IANA zone name (e.g. Europe/Berlin, America/New_York, UTC)"
+            "time zone \"Mars/Olympus\" is not an IANA zone name such as Europe/Berlin, America/New_York or UTC"
         );
     }
 

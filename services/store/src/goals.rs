@@ -290,6 +290,57 @@ impl<'a> LoopTx<'a> {
         Ok(self.outbox)
     }
 
+    /// Insert `new` as goal `id` in `planning`, with its first event and
+    /// the message that asks for its plan. `None`: its idempotency key is
+    /// taken.
+    pub async fn insert_goal(&mut self, new: &NewGoal, id: Uuid) -> Result<Option<GoalRow>> {
+        if let Some(p) = new.planner_id {
+            let ok = self
+                .tx
+                .query_opt(
+                    "SELECT 1 FROM employees WHERE id = $1 AND tenant = $2 AND state <> 'offboarded'",
+                    &[&p, &new.tenant],
+                )
+                .await?;
+            if ok.is_none() {
+                return Err(Error::Invalid(format!(
+                    "planner {p} is not one of this tenant's employees; leave it out to have one chosen"
+                )));
+            }
+        }
+        let budget = serde_json::to_value(new.budget).expect("a budget serialises");
+        let inserted = self
+            .tx
+            .execute(
+                "INSERT INTO goals (id, tenant, title, description, acceptance, budget, priority, planner_id,
+                                    require_plan_approval, state, idempotency_key, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'planning', $10, $11, $11)
+                 ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+                &[
+                    &id,
+                    &new.tenant,
+                    &crate::pg_text(&new.title),
+                    &crate::pg_text(&new.description),
+                    &crate::pg_text(&new.acceptance),
+                    &budget,
+                    &i16::from(new.priority),
+                    &new.planner_id,
+                    &new.require_plan_approval,
+                    &new.idempotency_key,
+                    &self.now,
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            return Ok(None);
+        }
+        let g = self.lock_goal(id, None).await?;
+        self.event(&g, "state", None, Some("submitted"), None, None)
+            .await?;
+        self.loop_work(&g, None, LoopKind::Plan);
+        Ok(Some(g))
+    }
+
     /// The goal, locked; `tenant` (when given) must own it.
     pub async fn lock_goal(&self, id: Uuid, tenant: Option<&str>) -> Result<GoalRow> {
         let row = self
@@ -833,45 +884,8 @@ impl Store {
                 return same_goal(g, new, key);
             }
         }
-        if let Some(p) = new.planner_id {
-            let ok = client
-                .query_opt(
-                    "SELECT 1 FROM employees WHERE id = $1 AND tenant = $2 AND state <> 'offboarded'",
-                    &[&p, &new.tenant],
-                )
-                .await?;
-            if ok.is_none() {
-                return Err(Error::Invalid(format!(
-                    "planner {p} is not one of this tenant's employees; leave it out to have one chosen"
-                )));
-            }
-        }
-        let id = Uuid::now_v7();
         let mut t = LoopTx::begin(&mut client).await?;
-        let budget = serde_json::to_value(new.budget).expect("a budget serialises");
-        let inserted = t
-            .tx
-            .execute(
-                "INSERT INTO goals (id, tenant, title, description, acceptance, budget, priority, planner_id,
-                                    require_plan_approval, state, idempotency_key, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'planning', $10, $11, $11)
-                 ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-                &[
-                    &id,
-                    &new.tenant,
-                    &crate::pg_text(&new.title),
-                    &crate::pg_text(&new.description),
-                    &crate::pg_text(&new.acceptance),
-                    &budget,
-                    &i16::from(new.priority),
-                    &new.planner_id,
-                    &new.require_plan_approval,
-                    &new.idempotency_key,
-                    &t.now,
-                ],
-            )
-            .await?;
-        if inserted == 0 {
+        let Some(g) = t.insert_goal(new, Uuid::now_v7()).await? else {
             drop(t);
             let key = new.idempotency_key.as_deref().unwrap_or_default();
             let g = goal_by_key(&client, &new.tenant, key)
@@ -882,11 +896,7 @@ impl Store {
                     ))
                 })?;
             return same_goal(g, new, key);
-        }
-        let g = t.lock_goal(id, None).await?;
-        t.event(&g, "state", None, Some("submitted"), None, None)
-            .await?;
-        t.loop_work(&g, None, LoopKind::Plan);
+        };
         let outbox = t.commit().await?;
         Ok(GoalCreated {
             goal: g,

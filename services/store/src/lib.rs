@@ -28,6 +28,7 @@ pub mod notes;
 pub mod outbox;
 pub mod patrol;
 pub mod plans;
+pub mod schedules;
 pub mod scores;
 pub mod state;
 pub mod tasks;

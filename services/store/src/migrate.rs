@@ -71,6 +71,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0012_webhooks.sql",
         include_str!("../../../sql/0012_webhooks.sql"),
     ),
+    (
+        13,
+        "0013_schedules.sql",
+        include_str!("../../../sql/0013_schedules.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed: the advisory lock that serialises migrators.

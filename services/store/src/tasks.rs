@@ -318,6 +318,195 @@ async fn check_parent(
     Ok(depth)
 }
 
+/// The view, dispatch id and outbox rows of `new` queued as task `id`.
+fn queued_task(new: &NewTask, id: Uuid, now: OffsetDateTime) -> (TaskView, Uuid, Vec<OutboxMsg>) {
+    let task = TaskView {
+        v: subjects::VERSION,
+        id,
+        tenant: new.tenant.clone(),
+        role: new.role.clone(),
+        state: TaskState::Queued,
+        attempt: 1,
+        max_attempts: new.max_attempts,
+        goal_id: new.goal_id,
+        input: new.input.clone(),
+        result: None,
+        error: None,
+        created_at: now,
+        updated_at: now,
+        employee_id: new.employee_id,
+        kind: TaskKind::Work,
+    };
+    let dispatch = Uuid::now_v7();
+    let outbox = vec![
+        work_msg(&task, new.timeout_secs, dispatch, now),
+        event_msg(&state_event(&task, None, None)),
+    ];
+    (task, dispatch, outbox)
+}
+
+/// Insert every `(new, id)` as a queued task (no parent, no goal) with
+/// its first event and outbox rows, in one statement each, through `c`.
+/// `None` in the answer: that task's idempotency key is taken.
+pub(crate) async fn insert_queued_many(
+    c: &impl GenericClient,
+    items: &[(&NewTask, Uuid)],
+) -> Result<Vec<Option<(TaskView, Vec<OutboxMsg>)>>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = OffsetDateTime::now_utc();
+    let mut built = Vec::with_capacity(items.len());
+    let (mut ids, mut tenants, mut roles, mut inputs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut attempts, mut timeouts, mut keys, mut dispatches, mut employees) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (new, id) in items {
+        if new.parent.is_some() || new.goal_id.is_some() {
+            return Err(Error::Invalid(
+                "a task with a parent or a goal is inserted on its own".into(),
+            ));
+        }
+        let to_i32 = |n: u32| i32::try_from(n).ok().filter(|n| *n >= 1);
+        let (Some(a), Some(t)) = (to_i32(new.max_attempts), to_i32(new.timeout_secs)) else {
+            return Err(Error::Invalid(format!(
+                "max_attempts and timeout_secs must be between 1 and {}",
+                i32::MAX
+            )));
+        };
+        let (task, dispatch, outbox) = queued_task(new, *id, now);
+        ids.push(*id);
+        tenants.push(new.tenant.clone());
+        roles.push(new.role.clone());
+        inputs.push(new.input.clone());
+        attempts.push(a);
+        timeouts.push(t);
+        keys.push(new.idempotency_key.clone());
+        dispatches.push(dispatch);
+        employees.push(new.employee_id);
+        built.push((task, outbox));
+    }
+    let stmt = c
+        .prepare_cached(
+            "WITH u AS (
+                 INSERT INTO tasks (id, tenant, role, goal_id, input, state, attempt, max_attempts,
+                                    timeout_secs, idempotency_key, dispatch_id, created_at, updated_at, employee_id,
+                                    parent_id, depth)
+                 SELECT x.id, x.tenant, x.role, NULL, x.input, 'queued', 1, x.max_attempts, x.timeout_secs,
+                        x.key, x.dispatch, $10, $10, x.employee, NULL, 0
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int[], $6::int[], $7::text[],
+                             $8::uuid[], $9::uuid[])
+                      AS x(id, tenant, role, input, max_attempts, timeout_secs, key, dispatch, employee)
+                 ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                 RETURNING id),
+             e AS (INSERT INTO events (task_id, attempt, from_state, to_state, at)
+                   SELECT id, 1, NULL, 'queued', $10 FROM u)
+             SELECT id FROM u",
+        )
+        .await?;
+    let inserted: std::collections::HashSet<Uuid> = c
+        .query(
+            &stmt,
+            &[
+                &ids,
+                &tenants,
+                &roles,
+                &inputs,
+                &attempts,
+                &timeouts,
+                &keys,
+                &dispatches,
+                &employees,
+                &now,
+            ],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let out: Vec<Option<(TaskView, Vec<OutboxMsg>)>> = built
+        .into_iter()
+        .map(|(task, outbox)| inserted.contains(&task.id).then_some((task, outbox)))
+        .collect();
+    let msgs: Vec<OutboxMsg> = out
+        .iter()
+        .flatten()
+        .flat_map(|(_, o)| o.iter().cloned())
+        .collect();
+    if !msgs.is_empty() {
+        insert_outbox(c, &msgs).await?;
+    }
+    Ok(out)
+}
+
+/// Insert `new` as the queued task `id` (at `depth` below a person's
+/// task) with its first event and its outbox rows (already written: the
+/// rows are returned for the relay), through `c`: a connection or the
+/// transaction of a larger change. `None`: its idempotency key is taken.
+pub(crate) async fn insert_queued(
+    c: &impl GenericClient,
+    new: &NewTask,
+    id: Uuid,
+    depth: i32,
+) -> Result<Option<(TaskView, Vec<OutboxMsg>)>> {
+    // The schema does not check these (see sql/0002_lean_writes.sql).
+    let limit = |n: u32, what: &str| match i32::try_from(n) {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(Error::Invalid(format!(
+            "{what} must be between 1 and {}, not {n}",
+            i32::MAX
+        ))),
+    };
+    let max_attempts = limit(new.max_attempts, "max_attempts")?;
+    let timeout_secs = limit(new.timeout_secs, "timeout_secs")?;
+    let now = OffsetDateTime::now_utc();
+    let (task, dispatch, outbox) = queued_task(new, id, now);
+    let cols = Columns::of(&outbox);
+    let sql = format!(
+        "WITH u AS (
+             INSERT INTO tasks (id, tenant, role, goal_id, input, state, attempt, max_attempts,
+                                timeout_secs, idempotency_key, dispatch_id, created_at, updated_at, employee_id,
+                                parent_id, depth)
+             VALUES ($1, $2, $3, $4, $5, 'queued', 1, $6, $7, $8, $9, $10, $10, $16, $17, $18)
+             ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id),
+         e AS (INSERT INTO events (task_id, attempt, from_state, to_state, at)
+               SELECT id, 1, NULL, 'queued', $10 FROM u),
+         o AS ({})
+         SELECT count(*) FROM u",
+        insert_for_u(11)
+    );
+    let parent_id = new.parent.map(|p| p.task_id);
+    let stmt = c.prepare_cached(&sql).await?;
+    let inserted: i64 = c
+        .query_one(
+            &stmt,
+            &[
+                &task.id,
+                &task.tenant,
+                &task.role,
+                &task.goal_id,
+                &task.input,
+                &max_attempts,
+                &timeout_secs,
+                &new.idempotency_key,
+                &dispatch,
+                &now,
+                &cols.ids,
+                &cols.subjects,
+                &cols.payloads,
+                &cols.available,
+                &cols.claimed,
+                &new.employee_id,
+                &parent_id,
+                &depth,
+            ],
+        )
+        .await?
+        .get(0);
+    Ok((inserted == 1).then_some((task, outbox)))
+}
+
 fn final_msgs(task: &TaskView, from: TaskState, reason: Option<String>) -> Vec<OutboxMsg> {
     vec![
         event_msg(&state_event(task, Some(from), reason)),
@@ -329,95 +518,18 @@ impl Store {
     /// Create a queued task with its work message, or return the task an
     /// earlier call with the same idempotency key created.
     pub async fn create_task(&self, new: &NewTask) -> Result<Created> {
-        // The schema does not check these (see sql/0002_lean_writes.sql).
-        let limit = |n: u32, what: &str| match i32::try_from(n) {
-            Ok(n) if n >= 1 => Ok(n),
-            _ => Err(Error::Invalid(format!(
-                "{what} must be between 1 and {}, not {n}",
-                i32::MAX
-            ))),
-        };
-        let max_attempts = limit(new.max_attempts, "max_attempts")?;
-        let timeout_secs = limit(new.timeout_secs, "timeout_secs")?;
-        let now = OffsetDateTime::now_utc();
-        let task = TaskView {
-            v: subjects::VERSION,
-            id: Uuid::now_v7(),
-            tenant: new.tenant.clone(),
-            role: new.role.clone(),
-            state: TaskState::Queued,
-            attempt: 1,
-            max_attempts: new.max_attempts,
-            goal_id: new.goal_id,
-            input: new.input.clone(),
-            result: None,
-            error: None,
-            created_at: now,
-            updated_at: now,
-            employee_id: new.employee_id,
-            kind: TaskKind::Work,
-        };
-        let dispatch = Uuid::now_v7();
-        let outbox = vec![
-            work_msg(&task, new.timeout_secs, dispatch, now),
-            event_msg(&state_event(&task, None, None)),
-        ];
-        let cols = Columns::of(&outbox);
         let mut client = self.client().await?;
-        let sql = format!(
-            "WITH u AS (
-                 INSERT INTO tasks (id, tenant, role, goal_id, input, state, attempt, max_attempts,
-                                    timeout_secs, idempotency_key, dispatch_id, created_at, updated_at, employee_id,
-                                    parent_id, depth)
-                 VALUES ($1, $2, $3, $4, $5, 'queued', 1, $6, $7, $8, $9, $10, $10, $16, $17, $18)
-                 ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-                 RETURNING id),
-             e AS (INSERT INTO events (task_id, attempt, from_state, to_state, at)
-                   SELECT id, 1, NULL, 'queued', $10 FROM u),
-             o AS ({})
-             SELECT count(*) FROM u",
-            insert_for_u(11)
-        );
-        let parent_id = new.parent.map(|p| p.task_id);
-        // The same parameters in both branches (the depth differs).
-        macro_rules! params {
-            ($depth:expr) => {
-                [
-                    &task.id as &(dyn tokio_postgres::types::ToSql + Sync),
-                    &task.tenant,
-                    &task.role,
-                    &task.goal_id,
-                    &task.input,
-                    &max_attempts,
-                    &timeout_secs,
-                    &new.idempotency_key,
-                    &dispatch,
-                    &now,
-                    &cols.ids,
-                    &cols.subjects,
-                    &cols.payloads,
-                    &cols.available,
-                    &cols.claimed,
-                    &new.employee_id,
-                    &parent_id,
-                    $depth,
-                ]
-            };
-        }
-        let inserted: i64 = match &new.parent {
+        let inserted = match &new.parent {
             Some(link) => {
                 let tx = client.transaction().await?;
                 let depth = check_parent(&tx, &new.tenant, link).await?;
-                let n: i64 = tx.query_one(&sql, &params!(&depth)).await?.get(0);
+                let inserted = insert_queued(&tx, new, Uuid::now_v7(), depth).await?;
                 tx.commit().await?;
-                n
+                inserted
             }
-            None => {
-                let stmt = client.prepare_cached(&sql).await?;
-                client.query_one(&stmt, &params!(&0i32)).await?.get(0)
-            }
+            None => insert_queued(&client, new, Uuid::now_v7(), 0).await?,
         };
-        if inserted == 1 {
+        if let Some((task, outbox)) = inserted {
             return Ok(Created {
                 task,
                 created: true,

@@ -818,6 +818,11 @@ async fn a_hundred_ready_sub_tasks_and_three_worker_processes_run_each_exactly_o
         ("COLONY_SCRIPTS", scripts.to_str().expect("utf-8")),
         ("COLONY_GOAL_MAX_SUBTASKS", "100"),
         ("COLONY_WORKER_SLOTS", "4"),
+        // The race is between claims, not recoveries: on a loaded machine
+        // the harness's 1 s stale limit would let a slow worker's run be
+        // taken over (a second run, by design).
+        ("COLONY_STALE_AFTER_MS", "15000"),
+        ("COLONY_ACK_WAIT_MS", "30000"),
     ];
     let mut workers: Vec<std::process::Child> = (0..3)
         .map(|i| {
@@ -882,26 +887,8 @@ async fn a_hundred_ready_sub_tasks_and_three_worker_processes_run_each_exactly_o
 
 /// `colony goal …` as a person runs it; (stdout, stderr) of a success.
 async fn cli(w: &World, args: &[&str]) -> (String, String) {
-    let bin = World::colony_bin().expect("colony binary");
-    let (url, key) = (w.url(), w.operator_key.clone());
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin)
-            .arg("goal")
-            .args(&args)
-            .env("COLONY_URL", url)
-            .env("COLONY_API_KEY", key)
-            .env("NO_PROXY", "127.0.0.1")
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("run colony");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(out.status.success(), "colony goal: {stdout}\n{stderr}");
+    let (ok, stdout, stderr) = w.cli("goal", args).await;
+    assert!(ok, "colony goal: {stdout}\n{stderr}");
     (stdout, stderr)
 }
 

@@ -13,6 +13,7 @@ mod notify;
 mod patrol;
 mod pool;
 mod sandbox;
+mod schedules;
 mod schema;
 mod subtasks;
 mod tenancy;

@@ -73,6 +73,7 @@ struct Acme {
     employee: String,
     credential: String,
     key: String,
+    schedule: String,
 }
 
 async fn acme_owns(w: &World, admin: &str) -> Acme {
@@ -136,6 +137,19 @@ async fn acme_owns(w: &World, admin: &str) -> Acme {
     )
     .await;
     assert_eq!(s, 201, "{webhook}");
+    let (s, schedule) = call(
+        w,
+        Some(admin),
+        Method::POST,
+        "/v1/schedules",
+        Some(
+            &json!({"name": "acme nightly", "cron": "0 3 * * *", "timezone": "Europe/Berlin",
+                     "task": {"role": "shell", "input": {"command": "true"}}}),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(s, 201, "{schedule}");
     let employee_id = Uuid::parse_str(&id_of(&employee)).expect("uuid");
     let st = w
         .store(1)
@@ -163,6 +177,7 @@ async fn acme_owns(w: &World, admin: &str) -> Acme {
         employee: id_of(&employee),
         credential: id_of(&credential),
         key: id_of(&key),
+        schedule: id_of(&schedule),
     }
 }
 
@@ -303,6 +318,7 @@ async fn every_route_refuses_no_key_the_wrong_scope_and_other_tenants() {
             Scope::Operator,
             false,
         ),
+        (Method::GET, "/metrics".into(), None, Scope::Operator, false),
         (
             Method::POST,
             "/v1/goals".into(),
@@ -380,6 +396,68 @@ async fn every_route_refuses_no_key_the_wrong_scope_and_other_tenants() {
             true,
         ),
     ]);
+    let schedule = json!({"name": "globex hourly", "cron": "@hourly",
+                          "task": {"role": "shell", "input": {"command": "true"}}});
+    routes.extend([
+        (
+            Method::POST,
+            "/v1/schedules".to_string(),
+            Some(schedule),
+            Scope::Submit,
+            false,
+        ),
+        (
+            Method::GET,
+            "/v1/schedules".to_string(),
+            None,
+            Scope::Read,
+            false,
+        ),
+        (
+            Method::GET,
+            format!("/v1/schedules/{}", acme.schedule),
+            None,
+            Scope::Read,
+            true,
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/schedules/{}", acme.schedule),
+            Some(json!({"cron": "0 4 * * *"})),
+            Scope::Submit,
+            true,
+        ),
+        (
+            Method::GET,
+            format!("/v1/schedules/{}/fires", acme.schedule),
+            None,
+            Scope::Read,
+            true,
+        ),
+        (
+            Method::POST,
+            format!("/v1/schedules/{}/backfill", acme.schedule),
+            Some(json!({"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"})),
+            Scope::Submit,
+            true,
+        ),
+    ]);
+    for act in ["pause", "resume", "trigger"] {
+        routes.push((
+            Method::POST,
+            format!("/v1/schedules/{}/{act}", acme.schedule),
+            None,
+            Scope::Submit,
+            true,
+        ));
+    }
+    routes.push((
+        Method::DELETE,
+        format!("/v1/schedules/{}", acme.schedule),
+        None,
+        Scope::Submit,
+        true,
+    ));
     routes.push((
         Method::POST,
         format!("/v1/goals/{}/decide", acme.goal),
@@ -394,6 +472,7 @@ async fn every_route_refuses_no_key_the_wrong_scope_and_other_tenants() {
         &acme.employee,
         &acme.credential,
         &acme.key,
+        &acme.schedule,
     ];
     let (mut unauthenticated, mut forbidden, mut hidden, mut cross_tenant_successes) = (0, 0, 0, 0);
     for (method, path, body, needs, names_acme) in &routes {

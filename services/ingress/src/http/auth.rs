@@ -155,6 +155,7 @@ pub fn access(method: &Method, path: &str) -> Option<Access> {
         ("POST" | "GET", "/v1/keys") => Needs(Admin),
         ("DELETE", "/v1/keys/{id}") => Needs(Admin),
         ("GET", "/v1/workers") => Needs(Operator),
+        ("GET", "/metrics") => Needs(Operator),
         ("POST", "/v1/goals") => Needs(Submit),
         ("GET", "/v1/goals") => Needs(Read),
         ("GET", "/v1/goals/{id}") => Needs(Read),
@@ -173,6 +174,18 @@ pub fn access(method: &Method, path: &str) -> Option<Access> {
         ("POST" | "GET", "/v1/webhooks") => Needs(Admin),
         ("DELETE", "/v1/webhooks/{id}") => Needs(Admin),
         ("GET", "/v1/webhooks/{id}/deliveries") => Needs(Admin),
+        ("POST", "/v1/schedules") => Needs(Submit),
+        ("GET", "/v1/schedules") => Needs(Read),
+        ("GET", "/v1/schedules/{id}") => Needs(Read),
+        ("PATCH" | "DELETE", "/v1/schedules/{id}") => Needs(Submit),
+        (
+            "POST",
+            "/v1/schedules/{id}/pause"
+            | "/v1/schedules/{id}/resume"
+            | "/v1/schedules/{id}/trigger"
+            | "/v1/schedules/{id}/backfill",
+        ) => Needs(Submit),
+        ("GET", "/v1/schedules/{id}/fires") => Needs(Read),
         _ => return None,
     })
 }
