@@ -172,6 +172,24 @@ _nats_ok() {
     [ -n "$v" ] && _version_ge "$v" "$COLONY_NATS_MIN_VERSION"
 }
 
+# Python packages the tests use (pinned), in a venv under .colony/pyenv;
+# exports COLONY_PYTHON.
+COLONY_PY_PACKAGES="prometheus-client==0.21.1"
+ensure_python_tools() {
+    state_dirs
+    local venv="$COLONY_STATE/pyenv" stamp
+    stamp="$venv/.packages"
+    if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$COLONY_PY_PACKAGES" ]; then
+        log "installing $COLONY_PY_PACKAGES into .colony/pyenv"
+        python3 -m venv "$venv" || die "python3 -m venv failed"
+        # shellcheck disable=SC2086
+        "$venv/bin/python" -m pip install --disable-pip-version-check -q $COLONY_PY_PACKAGES >&2 \
+            || die "pip install $COLONY_PY_PACKAGES failed"
+        printf '%s' "$COLONY_PY_PACKAGES" >"$stamp"
+    fi
+    export COLONY_PYTHON="$venv/bin/python"
+}
+
 # Exports COLONY_NATS_SERVER (absolute path of a nats-server >= 2.10).
 ensure_nats_binary() {
     state_dirs

@@ -29,7 +29,8 @@ CREATE TABLE schedules (
     updated_at          timestamptz NOT NULL,
     UNIQUE (tenant, name)
 );
-CREATE INDEX schedules_due ON schedules (next_due_at) WHERE NOT paused;
+-- Paused schedules are decided too (their fire times recorded as skipped).
+CREATE INDEX schedules_due ON schedules (next_due_at);
 
 -- One row per fire time: unique, so a fire happens once whichever
 -- scheduler gets there first.
@@ -48,5 +49,6 @@ CREATE TABLE schedule_fires (
     PRIMARY KEY (schedule_id, fire_at)
 );
 CREATE INDEX schedule_fires_buffered ON schedule_fires (schedule_id) WHERE outcome = 'buffered';
-CREATE INDEX schedule_fires_fired ON schedule_fires (schedule_id, fire_at DESC) WHERE outcome = 'fired';
+-- The latest fires that started something (the overlap policies' look).
+CREATE INDEX schedule_fires_fired ON schedule_fires (schedule_id, decided_at DESC) WHERE outcome = 'fired';
 CREATE INDEX schedule_fires_decided ON schedule_fires (decided_at);

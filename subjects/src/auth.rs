@@ -159,6 +159,19 @@ pub fn permissions(kind: Kind) -> Permissions {
             p.publish_allow.extend(bucket(crate::kv::WORKERS, false));
             p.publish_allow
                 .extend([subject::ctl_any(), subject::dlq(subject::DLQ_INTAKE)]);
+            // The metrics: every stream's figures, its consumers', and the
+            // oldest message a consumer has not finished with.
+            for s in crate::stream::ALL {
+                p.publish_allow.extend([
+                    format!("$JS.API.STREAM.INFO.{s}"),
+                    format!("$JS.API.CONSUMER.LIST.{s}"),
+                ]);
+            }
+            // The oldest message's time, of the work queues only (no one
+            // reads submissions or events by sequence).
+            for s in crate::metrics::BACKLOG_BY_MESSAGE {
+                p.publish_allow.push(format!("$JS.API.STREAM.MSG.GET.{s}"));
+            }
             // A result only wakes a waiting GET, which then reads Postgres;
             // a goal's watchers share one subscription to its events.
             p.subscribe_allow

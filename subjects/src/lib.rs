@@ -241,6 +241,17 @@ pub mod stream {
     pub const ALL: [&str; 7] = [INTAKE, WORK, EVENTS, RESULTS, DLQ, LOOP, NOTIFY];
 }
 
+/// What the metrics read of the streams.
+pub mod metrics {
+    use crate::stream::{LOOP, NOTIFY, WORK};
+
+    /// Streams whose consumers' backlog age is the time of their oldest
+    /// unacknowledged message, read by sequence; of the others (whose
+    /// messages no process reads by sequence) it is the stream's oldest
+    /// message's age.
+    pub const BACKLOG_BY_MESSAGE: [&str; 3] = [WORK, LOOP, NOTIFY];
+}
+
 /// Durable consumer names.
 pub mod consumer {
     /// Ingress's consumer on INTAKE.

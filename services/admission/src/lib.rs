@@ -314,8 +314,6 @@ enum EmployeeRefusal {
     Store(store::Error),
 }
 
-/// The employee `task` names (if any) must exist in its tenant, be active,
-/// and be of the task's role.
 /// The employee `task` names (if any) is this tenant's, active, and of
 /// the task's role: what [`admit`] checks before it creates a task, for a
 /// caller that creates it itself (a schedule's fire).
@@ -326,6 +324,8 @@ pub async fn check_task_employee(store: &Store, task: &NewTask) -> Result<(), Re
     })
 }
 
+/// The employee `task` names (if any) must exist in its tenant, be active,
+/// and be of the task's role.
 async fn check_employee(store: &Store, task: &NewTask) -> Result<(), EmployeeRefusal> {
     let Some(id) = task.employee_id else {
         return Ok(());

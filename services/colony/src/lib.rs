@@ -188,6 +188,10 @@ pub struct Settings {
     /// The dead-letter stream growing by this many messages raises an alert.
     #[arg(long, env = "COLONY_PATROL_DLQ_GROWTH", default_value_t = 10)]
     pub patrol_dlq_growth: u64,
+    /// `GET /metrics` reads the streams, the consumers and Postgres at
+    /// most this often (scrapes between are served from what it read).
+    #[arg(long, env = "COLONY_METRICS_TTL_MS", default_value_t = 5000)]
+    pub metrics_ttl_ms: u64,
     /// Loops of one scheduler deciding due schedules at once (each a
     /// transaction of up to 100).
     #[arg(long, env = "COLONY_SCHEDULER_CONCURRENCY", default_value_t = 4)]
@@ -450,6 +454,7 @@ impl Settings {
             listener: self.http_listener.clone(),
             roles: roles.clone(),
             rules: self.admission_rules(roles),
+            metrics_ttl: Duration::from_millis(self.metrics_ttl_ms),
             ..Default::default()
         };
         let rate = |per_second: u32| ingress::http::auth::Rate {

@@ -70,6 +70,7 @@ struct Inner {
     relay: Relay,
     gate: Arc<auth::Gate>,
     watchers: crate::watch::Watchers,
+    collector: crate::metrics::Collector,
 }
 
 impl AppState {
@@ -81,6 +82,7 @@ impl AppState {
             cfg.limits,
         ));
         AppState(Arc::new(Inner {
+            collector: crate::metrics::Collector::new(store.clone(), js.clone(), cfg.metrics_ttl),
             cfg,
             store,
             watchers: crate::watch::Watchers::new(nats.clone()),
@@ -154,6 +156,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authorize,
         ))
+        .route_layer(axum::middleware::from_fn(track))
         .fallback(|| async { Refusal::not_found("no such endpoint; see the README for the API") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -227,13 +230,38 @@ fn no_task(id: Uuid) -> Refusal {
     Refusal::not_found(format!("task {id} does not exist"))
 }
 
-/// The process's metrics in the OpenMetrics text format (operator keys).
-async fn metrics() -> Response {
+/// The process's metrics and the fleet's, in the OpenMetrics text format
+/// (operator keys).
+async fn metrics(State(s): State<AppState>) -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, telemetry::CONTENT_TYPE)],
-        telemetry::encode(),
+        s.0.collector.scrape().await,
     )
         .into_response()
+}
+
+/// Count every routed request by its route's pattern, method and status.
+async fn track(
+    path: axum::extract::MatchedPath,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().as_str().to_string();
+    let route = path.as_str().to_string();
+    let resp = next.run(req).await;
+    let http = &telemetry::get().http;
+    http.requests
+        .get_or_create(&telemetry::HttpLabels {
+            route: route.clone(),
+            method: method.clone(),
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    http.duration
+        .get_or_create(&telemetry::RouteLabels { route, method })
+        .observe(started.elapsed().as_secs_f64());
+    resp
 }
 
 /// `ok` or not: the cause of a failure goes to the log, never to the

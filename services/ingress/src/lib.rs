@@ -15,6 +15,7 @@
 
 pub mod http;
 pub mod intake;
+pub mod metrics;
 pub mod watch;
 
 use std::future::IntoFuture;
@@ -65,6 +66,9 @@ pub struct Config {
     pub listener: SharedListener,
     /// Where webhooks may point (the agent egress's address rules).
     pub webhook_addresses: gateway::AddressPolicy,
+    /// `GET /metrics` reads the streams, consumers and Postgres at most
+    /// this often.
+    pub metrics_ttl: Duration,
 }
 
 impl Default for Config {
@@ -78,6 +82,7 @@ impl Default for Config {
             limits: http::auth::Limits::default(),
             listener: SharedListener::default(),
             webhook_addresses: gateway::AddressPolicy::default(),
+            metrics_ttl: Duration::from_secs(5),
         }
     }
 }

@@ -15,7 +15,8 @@
 //! - a local time the clock repeats (01:30 on a fall-back day) fires once,
 //!   at its first occurrence.
 //!
-//! An expression that fires every hour or more often (`*` hours) follows
+//! An expression that fires every hour or more often (`*` hours, or
+//! `*/1`, `0-23`) follows
 //! real time instead: every instant whose local time matches fires, so an
 //! every-15-minutes schedule keeps its pace through the repeated hour (both
 //! passes) and has nothing to fire in the skipped one.
@@ -137,7 +138,10 @@ impl CronSchedule {
         let schedule: cron::Schedule = six
             .parse()
             .map_err(|e: cron::error::Error| bad(one_line(&e.to_string())))?;
-        let every_hour = six.split_whitespace().nth(2) == Some("*");
+        let every_hour = matches!(
+            six.split_whitespace().nth(2),
+            Some("*" | "*/1" | "0-23" | "0-23/1")
+        );
         Ok(CronSchedule {
             expr: trimmed.to_string(),
             schedule,
@@ -191,37 +195,45 @@ impl CronSchedule {
 
     /// The first fire strictly after `after` (none: the expression never
     /// fires again).
+    ///
+    /// Within one UTC offset, later wall-clock times are later instants
+    /// (a skipped time moved to the gap's end keeps that order), so the
+    /// first cron time after `after`'s wall-clock time that places after
+    /// `after` is the answer. Near a change of offset (a repeated hour),
+    /// the same walk starts from `after`'s wall-clock time in each offset
+    /// in effect around it, and the earliest answer wins: a few cron times
+    /// each, not every one of the hours around the change.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         use chrono::Offset;
         let offset = |t: DateTime<Utc>| t.with_timezone(&self.zone).offset().fix();
         let window = chrono::Duration::hours(3);
-        // Near a change of the zone's offset, a later wall-clock time may
-        // be an earlier instant (a repeated hour): look at every candidate
-        // of a window around `after` and keep the earliest instant after it.
-        // Elsewhere the first candidate is the answer.
-        let near =
-            offset(after - window) != offset(after) || offset(after + window) != offset(after);
-        let local_after = after.with_timezone(&self.zone).naive_local();
-        let start = if near {
-            local_after - window
-        } else {
-            local_after
-        };
-        let mut best: Option<DateTime<Utc>> = None;
-        for candidate in self
-            .schedule
-            .after(&Utc.from_utc_datetime(&start))
-            .take(1_000_000)
-        {
-            let local = candidate.naive_utc();
-            if let Some(b) = best {
-                if !near || local > b.with_timezone(&self.zone).naive_local() + window {
-                    break;
-                }
+        let mut offsets = vec![offset(after)];
+        for o in [offset(after - window), offset(after + window)] {
+            if !offsets.contains(&o) {
+                offsets.push(o);
             }
-            for t in self.place(local) {
-                if t > after && best.is_none_or(|b| t < b) {
-                    best = Some(t);
+        }
+        let mut best: Option<DateTime<Utc>> = None;
+        for o in offsets {
+            let start =
+                after.naive_utc() + chrono::Duration::seconds(i64::from(o.local_minus_utc()));
+            // Bounded: an hour-named, every-second expression walks at most
+            // the hour it repeats.
+            for candidate in self
+                .schedule
+                .after(&Utc.from_utc_datetime(&start))
+                .take(20_000)
+            {
+                let first = self
+                    .place(candidate.naive_utc())
+                    .into_iter()
+                    .filter(|t| *t > after)
+                    .min();
+                if let Some(t) = first {
+                    if best.is_none_or(|b| t < b) {
+                        best = Some(t);
+                    }
+                    break;
                 }
             }
         }
@@ -303,6 +315,31 @@ mod tests {
                 "2026-03-08T07:00:00Z", // 02:00 and 02:30 → 03:00 EDT, once
                 "2026-03-09T05:00:00Z", // 01:00 EDT
             ]
+        );
+    }
+
+    #[test]
+    fn every_second_keeps_real_time_through_the_repeated_hour() {
+        // 01:59:59 EDT → 01:00:00 EST is the next second, not 02:00.
+        assert_eq!(
+            next("* * * * * *", "America/New_York", "2026-11-01T05:59:59Z", 2),
+            ["2026-11-01T06:00:00Z", "2026-11-01T06:00:01Z"]
+        );
+        // An hour-named every-second expression in the second pass of its
+        // hour: that hour's fires were its first pass; next is tomorrow.
+        assert_eq!(
+            next("* * 1 * * *", "America/New_York", "2026-11-01T06:10:00Z", 1),
+            ["2026-11-02T06:00:00Z"]
+        );
+        // `*/1` hours is every hour too: both passes of 01:30.
+        assert_eq!(
+            next(
+                "30 */1 * * *",
+                "America/New_York",
+                "2026-11-01T05:00:00Z",
+                2
+            ),
+            ["2026-11-01T05:30:00Z", "2026-11-01T06:30:00Z"]
         );
     }
 

@@ -46,7 +46,10 @@ impl Default for Config {
 pub fn record(fires: &[subjects::schedules::FireView]) {
     let m = &telemetry::get().scheduler;
     for f in fires {
-        m.fire(f.outcome.as_str(), f.kind.as_str(), f.lateness_ms);
+        // A fire that waited for its predecessor (it has a reason) is late
+        // by policy, not by the scheduler.
+        let lateness = f.lateness_ms.filter(|_| f.reason.is_none());
+        m.fire(f.outcome.as_str(), f.kind.as_str(), lateness);
     }
 }
 
@@ -195,6 +198,10 @@ async fn one_loop(
 ) {
     let store = rules.store.clone();
     let mut last_buffered = Instant::now();
+    let mut last_prune: Option<Instant> = None;
+    // Schedules whose decision failed, left alone until then (the others
+    // go on).
+    let mut backoff: std::collections::HashMap<uuid::Uuid, Instant> = Default::default();
     while !token.is_cancelled() {
         let mut pause = Duration::ZERO;
         let mut full = false;
@@ -206,15 +213,27 @@ async fn one_loop(
                 for f in &b.decided.fires {
                     tracing::debug!(fire_at = %f.fire_at, outcome = f.outcome.as_str(), lateness_ms = ?f.lateness_ms, "fire decided");
                 }
+                backoff.retain(|_, until| *until > Instant::now());
                 for id in b.single {
+                    if backoff.contains_key(&id) {
+                        continue;
+                    }
                     if !decide(&store, &rules, &nats, &relay, id).await {
-                        pause = Duration::from_secs(1);
+                        backoff.insert(id, Instant::now() + Duration::from_secs(5));
                     }
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot decide the due schedules");
                 pause = Duration::from_secs(1);
+            }
+        }
+        if index == 0 && last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+            last_prune = Some(Instant::now());
+            match store.prune_fires().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "old fire rows removed"),
+                Err(e) => tracing::warn!(error = %e, "cannot remove old fire rows"),
             }
         }
         if index == 0 && last_buffered.elapsed() >= cfg.buffered_every {

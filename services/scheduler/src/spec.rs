@@ -164,8 +164,8 @@ pub fn check(
     };
     if catchup_window < Duration::from_secs(1) || catchup_window > MAX_CATCHUP_WINDOW {
         return Err(format!(
-            "catchup_window is {} s; use 1 s to {} days",
-            catchup_window.as_secs(),
+            "catchup_window is {} ms; use 1 s to {} days",
+            catchup_window.as_millis(),
             MAX_CATCHUP_WINDOW.as_secs() / 86_400
         ));
     }

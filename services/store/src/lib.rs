@@ -18,6 +18,7 @@
 pub mod audit;
 pub mod briefs;
 pub mod employees;
+pub mod fleet;
 pub mod goal_state;
 pub mod goals;
 mod graph;

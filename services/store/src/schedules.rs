@@ -194,6 +194,13 @@ const FIRE_COLS: &str = "fire_at, kind, outcome, task_id, goal_id, reason, laten
 /// caught up in several.
 pub const MAX_PER_PASS: usize = 1000;
 
+/// Schedules one tenant may have.
+pub const MAX_PER_TENANT: i64 = 1000;
+
+/// Fire rows are kept this long (the latest of each schedule longer): a
+/// backfill reaches no further back, so no fire time is started twice.
+pub const FIRE_RETENTION: time::Duration = time::Duration::days(400);
+
 fn row_to_schedule(r: &Row) -> Result<ScheduleRow> {
     let target = match r.get::<_, &str>(5) {
         "task" => TargetKind::Task,
@@ -378,16 +385,21 @@ async fn upgrade_fire(
     row.as_ref().map(row_to_fire).transpose()
 }
 
-/// The latest fire of `schedule` that started something.
+/// The latest fire of `schedule` that started something and is still at
+/// work (among its latest 100), else the latest one.
 async fn previous(c: &impl GenericClient, schedule: Uuid) -> Result<Option<Previous>> {
+    // The latest 100 that started something; a running one first.
     let stmt = c
         .prepare_cached(
             "SELECT f.fire_at, f.task_id, f.goal_id, t.state::text, g.state::text
-             FROM (SELECT fire_at, task_id, goal_id FROM schedule_fires
+             FROM (SELECT fire_at, task_id, goal_id, decided_at FROM schedule_fires
                    WHERE schedule_id = $1 AND outcome = 'fired'
-                   ORDER BY decided_at DESC, fire_at DESC LIMIT 1) f
+                   ORDER BY decided_at DESC, fire_at DESC LIMIT 100) f
              LEFT JOIN tasks t ON t.id = f.task_id
-             LEFT JOIN goals g ON g.id = f.goal_id",
+             LEFT JOIN goals g ON g.id = f.goal_id
+             ORDER BY coalesce(coalesce(t.state::text, g.state::text) NOT IN ('done', 'failed', 'cancelled'), false) DESC,
+                      f.decided_at DESC, f.fire_at DESC
+             LIMIT 1",
         )
         .await?;
     let Some(r) = c.query_opt(&stmt, &[&schedule]).await? else {
@@ -577,18 +589,42 @@ async fn start_buffered<R: FireRules>(
     Ok(true)
 }
 
-/// Record `rows` (none of which start anything); rows already there stay.
+/// Record `rows` (none of which start anything) in one statement; rows
+/// already there stay.
 async fn record(
     t: &LoopTx<'_>,
     s: &ScheduleRow,
     rows: &[FireRow<'_>],
     out: &mut Decided,
 ) -> Result<()> {
-    for r in rows {
-        if let Some(f) = insert_fire(&t.tx, s.id, r).await? {
-            out.fires.push(f);
-        }
+    if rows.is_empty() {
+        return Ok(());
     }
+    let views: Vec<(Uuid, FireView)> = rows
+        .iter()
+        .map(|r| {
+            (
+                s.id,
+                FireView {
+                    fire_at: r.fire_at,
+                    kind: r.kind,
+                    outcome: r.outcome,
+                    task_id: r.task_id,
+                    goal_id: r.goal_id,
+                    reason: r.reason.map(str::to_string),
+                    lateness_ms: r.lateness_ms,
+                    decided_at: t.now,
+                },
+            )
+        })
+        .collect();
+    let written = insert_fires(&t.tx, &views).await?;
+    out.fires.extend(
+        views
+            .into_iter()
+            .map(|(_, v)| v)
+            .filter(|v| written.contains(&(s.id, v.fire_at))),
+    );
     Ok(())
 }
 
@@ -690,20 +726,27 @@ fn no_schedule(id: Uuid) -> Error {
     Error::Missing(format!("schedule {id} does not exist"))
 }
 
-/// Write fire rows of several schedules at once.
-async fn insert_fires(c: &impl GenericClient, rows: &[(Uuid, FireView)]) -> Result<()> {
+/// Write fire rows of several schedules at once, decided now (the
+/// database's clock); a fire time that has a row already keeps it. Returns
+/// the (schedule, fire time) pairs written.
+async fn insert_fires(
+    c: &impl GenericClient,
+    rows: &[(Uuid, FireView)],
+) -> Result<std::collections::HashSet<(Uuid, OffsetDateTime)>> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Default::default());
     }
     let stmt = c
         .prepare_cached(
             "INSERT INTO schedule_fires (schedule_id, fire_at, kind, outcome, task_id, goal_id, reason, lateness_ms, decided_at)
-             SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
-                                  $7::text[], $8::float8[], $9::timestamptz[])",
+             SELECT x.*, now() FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::uuid[],
+                                          $6::uuid[], $7::text[], $8::float8[]) AS x
+             ON CONFLICT (schedule_id, fire_at) DO NOTHING
+             RETURNING schedule_id, fire_at",
         )
         .await?;
     let col = |f: fn(&FireView) -> String| rows.iter().map(|(_, v)| f(v)).collect::<Vec<_>>();
-    c.execute(
+    Ok(c.query(
         &stmt,
         &[
             &rows.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
@@ -717,16 +760,37 @@ async fn insert_fires(c: &impl GenericClient, rows: &[(Uuid, FireView)]) -> Resu
                 .map(|(_, v)| v.reason.as_deref().map(crate::pg_text))
                 .collect::<Vec<_>>(),
             &rows.iter().map(|(_, v)| v.lateness_ms).collect::<Vec<_>>(),
-            &rows.iter().map(|(_, v)| v.decided_at).collect::<Vec<_>>(),
         ],
     )
-    .await?;
-    Ok(())
+    .await?
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect())
+}
+
+/// Now by the database's clock (the one `next_due_at <= now()` uses).
+async fn db_now(t: &LoopTx<'_>) -> Result<OffsetDateTime> {
+    Ok(t.tx
+        .query_one("SELECT clock_timestamp()", &[])
+        .await?
+        .get(0))
 }
 
 impl Store {
     pub async fn create_schedule(&self, new: &ScheduleDef) -> Result<ScheduleRow> {
         let client = self.client().await?;
+        let have: i64 = client
+            .query_one(
+                "SELECT count(*) FROM schedules WHERE tenant = $1",
+                &[&new.tenant],
+            )
+            .await?
+            .get(0);
+        if have >= MAX_PER_TENANT {
+            return Err(Error::Invalid(format!(
+                "this tenant has {have} schedules, the most it may have; delete one first"
+            )));
+        }
         let cols = DefCols::of(new);
         let row = client
             .query_opt(
@@ -780,25 +844,56 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "SELECT max(fire_at) FROM schedule_fires WHERE schedule_id = $1 AND kind = 'cron'",
+                "SELECT max(fire_at) FROM schedule_fires WHERE schedule_id = $1 AND kind <> 'trigger'",
                 &[&id],
             )
             .await?;
         Ok(row.get(0))
     }
 
-    /// Replace `tenant`'s schedule `id` with `new` (a PATCH, merged and
-    /// checked by the caller).
-    pub async fn update_schedule(
+    /// Change `tenant`'s schedule `id` under its lock: `change` gets the
+    /// schedule, its latest decided cron time and the database's now, and
+    /// answers the new definition and the old cron times that were due
+    /// and not decided (recorded as skipped: the expression changed before
+    /// them) — or why not.
+    pub async fn patch_schedule<E>(
         &self,
         tenant: &str,
         id: Uuid,
-        new: &ScheduleDef,
-    ) -> Result<ScheduleRow> {
-        let client = self.client().await?;
-        let cols = DefCols::of(new);
-        let row = client
-            .query_opt(
+        change: impl FnOnce(
+            &ScheduleRow,
+            Option<OffsetDateTime>,
+            OffsetDateTime,
+        ) -> std::result::Result<(ScheduleDef, Vec<OffsetDateTime>), E>,
+    ) -> Result<std::result::Result<ScheduleRow, E>> {
+        let mut client = self.client().await?;
+        let t = LoopTx::begin(&mut client).await?;
+        let row = lock_schedule(&t, id, Some(tenant), false)
+            .await?
+            .ok_or_else(|| no_schedule(id))?;
+        let last: Option<OffsetDateTime> = t
+            .tx
+            .query_one(
+                "SELECT max(fire_at) FROM schedule_fires WHERE schedule_id = $1 AND kind <> 'trigger'",
+                &[&id],
+            )
+            .await?
+            .get(0);
+        let now = db_now(&t).await?;
+        let (new, passed) = match change(&row, last, now) {
+            Ok(x) => x,
+            Err(e) => return Ok(Err(e)),
+        };
+        let why = "the schedule's expression changed before this fire time was decided";
+        let rows: Vec<FireRow<'_>> = passed
+            .iter()
+            .map(|f| FireRow::decided(*f, FireKind::Cron, FireOutcome::Skipped, why))
+            .collect();
+        record(&t, &row, &rows, &mut Decided::default()).await?;
+        let cols = DefCols::of(&new);
+        let updated = t
+            .tx
+            .query_one(
                 &format!(
                     "UPDATE schedules SET name = $3, cron = $4, timezone = $5, target = $6, template = $7,
                          overlap = $8, catchup_window_secs = $9, catchup = $10, jitter_ms = $11, offset_ms = $12,
@@ -820,10 +915,25 @@ impl Store {
                     e.into()
                 }
             })?;
-        row.as_ref()
-            .map(row_to_schedule)
-            .transpose()?
-            .ok_or_else(|| no_schedule(id))
+        let updated = row_to_schedule(&updated)?;
+        t.commit().await?;
+        Ok(Ok(updated))
+    }
+
+    /// Remove up to 10 000 fire rows older than [`FIRE_RETENTION`], but
+    /// each schedule's latest; returns how many.
+    pub async fn prune_fires(&self) -> Result<u64> {
+        let client = self.client().await?;
+        Ok(client
+            .execute(
+                "DELETE FROM schedule_fires WHERE ctid IN (
+                     SELECT f.ctid FROM schedule_fires f
+                     WHERE f.decided_at < now() - make_interval(secs => $1)
+                       AND f.fire_at < (SELECT max(l.fire_at) FROM schedule_fires l WHERE l.schedule_id = f.schedule_id)
+                     LIMIT 10000)",
+                &[&FIRE_RETENTION.as_seconds_f64()],
+            )
+            .await?)
     }
 
     /// Pause or resume `tenant`'s schedule `id`.
@@ -912,7 +1022,8 @@ impl Store {
                 "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lateness_ms),
                         percentile_cont(0.99) WITHIN GROUP (ORDER BY lateness_ms)
                  FROM (SELECT lateness_ms FROM schedule_fires
-                       WHERE schedule_id = $1 AND kind = 'cron' AND outcome = 'fired' AND lateness_ms IS NOT NULL
+                       WHERE schedule_id = $1 AND kind = 'cron' AND outcome = 'fired' AND reason IS NULL
+                         AND lateness_ms IS NOT NULL
                        ORDER BY fire_at DESC LIMIT 1000) l",
                 &[&id],
             )
@@ -980,7 +1091,7 @@ impl Store {
         let Some(s) = lock_schedule(&t, id, None, true).await? else {
             return Ok(out);
         };
-        let now = OffsetDateTime::now_utc();
+        let now = db_now(&t).await?;
         let mut times = Vec::new();
         let mut cursor = s.next_fire_at;
         while let Some(f) = cursor {
@@ -1017,22 +1128,24 @@ impl Store {
         record(&t, &s, &rows, &mut out).await?;
         let in_window = &times[missed.len()..];
         let paused = "the schedule is paused".to_string();
-        let coalesced = in_window
-            .last()
-            .map(|l| {
-                format!(
-                    "coalesced: the catch-up policy latest runs only the fire at {}",
-                    rfc3339(*l)
-                )
-            })
-            .unwrap_or_default();
-        let (skip, candidates): (&[OffsetDateTime], &[OffsetDateTime]) = if s.paused {
-            (in_window, &[])
-        } else if s.catchup == Catchup::Latest && in_window.len() > 1 {
-            in_window.split_at(in_window.len() - 1)
-        } else {
-            (&[], in_window)
+        // More due than one pass decides: under `latest`, none of this
+        // pass's is the latest.
+        let behind = cursor.is_some_and(|c| s.due(c) <= now);
+        let coalesced = match in_window.last() {
+            Some(l) if !behind => format!(
+                "coalesced: the catch-up policy latest runs only the fire at {}",
+                rfc3339(*l)
+            ),
+            _ => "coalesced: the catch-up policy latest runs only the latest fire due".to_string(),
         };
+        let (skip, candidates): (&[OffsetDateTime], &[OffsetDateTime]) =
+            if s.paused || (s.catchup == Catchup::Latest && behind) {
+                (in_window, &[])
+            } else if s.catchup == Catchup::Latest && in_window.len() > 1 {
+                in_window.split_at(in_window.len() - 1)
+            } else {
+                (&[], in_window)
+            };
         let why = if s.paused { &paused } else { &coalesced };
         let rows: Vec<FireRow<'_>> = skip
             .iter()
@@ -1108,19 +1221,19 @@ impl Store {
         let busy: std::collections::HashSet<Uuid> = if minding.is_empty() {
             Default::default()
         } else {
-            let stmt = t
-                .tx
-                .prepare_cached(
-                    "SELECT p.schedule_id FROM
-                       (SELECT DISTINCT ON (schedule_id) schedule_id, task_id, goal_id FROM schedule_fires
-                        WHERE schedule_id = ANY($1) AND outcome = 'fired'
-                        ORDER BY schedule_id, decided_at DESC, fire_at DESC) p
-                     LEFT JOIN tasks t ON t.id = p.task_id
-                     LEFT JOIN goals g ON g.id = p.goal_id
-                     WHERE t.state::text NOT IN ('done', 'failed', 'cancelled')
-                        OR g.state::text NOT IN ('done', 'failed', 'cancelled')
-                     UNION
-                     SELECT schedule_id FROM schedule_fires WHERE schedule_id = ANY($1) AND outcome = 'buffered'",
+            let stmt =
+                t.tx.prepare_cached(
+                    "SELECT x.id FROM unnest($1::uuid[]) AS x(id)
+                     WHERE EXISTS (SELECT 1 FROM
+                                     (SELECT task_id, goal_id FROM schedule_fires
+                                      WHERE schedule_id = x.id AND outcome = 'fired'
+                                      ORDER BY decided_at DESC LIMIT 100) f
+                                   LEFT JOIN tasks t ON t.id = f.task_id
+                                   LEFT JOIN goals g ON g.id = f.goal_id
+                                   WHERE t.state::text NOT IN ('done', 'failed', 'cancelled')
+                                      OR g.state::text NOT IN ('done', 'failed', 'cancelled'))
+                        OR EXISTS (SELECT 1 FROM schedule_fires b
+                                   WHERE b.schedule_id = x.id AND b.outcome = 'buffered')",
                 )
                 .await?;
             t.tx.query(&stmt, &[&minding])
@@ -1129,7 +1242,7 @@ impl Store {
                 .map(|r| r.get(0))
                 .collect()
         };
-        let now = OffsetDateTime::now_utc();
+        let now = db_now(&t).await?;
         // (schedule, fire time, next cursor) of the ones this batch takes.
         let mut simple = Vec::new();
         for s in &schedules {
@@ -1235,7 +1348,13 @@ impl Store {
                 }
             }
         }
-        insert_fires(&t.tx, &fires).await?;
+        let written = insert_fires(&t.tx, &fires).await?;
+        if written.len() != fires.len() {
+            // Checked above under the locks: a bug, and nothing may commit.
+            return Err(Error::Conflict(
+                "a fire row appeared under a schedule's lock".into(),
+            ));
+        }
         if !simple.is_empty() {
             let stmt = t
                 .tx
@@ -1271,6 +1390,9 @@ impl Store {
         let Some(s) = lock_schedule(&t, id, None, true).await? else {
             return Ok(out);
         };
+        if s.paused {
+            return Ok(out);
+        }
         if start_buffered(&mut t, &s, rules, &mut out).await? {
             out.outbox.extend(t.commit().await?);
         }
@@ -1291,11 +1413,12 @@ impl Store {
         let s = lock_schedule(&t, id, Some(tenant), false)
             .await?
             .ok_or_else(|| no_schedule(id))?;
-        // Whole milliseconds, like every fire time shown.
-        let now = OffsetDateTime::now_utc();
-        let now = now
-            .replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
-            .unwrap_or(now);
+        // Microseconds (the column's precision), and never a cron instant
+        // of the schedule, whose fire that would take.
+        let mut now = db_now(&t).await?;
+        if rules.next_after(&s, now - time::Duration::microseconds(1)) == Some(now) {
+            now += time::Duration::microseconds(1);
+        }
         if fire_exists(&t, s.id, now).await?.is_some() {
             return Err(Error::Conflict(format!(
                 "schedule {id} has a fire at {} already; trigger it again",

@@ -8,6 +8,7 @@ mod flow;
 mod goals;
 mod hostile;
 mod input;
+mod metrics;
 mod natsauth;
 mod notify;
 mod patrol;

@@ -378,6 +378,9 @@ async fn each_overlap_policy_against_tasks_that_outlast_the_interval() {
         }
         let summary: Vec<String> = f.iter().map(|x| x.2.clone()).collect();
         println!("overlap {policy}: {}", summary.join(" "));
+        for x in f.iter().filter(|x| x.2 != "fired") {
+            println!("  {} {}: {}", x.0, x.2, x.4.as_deref().unwrap_or(""));
+        }
         let overlapping = spans
             .windows(2)
             .filter(|p| p[0].2.is_none_or(|end| end > p[1].0))
@@ -431,11 +434,8 @@ async fn each_overlap_policy_against_tasks_that_outlast_the_interval() {
                         && x.4.as_deref().unwrap_or("").contains("already waits")),
                     "{summary:?}"
                 );
-                assert_eq!(
-                    count(&f, "buffered"),
-                    0,
-                    "the last buffered fire started: {summary:?}"
-                );
+                // A buffered fire of a paused schedule waits for the resume.
+                assert!(count(&f, "buffered") <= 1, "{summary:?}");
             }
             _ => {
                 assert!(fired.len() >= 5, "{summary:?}");
@@ -812,6 +812,18 @@ async fn bad_schedules_are_refused_with_one_sentence_each() {
             json!({"name": "a", "cron": "0 7 * * *", "task": task, "color": "blue"}),
             "unknown field",
         ),
+        (
+            json!({"name": "a", "cron": "0 0 30 2 *", "task": task}),
+            "has no fire time left",
+        ),
+        (
+            json!({"name": "a", "cron": "0 7 * * *", "end_at": "2026-01-01T00:00:00Z", "task": task}),
+            "has no fire time left",
+        ),
+        (
+            json!({"name": "a", "cron": "0 7 * * *", "catchup_window": "500ms", "task": task}),
+            "catchup_window is 500 ms",
+        ),
     ];
     for (body, says) in &cases {
         let (s, v) = post(&w, "/v1/schedules", Some(body.clone())).await;
@@ -853,8 +865,12 @@ async fn bad_schedules_are_refused_with_one_sentence_each() {
             "covers the past",
         ),
         (
-            json!({"from": "2025-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}),
+            json!({"from": "2026-11-01T00:00:00Z", "to": "2026-11-02T00:00:00Z"}),
             "more than 1000 fire times",
+        ),
+        (
+            json!({"from": "2024-01-01T00:00:00Z", "to": "2024-01-02T00:00:00Z"}),
+            "older than the 400 days",
         ),
         (
             json!({"from": "yesterday", "to": "2026-01-01T00:00:00Z"}),

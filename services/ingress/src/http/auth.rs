@@ -190,6 +190,14 @@ pub fn access(method: &Method, path: &str) -> Option<Access> {
     })
 }
 
+fn limited(by: &str) {
+    telemetry::get()
+        .http
+        .rate_limited
+        .get_or_create(&telemetry::LimitLabels { by: by.to_string() })
+        .inc();
+}
+
 /// Rate limiters and the key cache, shared by every request.
 pub struct Gate {
     store: Store,
@@ -238,6 +246,7 @@ impl Gate {
 
     fn check_peer(&self, ip: IpAddr) -> Result<(), Refusal> {
         self.peers.check_key(&peer_key(ip)).map_err(|not_until| {
+            limited("peer");
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             Refusal::too_many(
                 format!(
@@ -251,6 +260,7 @@ impl Gate {
 
     fn check_key(&self, key: &ApiKey) -> Result<(), Refusal> {
         self.keys.check_key(&key.id).map_err(|not_until| {
+            limited("key");
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             Refusal::too_many(
                 format!(

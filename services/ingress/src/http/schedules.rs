@@ -60,6 +60,12 @@ fn checked(
     let c = spec::check(spec, &caller.tenant, &s.0.cfg.rules, now).map_err(Refusal::bad)?;
     let mut new = c.new;
     new.next_fire_at = first_after(&c.schedule, after, new.start_at, new.end_at);
+    if new.next_fire_at.is_none() {
+        return Err(Refusal::bad(format!(
+            "cron expression {:?} has no fire time left (before end_at, and before 2100)",
+            new.cron
+        )));
+    }
     Ok(new)
 }
 
@@ -140,45 +146,57 @@ pub(super) async fn patch(
     Path(raw): Path<String>,
     body: Body,
 ) -> Result<Json<ScheduleView>, Refusal> {
-    let row = row_of(&s, &caller, &raw).await?;
+    let id = uuid_of(&raw, "a schedule")?;
     let Value::Object(changes) = body_json(&s, body, "change").await? else {
         return Err(Refusal::bad(
             "the change must be a JSON object of schedule fields",
         ));
     };
-    let mut merged = serde_json::to_value(row.spec()).expect("a spec serialises");
-    let fields = merged.as_object_mut().expect("a spec is an object");
-    // A task and a goal exclude each other: naming one drops the other.
-    if changes.contains_key("task") {
-        fields.remove("goal");
-    }
-    if changes.contains_key("goal") {
-        fields.remove("task");
-    }
-    for (k, v) in changes {
-        if v.is_null() {
-            fields.remove(&k);
-        } else {
-            fields.insert(k, v);
-        }
-    }
-    let spec = spec_of(merged)?;
-    // The same expression goes on from the last decided time (nothing due
-    // is skipped); a new one starts from now.
-    let same_clock = spec.cron.trim() == row.cron && spec.timezone == row.timezone;
-    let last = s.0.store.last_cron_fire(row.id).await?;
-    let now = OffsetDateTime::now_utc();
-    let after = match (same_clock, last) {
-        (true, Some(l)) => l,
-        (true, None) => row.created_at.min(now),
-        (false, Some(l)) => l.max(now),
-        (false, None) => now,
-    };
-    let new = checked(&s, &caller, &spec, after)?;
-    let updated =
-        s.0.store
-            .update_schedule(&caller.tenant, row.id, &new)
-            .await?;
+    let updated = s
+        .0
+        .store
+        .patch_schedule(&caller.tenant, id, |row, last, now| {
+            let mut merged = serde_json::to_value(row.spec()).expect("a spec serialises");
+            let fields = merged.as_object_mut().expect("a spec is an object");
+            // A task and a goal exclude each other: naming one drops the other.
+            if changes.contains_key("task") {
+                fields.remove("goal");
+            }
+            if changes.contains_key("goal") {
+                fields.remove("task");
+            }
+            for (k, v) in changes {
+                if v.is_null() {
+                    fields.remove(&k);
+                } else {
+                    fields.insert(k, v);
+                }
+            }
+            let spec = spec_of(merged)?;
+            // The same expression goes on from its cursor (nothing due is
+            // skipped); a new one starts from now, and the old one's due
+            // times not yet decided are recorded as skipped.
+            let same_clock = spec.cron.trim() == row.cron && spec.timezone == row.timezone;
+            let mut passed = Vec::new();
+            let after = if same_clock {
+                match (row.next_fire_at, last) {
+                    (Some(next), _) => next - time::Duration::microseconds(1),
+                    (None, Some(l)) => l,
+                    (None, None) => row.created_at.min(now),
+                }
+            } else {
+                if let Some(old) = Rules::cron_of(row) {
+                    let mut at = row.next_fire_at;
+                    while let Some(t) = at.filter(|t| row.due(*t) <= now && passed.len() < 1000) {
+                        passed.push(t);
+                        at = first_after(&old, t, row.start_at, row.end_at);
+                    }
+                }
+                last.map_or(now, |l| l.max(now))
+            };
+            Ok::<_, Refusal>((checked(&s, &caller, &spec, after)?, passed))
+        })
+        .await??;
     Ok(Json(view(&s, updated).await?))
 }
 
@@ -256,6 +274,12 @@ pub(super) async fn backfill(
         return Err(Refusal::bad(
             "a backfill covers the past: to must not be later than now (use trigger to fire now)",
         ));
+    }
+    if b.from < now - store::schedules::FIRE_RETENTION {
+        return Err(Refusal::bad(format!(
+            "from is older than the {} days fires are kept; backfill a later range",
+            store::schedules::FIRE_RETENTION.whole_days()
+        )));
     }
     let cron = Rules::cron_of(&row)
         .ok_or_else(|| Refusal::bad("the schedule's expression does not parse"))?;
