@@ -161,7 +161,8 @@ async fn one(
             end_at: Some(end),
             paused: false,
         };
-        let c = scheduler::spec::check(&spec, "bench", rules, now).map_err(anyhow::Error::msg)?;
+        let tenant = format!("bench-{}", &tag[..12]);
+        let c = scheduler::spec::check(&spec, &tenant, rules, now).map_err(anyhow::Error::msg)?;
         let mut new = c.new;
         new.next_fire_at = scheduler::spec::first_after(&c.schedule, now, new.start_at, new.end_at);
         store.create_schedule(&new).await?;

@@ -140,6 +140,38 @@ impl Collector {
             tracing::warn!(error = %e, "metrics: cannot count in Postgres");
         }
         f.clear();
+        // What may have no rows yet shows as 0, not as no data.
+        for source in [
+            subjects::subject::DLQ_INTAKE,
+            subjects::subject::DLQ_WORK,
+            subjects::subject::DLQ_LOOP,
+        ] {
+            f.dlq_messages
+                .get_or_create(&SourceLabels {
+                    source: source.to_string(),
+                })
+                .set(0);
+        }
+        for state in subjects::goals::GoalState::ALL {
+            f.goals
+                .get_or_create(&StateLabels {
+                    state: state.as_str().to_string(),
+                })
+                .set(0);
+        }
+        for verdict in ["approved", "rejected"] {
+            f.reviews
+                .get_or_create(&VerdictLabels {
+                    verdict: verdict.to_string(),
+                })
+                .set(0);
+        }
+        f.patrol_actions
+            .get_or_create(&PatrolLabels {
+                rule: "stale_heartbeat".into(),
+                action: "requeue".into(),
+            })
+            .set(0);
         for (info, consumers, by_subject) in &streams {
             let sl = StreamLabels {
                 stream: info.config.name.clone(),
@@ -188,6 +220,14 @@ impl Collector {
                 f.consumer_backlog_age
                     .get_or_create(&labels)
                     .set(c.backlog_age);
+                if !labels.pool.is_empty() {
+                    // A served pool with nothing waiting: 0.
+                    let pool = PoolLabels {
+                        pool: labels.pool.clone(),
+                    };
+                    f.pool_backlog.get_or_create(&pool);
+                    f.pool_backlog_age.get_or_create(&pool);
+                }
             }
             for (subject, n, oldest) in by_subject {
                 let last = subject.rsplit('.').next().unwrap_or(subject).to_string();

@@ -318,6 +318,14 @@ pub fn get() -> &'static Telemetry {
             "HTTP requests refused by a rate limit (429), by peer address or key",
             http.rate_limited.clone(),
         );
+        // Zero series, so that a board shows 0 before the first event.
+        scheduler.fires.get_or_create(&OutcomeLabels {
+            outcome: "fired".into(),
+            kind: "cron".into(),
+        });
+        for by in ["peer", "key"] {
+            http.rate_limited.get_or_create(&LimitLabels { by: by.into() });
+        }
         Telemetry {
             registry,
             scheduler,

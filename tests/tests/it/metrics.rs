@@ -169,3 +169,112 @@ async fn metrics_parse_and_the_backlog_moves_with_the_workers() {
     );
     worker.stop().await.expect("stop");
 }
+
+/// The metric families a scrape declares (`# TYPE <name> …`).
+fn families(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every `colony_…` name in a PromQL expression, as its family's name
+/// (without `_total`, `_bucket`, `_sum`, `_count`).
+fn names_in(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("colony_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        out.push(family.to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_board_is_valid_and_names_only_metrics_a_scrape_has() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let board: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("ops/grafana/colony.json")).expect("the board"),
+    )
+    .expect("the board is JSON");
+    assert_eq!(board["uid"], "colony");
+    let panels = board["panels"].as_array().expect("panels");
+    let mut ids = std::collections::HashSet::new();
+    let mut exprs = Vec::new();
+    for p in panels {
+        assert!(
+            ids.insert(p["id"].as_u64().expect("an id")),
+            "ids are unique: {p}"
+        );
+        let grid = &p["gridPos"];
+        let (x, w) = (
+            grid["x"].as_u64().expect("x"),
+            grid["w"].as_u64().expect("w"),
+        );
+        assert!(
+            x + w <= 24 && grid["h"].as_u64().is_some(),
+            "on the grid: {p}"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "colony-prometheus", "{p}");
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{p}");
+        for t in targets {
+            exprs.push(t["expr"].as_str().expect("an expression").to_string());
+        }
+    }
+    // The provisioning points at the same data source.
+    let ds =
+        std::fs::read_to_string(root.join("ops/grafana/provisioning/datasources/prometheus.yml"))
+            .expect("datasource");
+    assert!(ds.contains("uid: colony-prometheus"));
+
+    // A live scrape of a Colony that has run a task.
+    let w = World::new().await.expect("world");
+    let colony = w.start(Role::All).await.expect("colony");
+    let id = w.submit_shell("true", json!({})).await.expect("submit");
+    assert_eq!(
+        w.wait_final(id, 60).await.expect("final").state,
+        TaskState::Done
+    );
+    let text = w
+        .http()
+        .get(format!("{}/metrics", w.url()))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let have = families(&text);
+    let mut named = std::collections::BTreeSet::new();
+    for e in &exprs {
+        for n in names_in(e) {
+            assert!(
+                have.contains(&n),
+                "the board queries {n}, which no scrape has: {e}"
+            );
+            named.insert(n);
+        }
+    }
+    println!(
+        "grafana: {} panels, {} queries naming {} metric families, all in a live scrape of {}",
+        panels.len(),
+        exprs.len(),
+        named.len(),
+        have.len()
+    );
+    colony.stop().await.expect("stop");
+}
