@@ -225,8 +225,8 @@ impl Collector {
                     let pool = PoolLabels {
                         pool: labels.pool.clone(),
                     };
-                    f.pool_backlog.get_or_create(&pool);
-                    f.pool_backlog_age.get_or_create(&pool);
+                    f.pool_backlog.get_or_create(&pool).inc_by(0);
+                    f.pool_backlog_age.get_or_create(&pool).inc_by(0.0);
                 }
             }
             for (subject, n, oldest) in by_subject {

@@ -319,12 +319,17 @@ pub fn get() -> &'static Telemetry {
             http.rate_limited.clone(),
         );
         // Zero series, so that a board shows 0 before the first event.
-        scheduler.fires.get_or_create(&OutcomeLabels {
-            outcome: "fired".into(),
-            kind: "cron".into(),
-        });
+        scheduler
+            .fires
+            .get_or_create(&OutcomeLabels {
+                outcome: "fired".into(),
+                kind: "cron".into(),
+            })
+            .inc_by(0);
         for by in ["peer", "key"] {
-            http.rate_limited.get_or_create(&LimitLabels { by: by.into() });
+            http.rate_limited
+                .get_or_create(&LimitLabels { by: by.into() })
+                .inc_by(0);
         }
         Telemetry {
             registry,
