@@ -245,6 +245,23 @@ async fn act(client: &Client, id: &str, what: &str, body: Option<Value>) -> anyh
 /// keeps stdout for the JSON).
 async fn watch(client: &Client, id: &str, lines: bool) -> anyhow::Result<()> {
     let http = client.http(None)?;
+    follow(
+        client,
+        &http,
+        id,
+        lines,
+        crate::progress::GoalProgress::new(),
+    )
+    .await
+}
+
+async fn follow(
+    client: &Client,
+    http: &reqwest::Client,
+    id: &str,
+    lines: bool,
+    mut progress: crate::progress::GoalProgress,
+) -> anyhow::Result<()> {
     loop {
         let resp = http
             .get(format!("{}/v1/goals/{id}/events", client.url))
@@ -269,16 +286,25 @@ async fn watch(client: &Client, id: &str, lines: bool) -> anyhow::Result<()> {
                     event = e.to_string();
                 } else if let Some(data) = line.strip_prefix("data: ") {
                     if event == "end" {
+                        progress.finish();
                         return print(&serde_json::from_str(data).unwrap_or(Value::Null));
                     }
                     let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-                    if lines {
-                        eprintln!("{}", describe(&event, &v));
+                    if lines || progress.is_bar() {
+                        progress.line(&describe(&event, &v));
+                    }
+                    if progress.wants_view() {
+                        if let Ok(view) =
+                            send(client, http.get(format!("{}/v1/goals/{id}", client.url))).await
+                        {
+                            progress.view(&view);
+                        }
                     }
                     // A goal waiting for a person: --wait is done waiting.
                     if !lines && event == "goal" && v["to"] == "blocked" {
                         let view =
                             send(client, http.get(format!("{}/v1/goals/{id}", client.url))).await?;
+                        progress.finish();
                         return print(&view);
                     }
                 }

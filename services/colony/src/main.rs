@@ -8,6 +8,7 @@ use colony::{Role, Settings};
 use tokio_util::sync::CancellationToken;
 
 mod goal_cli;
+mod progress;
 mod schedule_cli;
 
 #[derive(Parser)]
@@ -422,12 +423,31 @@ pub(crate) async fn answer(resp: reqwest::Response) -> anyhow::Result<serde_json
 
 async fn print_task(http: &reqwest::Client, url: &str, id: &str, wait: bool) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(24 * 3600);
+    let spinner = if wait {
+        progress::task_spinner(id)
+    } else {
+        None
+    };
     loop {
-        let q = if wait { "?wait=60" } else { "" };
+        // Short waits, so that the spinner shows the state as it moves.
+        let q = match (wait, &spinner) {
+            (false, _) => "",
+            (true, Some(_)) => "?wait=2",
+            (true, None) => "?wait=60",
+        };
         let task = answer(http.get(format!("{url}/v1/tasks/{id}{q}")).send().await?).await?;
         let state = task["state"].as_str().unwrap_or_default();
         let final_state = matches!(state, "done" | "failed" | "cancelled");
+        if let Some(s) = &spinner {
+            s.set_message(format!(
+                "task {id}: {state}, attempt {}",
+                task["attempt"].as_u64().unwrap_or(1)
+            ));
+        }
         if !wait || final_state || std::time::Instant::now() > deadline {
+            if let Some(s) = &spinner {
+                s.finish_and_clear();
+            }
             let out = serde_json::json!({
                 "id": task["id"], "state": task["state"], "attempt": task["attempt"],
                 "result": task["result"], "error": task["error"],

@@ -936,6 +936,34 @@ async fn the_cli_submits_a_goal_waits_for_it_then_watches_and_lists_it() {
     let list: Vec<Value> = serde_json::from_str(&out).expect("a list");
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["progress"]["done"], 3);
+
+    // On a terminal (a pty from script(1)), --wait draws the live bar:
+    // sub-tasks done of total, the state and the spend.
+    let bin = World::colony_bin().expect("colony binary");
+    let command = format!(
+        "{} goal submit --title 'On a terminal' --acceptance 'page.md' --wait",
+        bin.display()
+    );
+    let (url, key) = (w.url(), w.operator_key.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .env("COLONY_URL", url)
+            .env("COLONY_API_KEY", key)
+            .env("NO_PROXY", "127.0.0.1")
+            .env("TERM", "xterm")
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("sub-tasks ·"),
+        "no progress bar on a terminal: {text}"
+    );
+    assert!(text.contains("\"state\": \"done\""), "{text}");
     colony.stop().await.expect("stop");
 }
 
