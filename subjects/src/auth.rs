@@ -172,6 +172,9 @@ pub fn permissions(kind: Kind) -> Permissions {
             for s in crate::metrics::BACKLOG_BY_MESSAGE {
                 p.publish_allow.push(format!("$JS.API.STREAM.MSG.GET.{s}"));
             }
+            // The dead-letter browser reads dead letters by sequence.
+            p.publish_allow
+                .push(format!("$JS.API.STREAM.MSG.GET.{}", crate::stream::DLQ));
             // A result only wakes a waiting GET, which then reads Postgres;
             // a goal's watchers share one subscription to its events.
             p.subscribe_allow

@@ -16,7 +16,8 @@
 //! - `GET /healthz` → 200 `{"status":"ok"}` when Postgres and NATS answer,
 //!   else 503 `{"status":"unavailable"}` (the cause goes to the log only).
 //! - Goals, the leaderboard and score adjustments ([`goals`]); webhooks
-//!   for notifications ([`webhooks`]); schedules ([`schedules`]).
+//!   for notifications ([`webhooks`]); schedules ([`schedules`]); dead
+//!   letters to browse, replay and discard ([`dlq`]).
 //! - Employees ([`employees`]), the audit trail ([`audit`]), credentials
 //!   ([`credentials`]), API keys ([`keys`]), and `GET /v1/workers` and
 //!   `GET /metrics` (operator keys only).
@@ -26,6 +27,7 @@
 mod audit;
 pub mod auth;
 mod credentials;
+mod dlq;
 mod employees;
 pub mod error;
 mod goals;
@@ -152,6 +154,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/schedules/{id}/trigger", post(schedules::trigger))
         .route("/v1/schedules/{id}/backfill", post(schedules::backfill))
         .route("/v1/schedules/{id}/fires", get(schedules::fires))
+        .route("/v1/dlq", get(dlq::list))
+        .route("/v1/dlq/replay", post(dlq::replay_all))
+        .route("/v1/dlq/discard", post(dlq::discard_all))
+        .route("/v1/dlq/{id}/replay", post(dlq::replay))
+        .route("/v1/dlq/{id}/discard", post(dlq::discard))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,

@@ -17,6 +17,7 @@
 
 pub mod audit;
 pub mod briefs;
+pub mod dlq;
 pub mod employees;
 pub mod fleet;
 pub mod goal_state;

@@ -76,6 +76,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0013_schedules.sql",
         include_str!("../../../sql/0013_schedules.sql"),
     ),
+    (
+        14,
+        "0014_dlq.sql",
+        include_str!("../../../sql/0014_dlq.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed: the advisory lock that serialises migrators.

@@ -2,6 +2,7 @@
 //! `colony_tests`). One binary, so the workspace links once.
 
 mod agents;
+mod dlq;
 mod employees;
 mod failures;
 mod flow;

@@ -186,6 +186,11 @@ pub fn access(method: &Method, path: &str) -> Option<Access> {
             | "/v1/schedules/{id}/backfill",
         ) => Needs(Submit),
         ("GET", "/v1/schedules/{id}/fires") => Needs(Read),
+        ("GET", "/v1/dlq") => Needs(Admin),
+        (
+            "POST",
+            "/v1/dlq/replay" | "/v1/dlq/discard" | "/v1/dlq/{id}/replay" | "/v1/dlq/{id}/discard",
+        ) => Needs(Admin),
         _ => return None,
     })
 }

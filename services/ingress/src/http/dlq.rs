@@ -1,0 +1,414 @@
+//! Dead letters a person can act on (admin keys, the tenant's own only).
+//!
+//! - `GET /v1/dlq[?source=&since=&until=&status=&limit=]` → `{"entries":
+//!   […]}`, newest first: each with its id (the DLQ stream sequence), source,
+//!   original subject, reason, time, headers, payload and what was done
+//!   with it.
+//! - `POST /v1/dlq/{id}/replay`: resubmit it through the one admission
+//!   path, with a fresh idempotency key (`dlq-replay-<id>`) recorded
+//!   against it; an intake submission (task or goal) as it was, a work
+//!   message as a new task of the same role, input and employee.
+//! - `POST /v1/dlq/{id}/discard`: mark it dealt with.
+//! - `POST /v1/dlq/replay`, `POST /v1/dlq/discard` with `{"source"?,
+//!   "since"?, "until"?}`: the same for every open one that matches (at most
+//!   1 000). Every action is an audit row.
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use store::dlq::NewDlqAction;
+use store::{NewAudit, Outcome};
+use subjects::{header, stream, subject, WorkItem};
+use time::OffsetDateTime;
+
+use super::{read_json, AppState, Caller, Refusal};
+
+/// Dead letters read (newest first) to answer one list.
+const SCAN: u64 = 5000;
+
+/// One dead letter.
+struct Entry {
+    seq: u64,
+    source: String,
+    original: String,
+    reason: String,
+    at: OffsetDateTime,
+    headers: Vec<(String, String)>,
+    payload: bytes::Bytes,
+    tenant: Option<String>,
+}
+
+impl Entry {
+    fn json(&self, action: Option<&store::dlq::DlqAction>) -> Value {
+        let payload: Value = serde_json::from_slice(&self.payload)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.payload).into_owned()));
+        let mut v = json!({
+            "id": self.seq,
+            "source": self.source,
+            "subject": self.original,
+            "reason": self.reason,
+            "at": self.at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            "headers": self.headers.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "payload": payload,
+            "status": action.map_or("open", |a| a.action.as_str()),
+        });
+        if let Some(a) = action {
+            v["task_id"] = json!(a.task_id);
+            v["goal_id"] = json!(a.goal_id);
+            v["idempotency_key"] = json!(a.idempotency_key);
+        }
+        v
+    }
+}
+
+/// The tenant a dead letter belongs to: an intake subject names it; a
+/// work or loop message carries it.
+fn tenant_of(original: &str, payload: &[u8]) -> Option<String> {
+    if let Some(t) =
+        subject::intake_goal_tenant(original).or_else(|| subject::intake_tenant(original))
+    {
+        return Some(t.to_string());
+    }
+    serde_json::from_slice::<Value>(payload)
+        .ok()?
+        .get("tenant")?
+        .as_str()
+        .map(str::to_string)
+}
+
+async fn entry(s: &AppState, seq: u64) -> Result<Option<Entry>, Refusal> {
+    let stream = s.0.js.get_stream_no_info(stream::DLQ).await.map_err(|e| {
+        tracing::warn!(error = %e, "the dead-letter stream does not answer");
+        Refusal::unavailable("the dead-letter stream does not answer; retry in a few seconds")
+    })?;
+    match stream.get_raw_message(seq).await {
+        Ok(m) => {
+            let get = |name: &str| {
+                m.headers
+                    .get(name)
+                    .map(|v| v.as_str().to_string())
+                    .unwrap_or_default()
+            };
+            let original = get(header::ORIGINAL_SUBJECT);
+            Ok(Some(Entry {
+                seq,
+                source: m.subject.rsplit('.').next().unwrap_or_default().to_string(),
+                reason: get(header::REASON),
+                tenant: tenant_of(&original, &m.payload),
+                original,
+                at: m.time,
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            v.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", "),
+                        )
+                    })
+                    .collect(),
+                payload: m.payload,
+            }))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Filter {
+    source: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    since: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    until: Option<OffsetDateTime>,
+}
+
+impl Filter {
+    fn check(&self) -> Result<(), Refusal> {
+        if let Some(src) = &self.source {
+            let known = [subject::DLQ_INTAKE, subject::DLQ_WORK, subject::DLQ_LOOP];
+            if !known.contains(&src.as_str()) {
+                return Err(Refusal::bad(format!(
+                    "source {src:?} is not one of {}",
+                    known.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn matches(&self, e: &Entry) -> bool {
+        self.source.as_ref().is_none_or(|s| *s == e.source)
+            && self.since.is_none_or(|t| e.at >= t)
+            && self.until.is_none_or(|t| e.at < t)
+    }
+}
+
+/// The tenant's dead letters that match, newest first, with their actions.
+async fn scan(
+    s: &AppState,
+    caller: &Caller,
+    f: &Filter,
+    limit: usize,
+) -> Result<Vec<(Entry, Option<store::dlq::DlqAction>)>, Refusal> {
+    let mut info = s.0.js.get_stream(stream::DLQ).await.map_err(|e| {
+        tracing::warn!(error = %e, "the dead-letter stream does not answer");
+        Refusal::unavailable("the dead-letter stream does not answer; retry in a few seconds")
+    })?;
+    let state = info
+        .info()
+        .await
+        .map_err(|_| Refusal::unavailable("the dead-letter stream does not answer"))?
+        .state
+        .clone();
+    let mut found = Vec::new();
+    let mut seq = state.last_sequence;
+    let floor = state
+        .first_sequence
+        .max(state.last_sequence.saturating_sub(SCAN));
+    while seq >= floor && seq > 0 && found.len() < limit {
+        if let Some(e) = entry(s, seq).await? {
+            if f.since.is_some_and(|t| e.at < t) {
+                break;
+            }
+            if e.tenant.as_deref() == Some(caller.tenant.as_str()) && f.matches(&e) {
+                found.push(e);
+            }
+        }
+        seq -= 1;
+    }
+    let actions =
+        s.0.store
+            .dlq_actions(&found.iter().map(|e| e.seq).collect::<Vec<_>>())
+            .await?;
+    Ok(found
+        .into_iter()
+        .map(|e| {
+            let a = actions.get(&e.seq).cloned();
+            (e, a)
+        })
+        .collect())
+}
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    source: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    since: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    until: Option<OffsetDateTime>,
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(super) async fn list(
+    State(s): State<AppState>,
+    caller: Caller,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, Refusal> {
+    let Ok(Query(q)) = q else {
+        return Err(Refusal::bad(
+            "the query takes source=, since= and until= (RFC 3339), status=open|replayed|discarded and limit=<1-500>",
+        ));
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(Refusal::bad(format!(
+            "limit is {limit}; use a number from 1 to 500"
+        )));
+    }
+    let f = Filter {
+        source: q.source,
+        since: q.since,
+        until: q.until,
+    };
+    f.check()?;
+    let entries: Vec<Value> = scan(&s, &caller, &f, limit)
+        .await?
+        .iter()
+        .map(|(e, a)| e.json(a.as_ref()))
+        .filter(|v| {
+            q.status
+                .as_ref()
+                .is_none_or(|st| v["status"] == st.as_str())
+        })
+        .collect();
+    Ok(Json(json!({ "entries": entries })))
+}
+
+/// Replay or discard one dead letter; the answer says what it became.
+async fn act(s: &AppState, caller: &Caller, e: &Entry, replay: bool) -> Result<Value, Refusal> {
+    let key = format!("dlq-replay-{}", e.seq);
+    let (mut task_id, mut goal_id) = (None, None);
+    if replay {
+        let rules = &s.0.cfg.rules;
+        let tenant = caller.tenant.as_str();
+        if e.source == subject::DLQ_INTAKE && subject::intake_goal_tenant(&e.original).is_some() {
+            let new = rules.check_goal(&e.payload, tenant, Some(key.clone()))?;
+            let created = s.0.store.create_goal(&new).await?;
+            s.0.relay.send(created.outbox);
+            goal_id = Some(created.goal.id);
+        } else if e.source == subject::DLQ_INTAKE {
+            let new = rules.check(&e.payload, tenant, Some(key.clone()))?;
+            let c = admission::admit(&s.0.store, rules, new, None).await?;
+            s.0.relay.send(c.outbox);
+            task_id = Some(c.task.id);
+        } else if e.source == subject::DLQ_WORK {
+            let item: WorkItem = serde_json::from_slice(&e.payload)
+                .map_err(|_| Refusal::bad("this dead letter is not a work message; discard it"))?;
+            if item.goal_id.is_some() {
+                return Err(Refusal::bad(
+                    "this is a goal's sub-task; retry it with decide on its goal",
+                ));
+            }
+            let sub = json!({"role": item.role, "input": item.input, "timeout_secs": item.timeout_secs,
+                             "employee_id": item.employee_id});
+            let bytes = serde_json::to_vec(&sub).unwrap_or_default();
+            let new = rules.check(&bytes, tenant, Some(key.clone()))?;
+            let c = admission::admit(&s.0.store, rules, new, None).await?;
+            s.0.relay.send(c.outbox);
+            task_id = Some(c.task.id);
+        } else {
+            return Err(Refusal::bad(
+                "a loop message is not replayed (the patrol re-plans a stuck goal); discard it",
+            ));
+        }
+    }
+    let action = if replay { "replayed" } else { "discarded" };
+    let recorded =
+        s.0.store
+            .record_dlq_action(&NewDlqAction {
+                seq: e.seq,
+                tenant: &caller.tenant,
+                source: &e.source,
+                action,
+                task_id,
+                goal_id,
+                idempotency_key: replay.then_some(key.as_str()),
+                key_id: Some(caller.key_id),
+            })
+            .await?;
+    if !recorded && !replay {
+        return Err(Refusal::new(
+            StatusCode::CONFLICT,
+            format!("dead letter {} was dealt with already", e.seq),
+        ));
+    }
+    s.0.store
+        .insert_audit(&NewAudit {
+            at: OffsetDateTime::now_utc(),
+            tenant: caller.tenant.clone(),
+            employee_id: None,
+            task_id,
+            run_id: None,
+            action: if replay { "dlq.replay" } else { "dlq.discard" }.into(),
+            target: Some(format!("dlq {} ({})", e.seq, e.source)),
+            outcome: Outcome::Allowed,
+            detail: Some(match (task_id, goal_id) {
+                (Some(t), _) => format!("replayed as task {t} with idempotency key {key}"),
+                (_, Some(g)) => format!("replayed as goal {g} with idempotency key {key}"),
+                _ => format!("discarded: {}", e.reason),
+            }),
+        })
+        .await?;
+    Ok(
+        json!({"id": e.seq, "status": action, "task_id": task_id, "goal_id": goal_id,
+              "idempotency_key": replay.then_some(key)}),
+    )
+}
+
+/// A dead letter of the caller's tenant and what was done with it.
+async fn one(
+    s: &AppState,
+    caller: &Caller,
+    raw: &str,
+) -> Result<(Entry, Option<store::dlq::DlqAction>), Refusal> {
+    let seq: u64 = raw
+        .parse()
+        .map_err(|_| Refusal::bad(format!("{raw:?} is not a dead letter id (a number)")))?;
+    let missing = || Refusal::not_found(format!("dead letter {seq} does not exist"));
+    let e = entry(s, seq).await?.ok_or_else(missing)?;
+    if e.tenant.as_deref() != Some(caller.tenant.as_str()) {
+        return Err(missing());
+    }
+    let done = s.0.store.dlq_actions(&[seq]).await?.remove(&seq);
+    Ok((e, done))
+}
+
+async fn act_once(
+    s: AppState,
+    caller: Caller,
+    raw: String,
+    replay: bool,
+) -> Result<Json<Value>, Refusal> {
+    match one(&s, &caller, &raw).await? {
+        (e, None) => Ok(Json(act(&s, &caller, &e, replay).await?)),
+        // Replaying again answers what the first replay made.
+        (e, Some(a)) if replay && a.action == "replayed" => Ok(Json(e.json(Some(&a)))),
+        (e, Some(a)) => Err(Refusal::new(
+            StatusCode::CONFLICT,
+            format!("dead letter {} was {} already", e.seq, a.action),
+        )),
+    }
+}
+
+pub(super) async fn replay(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, Refusal> {
+    act_once(s, caller, raw, true).await
+}
+
+pub(super) async fn discard(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, Refusal> {
+    act_once(s, caller, raw, false).await
+}
+
+/// Every open dead letter of the tenant that matches, replayed or
+/// discarded; the ones that could not be are listed with why.
+async fn bulk(
+    s: AppState,
+    caller: Caller,
+    body: Body,
+    replay: bool,
+) -> Result<Json<Value>, Refusal> {
+    let f: Filter = read_json(body, "filter").await?;
+    f.check()?;
+    let mut done = Vec::new();
+    let mut refused = Vec::new();
+    for (e, a) in scan(&s, &caller, &f, 1000).await? {
+        if a.is_some() {
+            continue;
+        }
+        match act(&s, &caller, &e, replay).await {
+            Ok(v) => done.push(v),
+            Err(r) => refused.push(json!({"id": e.seq, "error": r.error})),
+        }
+    }
+    Ok(Json(json!({ "done": done, "refused": refused })))
+}
+
+pub(super) async fn replay_all(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Body,
+) -> Result<Json<Value>, Refusal> {
+    bulk(s, caller, body, true).await
+}
+
+pub(super) async fn discard_all(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Body,
+) -> Result<Json<Value>, Refusal> {
+    bulk(s, caller, body, false).await
+}
