@@ -82,6 +82,9 @@ impl ColonyBench {
         // The loop's goals each need containers of their own.
         settings.max_containers = settings.max_containers.max(32);
         settings.worker_id = Some("loadtest-colony".to_string());
+        // Every scrape reads the streams and Postgres: the worst case of
+        // the scrape the rounds run under.
+        settings.metrics_ttl_ms = 0;
         settings.container_labels = vec![format!("{BENCH_LABEL_KEY}={BENCH_LABEL_VALUE}")];
 
         // Listen for results before anything can finish.

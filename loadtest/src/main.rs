@@ -24,6 +24,7 @@ mod gateway_phase;
 mod loop_phase;
 mod pool_phase;
 mod sched_phase;
+mod scrape_phase;
 mod stats;
 
 use std::collections::HashMap;
@@ -98,6 +99,10 @@ pub struct Args {
     /// Seconds the one-second schedules run.
     #[arg(long, default_value_t = 20)]
     pub schedule_secs: u64,
+    /// Extra durable consumers with which one scrape of /metrics is timed;
+    /// 0 skips that (the scrape every second during the rounds stays).
+    #[arg(long, default_value_t = 100)]
+    pub scrape_consumers: usize,
 }
 
 /// What must be undone however the run ends.
@@ -344,6 +349,8 @@ async fn rounds(
         watchers: None,
         schedules: Vec::new(),
     };
+    // A Prometheus-style scrape every second while the rounds run.
+    let scraper = scrape_phase::Scraper::start(&colony, Duration::from_secs(1));
     let measured = async {
         if args.goals > 0 {
             // The loop's roles start their containers and hire their
@@ -384,6 +391,13 @@ async fn rounds(
         if args.goals > 0 && args.watchers > 0 {
             let w = loop_phase::watchers(&colony, args).await?;
             report.watchers = Some(w);
+        }
+        println!("{}", scraper.report());
+        if args.scrape_consumers > 0 {
+            println!(
+                "{}",
+                scrape_phase::with_consumers(&colony, args.scrape_consumers).await?
+            );
         }
         anyhow::Ok(())
     }
