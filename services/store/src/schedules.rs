@@ -13,6 +13,7 @@
 //! [`FireRules`] (the `scheduler` crate: expressions, zones, templates,
 //! admission).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -839,18 +840,6 @@ impl Store {
             .collect()
     }
 
-    /// The latest cron time of schedule `id` that was decided.
-    pub async fn last_cron_fire(&self, id: Uuid) -> Result<Option<OffsetDateTime>> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                "SELECT max(fire_at) FROM schedule_fires WHERE schedule_id = $1 AND kind <> 'trigger'",
-                &[&id],
-            )
-            .await?;
-        Ok(row.get(0))
-    }
-
     /// Change `tenant`'s schedule `id` under its lock: `change` gets the
     /// schedule, its latest decided cron time and the database's now, and
     /// answers the new definition and the old cron times that were due
@@ -995,20 +984,23 @@ impl Store {
             .collect()
     }
 
-    /// Fires of schedule `id` by outcome, and the lateness of its latest
-    /// 1 000 cron fires that started something.
-    pub async fn fire_stats(&self, id: Uuid) -> Result<FireStats> {
+    /// Fires of each of `ids` by outcome, and the lateness of its latest
+    /// 1 000 cron fires that started on time (not held by an overlap
+    /// policy): two statements however many schedules.
+    pub async fn fire_stats(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, FireStats>> {
         let client = self.client().await?;
-        let mut stats = FireStats::default();
+        let mut out: HashMap<Uuid, FireStats> = HashMap::new();
         for r in client
             .query(
-                "SELECT outcome, count(*) FROM schedule_fires WHERE schedule_id = $1 GROUP BY outcome",
-                &[&id],
+                "SELECT schedule_id, outcome, count(*) FROM schedule_fires
+                 WHERE schedule_id = ANY($1) GROUP BY 1, 2",
+                &[&ids],
             )
             .await?
         {
-            let n = r.get::<_, i64>(1).max(0) as u64;
-            match FireOutcome::parse(r.get(0)) {
+            let stats = out.entry(r.get(0)).or_default();
+            let n = r.get::<_, i64>(2).max(0) as u64;
+            match FireOutcome::parse(r.get(1)) {
                 Some(FireOutcome::Fired) => stats.fired = n,
                 Some(FireOutcome::Skipped) => stats.skipped = n,
                 Some(FireOutcome::Missed) => stats.missed = n,
@@ -1017,36 +1009,26 @@ impl Store {
                 None => {}
             }
         }
-        let r = client
-            .query_one(
-                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lateness_ms),
-                        percentile_cont(0.99) WITHIN GROUP (ORDER BY lateness_ms)
-                 FROM (SELECT lateness_ms FROM schedule_fires
-                       WHERE schedule_id = $1 AND kind = 'cron' AND outcome = 'fired' AND reason IS NULL
-                         AND lateness_ms IS NOT NULL
-                       ORDER BY fire_at DESC LIMIT 1000) l",
-                &[&id],
+        for r in client
+            .query(
+                "SELECT x.id, percentile_cont(0.5) WITHIN GROUP (ORDER BY l.lateness_ms),
+                        percentile_cont(0.99) WITHIN GROUP (ORDER BY l.lateness_ms)
+                 FROM unnest($1::uuid[]) AS x(id)
+                 CROSS JOIN LATERAL (
+                     SELECT lateness_ms FROM schedule_fires
+                     WHERE schedule_id = x.id AND kind = 'cron' AND outcome = 'fired' AND reason IS NULL
+                       AND lateness_ms IS NOT NULL
+                     ORDER BY fire_at DESC LIMIT 1000) l
+                 GROUP BY x.id",
+                &[&ids],
             )
-            .await?;
-        stats.lateness_p50_ms = r.get(0);
-        stats.lateness_p99_ms = r.get(1);
-        Ok(stats)
-    }
-
-    /// Schedules with a fire time due, most overdue first.
-    pub async fn due_schedules(&self, limit: u32) -> Result<Vec<Uuid>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT id FROM schedules WHERE next_due_at <= now() ORDER BY next_due_at LIMIT $1",
-            )
-            .await?;
-        Ok(client
-            .query(&stmt, &[&i64::from(limit)])
             .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
+        {
+            let stats = out.entry(r.get(0)).or_default();
+            stats.lateness_p50_ms = r.get(1);
+            stats.lateness_p99_ms = r.get(2);
+        }
+        Ok(out)
     }
 
     /// When the next fire time of any schedule is due.

@@ -69,20 +69,30 @@ fn checked(
     Ok(new)
 }
 
+/// The views of `rows`, their fire counts read in one go.
+async fn views(s: &AppState, rows: Vec<ScheduleRow>) -> Result<Vec<ScheduleView>, Refusal> {
+    let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
+    let mut stats = s.0.store.fire_stats(&ids).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| ScheduleView {
+            id: row.id,
+            spec: row.spec(),
+            catchup_window_secs: row.catchup_window.as_secs(),
+            jitter_ms: row.jitter.as_millis() as u64,
+            offset_ms: row.offset.as_millis() as u64,
+            next_fires: spec::next_fires(&row, 10),
+            stats: stats.remove(&row.id).unwrap_or_default(),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+        .collect())
+}
+
 async fn view(s: &AppState, row: ScheduleRow) -> Result<ScheduleView, Refusal> {
-    let next_fires = spec::next_fires(&row, 10);
-    let stats = s.0.store.fire_stats(row.id).await?;
-    Ok(ScheduleView {
-        id: row.id,
-        spec: row.spec(),
-        catchup_window_secs: row.catchup_window.as_secs(),
-        jitter_ms: row.jitter.as_millis() as u64,
-        offset_ms: row.offset.as_millis() as u64,
-        next_fires,
-        stats,
-        created_at: row.created_at,
-        updated_at: row.updated_at,
-    })
+    let mut v = views(s, vec![row]).await?;
+    v.pop()
+        .ok_or_else(|| Refusal::unavailable("the schedule could not be shown"))
 }
 
 async fn row_of(s: &AppState, caller: &Caller, raw: &str) -> Result<ScheduleRow, Refusal> {
@@ -124,11 +134,8 @@ pub(super) async fn list(
             "limit is {limit}; use a number from 1 to 500"
         )));
     }
-    let mut out = Vec::new();
-    for row in s.0.store.list_schedules(&caller.tenant, limit).await? {
-        out.push(view(&s, row).await?);
-    }
-    Ok(Json(out))
+    let rows = s.0.store.list_schedules(&caller.tenant, limit).await?;
+    Ok(Json(views(&s, rows).await?))
 }
 
 pub(super) async fn get_one(
