@@ -132,6 +132,19 @@ is_static() {
 }
 _busybox_static() { is_static /bin/busybox; }
 
+# _apt_install PKG…: Debian's packages, as root.
+_apt_install() {
+    [ "$(id -u)" = 0 ] || die "missing packages ($*) and not root to apt-get install them"
+    log "installing Debian packages: $*"
+    export DEBIAN_FRONTEND=noninteractive
+    if [ "$_OPS_APT_UPDATED" = 0 ]; then
+        apt-get -o DPkg::Lock::Timeout=300 update -qq >&2 || die "apt-get update failed"
+        _OPS_APT_UPDATED=1
+    fi
+    apt-get -o DPkg::Lock::Timeout=300 install -y -qq "$@" >&2 ||
+        die "apt-get install $* failed"
+}
+
 ensure_packages() {
     local pkgs=()
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || pkgs+=(postgresql)
@@ -147,15 +160,7 @@ ensure_packages() {
     if [ ${#pkgs[@]} -eq 0 ]; then
         return 0
     fi
-    [ "$(id -u)" = 0 ] || die "missing packages (${pkgs[*]}) and not root to apt-get install them"
-    log "installing Debian packages: ${pkgs[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    if [ "$_OPS_APT_UPDATED" = 0 ]; then
-        apt-get -o DPkg::Lock::Timeout=300 update -qq >&2 || die "apt-get update failed"
-        _OPS_APT_UPDATED=1
-    fi
-    apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${pkgs[@]}" >&2 ||
-        die "apt-get install ${pkgs[*]} failed"
+    _apt_install "${pkgs[@]}"
     _busybox_static || die "/bin/busybox is still not a static binary after installing busybox-static"
 }
 
@@ -174,7 +179,7 @@ _nats_ok() {
 
 # Python packages the tests use (pinned), in a venv under .colony/pyenv;
 # exports COLONY_PYTHON.
-COLONY_PY_PACKAGES="prometheus-client==0.21.1"
+COLONY_PY_PACKAGES="prometheus-client==0.21.1 nats-py==2.16.0 jsonschema==4.23.0 schemathesis==4.32.5"
 ensure_python_tools() {
     state_dirs
     local venv="$COLONY_STATE/pyenv" stamp
@@ -188,6 +193,20 @@ ensure_python_tools() {
         printf '%s' "$COLONY_PY_PACKAGES" >"$stamp"
     fi
     export COLONY_PYTHON="$venv/bin/python"
+}
+
+# The dashboard's browser test: Debian's chromium (never a browser a tool
+# downloads) and playwright-core from tests/browser/package-lock.json.
+ensure_browser_tools() {
+    [ -x /usr/bin/chromium ] || _apt_install chromium fonts-dejavu-core
+    command -v node >/dev/null 2>&1 || die "node (20 or later) is missing; the dashboard's browser test needs it"
+    local dir="$COLONY_ROOT/tests/browser"
+    if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.colony-lock" 2>/dev/null; then
+        log "npm ci in tests/browser (playwright-core, no browser download)"
+        (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >&2) ||
+            die "npm ci in tests/browser failed"
+        cp "$dir/package-lock.json" "$dir/node_modules/.colony-lock"
+    fi
 }
 
 # Exports COLONY_NATS_SERVER (absolute path of a nats-server >= 2.10).

@@ -179,6 +179,17 @@ pub fn permissions(kind: Kind) -> Permissions {
             // a goal's watchers share one subscription to its events.
             p.subscribe_allow
                 .extend([subject::results_all(), subject::events_all()]);
+            // The NATS API: every tenant's calls, answered on the caller's
+            // own inbox ([`api_replies`] adds each tenant's), and the
+            // services protocol's discovery (`$SRV.PING`, `INFO`, `STATS`),
+            // which only the admin user may ask and which is answered on
+            // its inbox (the `nats` tool's default one, or the admin's).
+            p.subscribe_allow
+                .extend([subject::api_any(">"), "$SRV.>".to_string()]);
+            p.publish_allow.extend([
+                "_INBOX.>".to_string(),
+                format!("{}.>", inbox_prefix(Kind::Admin.user())),
+            ]);
         }
         Kind::Relay => {
             for stream in crate::stream::ALL {
@@ -231,10 +242,24 @@ pub fn permissions(kind: Kind) -> Permissions {
     p
 }
 
+/// What the ingress may publish besides [`permissions`]: the answers of
+/// the NATS API, each tenant's on that tenant's inbox and nowhere else (a
+/// reply subject a request names is not trusted; no `allow_responses`).
+pub fn api_replies(tenants: &[String]) -> Vec<String> {
+    tenants
+        .iter()
+        .map(|t| format!("{}.>", inbox_prefix(&tenant_user(t))))
+        .collect()
+}
+
 /// The permissions of tenant `tenant`'s clients.
 pub fn tenant_permissions(tenant: &str) -> Permissions {
     Permissions {
-        publish_allow: vec![subject::intake(tenant), subject::intake_goal(tenant)],
+        publish_allow: vec![
+            subject::intake(tenant),
+            subject::intake_goal(tenant),
+            subject::api_of_tenant(tenant),
+        ],
         publish_deny: Vec::new(),
         subscribe_allow: vec![
             subject::results_of_tenant(tenant),
@@ -276,11 +301,12 @@ pub fn authorization(users: &[User]) -> String {
         if !p.publish_deny.is_empty() {
             let _ = write!(out, ", deny: [{}]", quoted(&p.publish_deny));
         }
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "}}, subscribe: {{allow: [{}]}}}}}}",
+            "}}, subscribe: {{allow: [{}]}}",
             quoted(&p.subscribe_allow)
         );
+        out.push_str("}}\n");
     }
     out.push_str("  ]\n}\n");
     out
@@ -295,7 +321,11 @@ mod tests {
         let p = tenant_permissions("acme");
         assert_eq!(
             p.publish_allow,
-            vec!["colony.intake.acme", "colony.intake.acme.goal"]
+            vec![
+                "colony.intake.acme",
+                "colony.intake.acme.goal",
+                "colony.api.acme.>"
+            ]
         );
         assert_eq!(
             p.subscribe_allow,
@@ -307,6 +337,7 @@ mod tests {
             ]
         );
         assert_eq!(tenant_of_user("tenant-acme"), Some("acme"));
+        assert_eq!(api_replies(&["acme".into()]), vec!["_INBOX_tenant-acme.>"]);
         assert_eq!(tenant_of_user("colony-worker"), None);
     }
 
@@ -341,6 +372,25 @@ mod tests {
             assert!(!publishes(k, "$JS.API.STREAM.MSG.GET.INTAKE"));
             assert_eq!(Kind::from_user(k.user()), Some(k));
         }
+        // Only the ingress answers requests (the NATS API) and hears the
+        // services protocol's discovery; nobody may answer on any subject.
+        for k in Kind::ALL.into_iter().filter(|k| *k != Kind::Admin) {
+            let p = permissions(k);
+            assert!(
+                !authorization(&[User {
+                    name: "x".into(),
+                    password_hash: "h".into(),
+                    permissions: p.clone(),
+                }])
+                .contains("allow_responses"),
+                "{k:?}"
+            );
+            assert_eq!(
+                p.subscribe_allow.iter().any(|s| s.starts_with("$SRV")),
+                k == Kind::Ingress,
+                "{k:?}"
+            );
+        }
         // Only the relay makes and changes streams.
         assert!(publishes(Kind::Relay, "$JS.API.STREAM.UPDATE.INTAKE"));
         assert!(!publishes(Kind::Worker, "$JS.API.STREAM.UPDATE.INTAKE"));
@@ -356,7 +406,7 @@ mod tests {
         }]);
         assert_eq!(
             text,
-            "authorization {\n  users = [\n    {user: \"tenant-acme\", password: \"$2b$04$x\", permissions: {publish: {allow: [\"colony.intake.acme\", \"colony.intake.acme.goal\"]}, subscribe: {allow: [\"colony.results.acme.>\", \"colony.events.acme.>\", \"colony.notify.acme.>\", \"_INBOX_tenant-acme.>\"]}}}\n  ]\n}\n"
+            "authorization {\n  users = [\n    {user: \"tenant-acme\", password: \"$2b$04$x\", permissions: {publish: {allow: [\"colony.intake.acme\", \"colony.intake.acme.goal\", \"colony.api.acme.>\"]}, subscribe: {allow: [\"colony.results.acme.>\", \"colony.events.acme.>\", \"colony.notify.acme.>\", \"_INBOX_tenant-acme.>\"]}}}\n  ]\n}\n"
         );
     }
 }

@@ -22,6 +22,7 @@ pub mod goals;
 pub mod messages;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod ops;
 pub mod schedules;
 pub mod schema;
 pub mod status;
@@ -198,6 +199,42 @@ pub mod subject {
     pub const DLQ_INTAKE: &str = "intake";
     pub const DLQ_WORK: &str = "work";
     pub const DLQ_LOOP: &str = "loop";
+    pub const DLQ_SOURCES: [&str; 3] = [DLQ_INTAKE, DLQ_WORK, DLQ_LOOP];
+
+    /// `colony.api.<tenant>.<call>`: a request–reply call of the NATS API
+    /// (the `colony` service), answered on the caller's inbox.
+    pub fn api(tenant: &str, call: &str) -> String {
+        format!("{ROOT}.api.{tenant}.{call}")
+    }
+    /// One call of every tenant (the service's endpoint subject).
+    pub fn api_any(call: &str) -> String {
+        format!("{ROOT}.api.*.{call}")
+    }
+    /// Every call of one tenant (what its client may publish).
+    pub fn api_of_tenant(tenant: &str) -> String {
+        format!("{ROOT}.api.{tenant}.>")
+    }
+    /// The tenant an API call's subject names.
+    pub fn api_tenant(subject: &str) -> Option<&str> {
+        subject
+            .strip_prefix("colony.api.")
+            .and_then(|rest| rest.split('.').next())
+            .filter(|t| super::is_token(t))
+    }
+    /// The calls of the NATS API: submit a task or a goal (the body of
+    /// `POST /v1/tasks` or `POST /v1/goals`; answered with a
+    /// [`crate::TaskAccepted`] or [`crate::goals::GoalAccepted`]), and read
+    /// one (`{"id": …}`; answered with a [`crate::TaskView`] or
+    /// [`crate::goals::GoalView`]), and cancel a task (`{"id": …}`). A refusal is an
+    /// [`crate::ApiError`] with the `Nats-Service-Error` and
+    /// `Nats-Service-Error-Code` headers.
+    pub const API_SUBMIT_TASK: &str = "tasks.submit";
+    pub const API_GET_TASK: &str = "tasks.get";
+    pub const API_SUBMIT_GOAL: &str = "goals.submit";
+    pub const API_GET_GOAL: &str = "goals.get";
+    pub const API_CANCEL_TASK: &str = "tasks.cancel";
+    /// The NATS service's name (`nats micro info colony`).
+    pub const API_SERVICE: &str = "colony";
 
     /// The last token of an intake subject: the tenant it submits for.
     pub fn intake_tenant(subject: &str) -> Option<&str> {

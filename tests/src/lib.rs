@@ -20,6 +20,22 @@ use subjects::TaskView;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// Waits (up to a minute) for the first output event of task `id` on
+/// `events` (a subscription to the events subjects): its command runs in a
+/// container.
+pub async fn first_output(events: &mut async_nats::Subscriber, id: Uuid) {
+    use futures_util::StreamExt;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(60), events.next())
+            .await
+            .expect("output within a minute")
+            .expect("a message");
+        if msg.subject.ends_with(".output") && msg.subject.contains(&id.to_string()) {
+            return;
+        }
+    }
+}
+
 /// An HTTP client that sends `key` as its bearer key.
 pub fn client_with_key(key: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
@@ -265,6 +281,18 @@ impl World {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.settings.http_addr)
+    }
+
+    /// The text of `GET /metrics`, with the operator key.
+    pub async fn metrics_text(&self) -> Result<String> {
+        Ok(self
+            .http()
+            .get(format!("{}/metrics", self.url()))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
     }
 
     /// Start `role` in-process with these settings.

@@ -192,6 +192,11 @@ pub struct Settings {
     /// most this often (scrapes between are served from what it read).
     #[arg(long, env = "COLONY_METRICS_TTL_MS", default_value_t = 5000)]
     pub metrics_ttl_ms: u64,
+    /// Serve the dashboard's files from this directory, read at every
+    /// request, instead of the copies built into the binary (for working
+    /// on the dashboard without rebuilding).
+    #[arg(long, env = "COLONY_UI_DIR")]
+    pub ui_dir: Option<std::path::PathBuf>,
     /// Loops of one scheduler deciding due schedules at once (each a
     /// transaction of up to 100).
     #[arg(long, env = "COLONY_SCHEDULER_CONCURRENCY", default_value_t = 4)]
@@ -455,6 +460,7 @@ impl Settings {
             roles: roles.clone(),
             rules: self.admission_rules(roles),
             metrics_ttl: Duration::from_millis(self.metrics_ttl_ms),
+            ui_dir: self.ui_dir.clone(),
             ..Default::default()
         };
         let rate = |per_second: u32| ingress::http::auth::Rate {

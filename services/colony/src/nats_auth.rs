@@ -86,10 +86,16 @@ pub fn write_config(
     let mut users = Vec::new();
     for kind in Kind::ALL {
         let password = ensure_password(dir, kind.user())?;
+        let mut permissions = auth::permissions(kind);
+        if kind == Kind::Ingress {
+            permissions
+                .publish_allow
+                .extend(auth::api_replies(&all_tenants));
+        }
         users.push(User {
             name: kind.user().to_string(),
             password_hash: hash(&password)?,
-            permissions: auth::permissions(kind),
+            permissions,
         });
     }
     for t in &all_tenants {

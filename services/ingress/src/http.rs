@@ -13,6 +13,8 @@
 //! - `GET /v1/tasks/{id}/events` → its events as server-sent events, live,
 //!   ending with the final state.
 //! - `POST /v1/tasks/{id}/cancel` → cancels a task that is not final.
+//! - `GET /` → the dashboard ([`ui`]); `GET /v1/whoami`, `/v1/overview`,
+//!   `/v1/streams`, `/v1/tasks` (search) and `/v1/feed` ([`ops`]).
 //! - `GET /healthz` → 200 `{"status":"ok"}` when Postgres and NATS answer,
 //!   else 503 `{"status":"unavailable"}` (the cause goes to the log only).
 //! - Goals, the leaderboard and score adjustments ([`goals`]); webhooks
@@ -32,7 +34,10 @@ mod employees;
 pub mod error;
 mod goals;
 mod keys;
+mod openapi;
+mod ops;
 mod schedules;
+mod ui;
 mod webhooks;
 
 use std::convert::Infallible;
@@ -73,6 +78,7 @@ struct Inner {
     gate: Arc<auth::Gate>,
     watchers: crate::watch::Watchers,
     collector: crate::metrics::Collector,
+    overviews: ops::Overviews,
 }
 
 impl AppState {
@@ -85,6 +91,7 @@ impl AppState {
         ));
         AppState(Arc::new(Inner {
             collector: crate::metrics::Collector::new(store.clone(), js.clone(), cfg.metrics_ttl),
+            overviews: ops::Overviews::default(),
             cfg,
             store,
             watchers: crate::watch::Watchers::new(nats.clone()),
@@ -98,12 +105,108 @@ impl AppState {
     pub fn gate(&self) -> Arc<auth::Gate> {
         self.0.gate.clone()
     }
+
+    /// Admit a task submission of `tenant` (the body of `POST /v1/tasks`)
+    /// through the one admission path, and send its outbox on.
+    pub async fn admit_task(
+        &self,
+        tenant: &str,
+        bytes: &[u8],
+        key: Option<String>,
+    ) -> Result<TaskAccepted, Refusal> {
+        let rules = &self.0.cfg.rules;
+        let new = rules.check(bytes, tenant, key)?;
+        let c = admission::admit(&self.0.store, rules, new, None).await?;
+        self.0.relay.send(c.outbox);
+        Ok(TaskAccepted {
+            id: c.task.id,
+            state: c.task.state,
+            created: c.created,
+        })
+    }
+
+    /// Admit a goal of `tenant` (the body of `POST /v1/goals`).
+    pub async fn admit_goal(
+        &self,
+        tenant: &str,
+        bytes: &[u8],
+        key: Option<String>,
+    ) -> Result<subjects::goals::GoalAccepted, Refusal> {
+        let new = self.0.cfg.rules.check_goal(bytes, tenant, key)?;
+        let created = self.0.store.create_goal(&new).await.map_err(|e| match e {
+            store::Error::Invalid(r) => Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, r),
+            e => e.into(),
+        })?;
+        self.0.relay.send(created.outbox);
+        Ok(subjects::goals::GoalAccepted {
+            id: created.goal.id,
+            state: created.goal.state,
+            created: created.created,
+        })
+    }
+
+    /// The tenant's task, or a 404.
+    pub async fn task_view(&self, tenant: &str, id: Uuid) -> Result<TaskView, Refusal> {
+        self.0
+            .store
+            .task_of(tenant, id)
+            .await?
+            .map(|t| t.view)
+            .ok_or_else(|| no_task(id))
+    }
+
+    /// The tenant's goal, or a 404.
+    pub async fn goal_view(
+        &self,
+        tenant: &str,
+        id: Uuid,
+    ) -> Result<subjects::goals::GoalView, Refusal> {
+        self.0
+            .store
+            .goal_view(tenant, id)
+            .await?
+            .ok_or_else(|| goals::no_goal(id))
+    }
+
+    /// Cancel the tenant's task, and tell the worker running it to stop.
+    pub async fn cancel_task(&self, tenant: &str, id: Uuid) -> Result<TaskView, Refusal> {
+        let (task, outbox, worker) = self
+            .0
+            .store
+            .cancel(tenant, id, "cancelled on request")
+            .await?;
+        self.0.relay.send(outbox);
+        // Core NATS: if this is lost, the run finishes and its result is
+        // dropped by the guarded transition (the task is cancelled). A
+        // worker checks the task in Postgres before it stops anything.
+        let target = match &worker {
+            Some(w) => subject::ctl(w, subject::CTL_CANCEL),
+            None => subject::ctl_broadcast(subject::CTL_CANCEL),
+        };
+        let _ = self.0.nats.publish(target, id.to_string().into()).await;
+        Ok(task)
+    }
+
+    pub(crate) fn nats(&self) -> &async_nats::Client {
+        &self.0.nats
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.0.cfg
+    }
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/v1/tasks", post(submit))
+        .route("/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
+        .route("/openapi.json", get(openapi::serve))
+        .route("/v1/whoami", get(ops::whoami))
+        .route("/v1/overview", get(ops::overview))
+        .route("/v1/streams", get(ops::streams))
+        .route("/v1/feed", get(ops::feed))
+        .route("/v1/tasks", post(submit).get(ops::search))
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/events", get(events))
         .route("/v1/tasks/{id}/cancel", post(cancel))
@@ -322,26 +425,15 @@ async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
-    let rules = &s.0.cfg.rules;
-    let bytes = submission_bytes(rules, body).await?;
+    let bytes = submission_bytes(&s.0.cfg.rules, body).await?;
     let key = header_str(&headers, "idempotency-key")?;
-    let new = rules.check(&bytes, &caller.tenant, key)?;
-    let c = admission::admit(&s.0.store, rules, new, None).await?;
-    s.0.relay.send(c.outbox);
-    let status = if c.created {
+    let accepted = s.admit_task(&caller.tenant, &bytes, key).await?;
+    let status = if accepted.created {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(TaskAccepted {
-            id: c.task.id,
-            state: c.task.state,
-            created: c.created,
-        }),
-    )
-        .into_response())
+    Ok((status, Json(accepted)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -411,20 +503,7 @@ async fn cancel(
     Path(raw): Path<String>,
 ) -> Result<Json<TaskView>, Refusal> {
     let id = uuid_of(&raw, "a task")?;
-    let (task, outbox, worker) =
-        s.0.store
-            .cancel(&caller.tenant, id, "cancelled on request")
-            .await?;
-    s.0.relay.send(outbox);
-    // Core NATS: if this is lost, the run finishes and its result is
-    // dropped by the guarded transition (the task is cancelled). A worker
-    // checks the task in Postgres before it stops anything.
-    let target = match &worker {
-        Some(w) => subject::ctl(w, subject::CTL_CANCEL),
-        None => subject::ctl_broadcast(subject::CTL_CANCEL),
-    };
-    let _ = s.0.nats.publish(target, id.to_string().into()).await;
-    Ok(Json(task))
+    Ok(Json(s.cancel_task(&caller.tenant, id).await?))
 }
 
 /// Every live worker's status (runs in flight, pool metrics), from the

@@ -13,6 +13,7 @@
 //! trail, and writing credentials into the vault (write-only: no route ever
 //! returns a credential's value).
 
+pub mod api;
 pub mod http;
 pub mod intake;
 pub mod metrics;
@@ -47,6 +48,8 @@ pub enum Error {
     Serve(std::io::Error),
     #[error("the intake consumer stopped")]
     IntakeEnded,
+    #[error("the NATS API's subscriptions ended")]
+    ApiEnded,
 }
 
 #[derive(Clone, Debug)]
@@ -69,6 +72,8 @@ pub struct Config {
     /// `GET /metrics` reads the streams, consumers and Postgres at most
     /// this often.
     pub metrics_ttl: Duration,
+    /// The dashboard's files from disk instead of the built-in copies.
+    pub ui_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -83,6 +88,7 @@ impl Default for Config {
             listener: SharedListener::default(),
             webhook_addresses: gateway::AddressPolicy::default(),
             metrics_ttl: Duration::from_secs(5),
+            ui_dir: None,
         }
     }
 }
@@ -142,6 +148,15 @@ pub async fn run(
     ));
     let state = http::AppState::new(cfg.clone(), store, nats, relay);
     http::auth::spawn_tidying(state.gate(), shutdown.clone());
+    let api = tokio::spawn({
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        async move {
+            if let Err(e) = api::serve(state, shutdown.clone()).await {
+                tracing::error!(error = %e, "the NATS API stopped; stopping");
+                shutdown.cancel();
+            }
+        }
+    });
     let app = http::router(state);
     tracing::info!(addr = %listener.local_addr().map_err(Error::Serve)?, "HTTP API listening");
     let served = axum::serve(
@@ -164,6 +179,7 @@ pub async fn run(
             (served.await, ended)
         }
     };
+    let _ = api.await;
     match intake {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),

@@ -145,7 +145,7 @@ impl Default for Limits {
 
 /// Spend limits; an absent field is unlimited. A role's quotas can be
 /// overridden per employee (at hire), field by field.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Quotas {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -724,7 +724,7 @@ impl Runtime {
         let ms = started.elapsed().as_secs_f64() * 1e3;
         {
             let mut p = self.pool.lock().expect("pool lock");
-            p.m.cold_starts += 1;
+            p.m.observe_cold_start(ms);
             if p.cold.len() == COLD_SAMPLES {
                 p.cold.pop_front();
             }

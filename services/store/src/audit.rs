@@ -17,7 +17,7 @@ pub const MAX_TEXT_CHARS: usize = 4096;
 /// Most rows one query returns.
 pub const MAX_LIMIT: u32 = 1000;
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Allowed,
@@ -60,10 +60,11 @@ pub struct NewAudit {
 }
 
 /// A recorded action.
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(schemars::JsonSchema, Serialize, Clone, Debug, PartialEq)]
 pub struct AuditEntry {
     pub id: i64,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
     pub at: OffsetDateTime,
     pub tenant: String,
     pub employee_id: Option<Uuid>,

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::{Error, Result, Store};
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum EmployeeState {
     Active,
@@ -54,7 +54,7 @@ impl std::fmt::Display for EmployeeState {
 }
 
 /// An employee as stored.
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(schemars::JsonSchema, Serialize, Clone, Debug, PartialEq)]
 pub struct Employee {
     pub id: Uuid,
     pub tenant: String,
@@ -64,10 +64,13 @@ pub struct Employee {
     /// Overrides of the role's quotas, field by field.
     pub quotas: Quotas,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
     pub updated_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>")]
     pub offboarded_at: Option<OffsetDateTime>,
 }
 

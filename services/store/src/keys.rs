@@ -21,7 +21,9 @@ use crate::employees::hex;
 use crate::{Error, Result, Store};
 
 /// What a key may do; each scope includes the ones before it.
-#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    schemars::JsonSchema, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Read the tenant's tasks, employees, memory and workers' public view.
@@ -63,7 +65,7 @@ impl std::fmt::Display for Scope {
 pub const OPERATOR_TENANT: &str = "*";
 
 /// A key as stored (never with its secret).
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(schemars::JsonSchema, Serialize, Clone, Debug, PartialEq)]
 pub struct ApiKey {
     pub id: Uuid,
     /// [`OPERATOR_TENANT`] for an operator key.
@@ -73,10 +75,13 @@ pub struct ApiKey {
     /// The first characters of the key, to tell keys apart.
     pub prefix: String,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>")]
     pub last_used_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>")]
     pub revoked_at: Option<OffsetDateTime>,
 }
 

@@ -27,6 +27,7 @@ pub mod keys;
 pub mod memory;
 pub mod migrate;
 pub mod notes;
+pub mod ops;
 pub mod outbox;
 pub mod patrol;
 pub mod plans;

@@ -81,6 +81,16 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0014_dlq.sql",
         include_str!("../../../sql/0014_dlq.sql"),
     ),
+    (
+        15,
+        "0015_ops_views.sql",
+        include_str!("../../../sql/0015_ops_views.sql"),
+    ),
+    (
+        16,
+        "0016_history_tail.sql",
+        include_str!("../../../sql/0016_history_tail.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed: the advisory lock that serialises migrators.

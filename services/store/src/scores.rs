@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::{Error, Result, Store};
 
 /// One change of a score.
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(schemars::JsonSchema, Serialize, Clone, Debug, PartialEq)]
 pub struct ScoreEvent {
     pub id: i64,
     pub employee_id: Uuid,
@@ -22,11 +22,12 @@ pub struct ScoreEvent {
     pub review_id: Option<i64>,
     pub by_key: Option<Uuid>,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
     pub at: OffsetDateTime,
 }
 
 /// One employee on the leaderboard.
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(schemars::JsonSchema, Serialize, Clone, Debug, PartialEq)]
 pub struct Standing {
     pub employee_id: Uuid,
     pub name: String,
@@ -115,7 +116,7 @@ impl Store {
         reason: &str,
         by: Uuid,
     ) -> Result<ScoreEvent> {
-        if delta == 0 || delta.abs() > MAX_ADJUSTMENT {
+        if delta == 0 || delta.unsigned_abs() > MAX_ADJUSTMENT.unsigned_abs() {
             return Err(Error::Invalid(format!(
                 "an adjustment is a non-zero number of points from -{MAX_ADJUSTMENT} to {MAX_ADJUSTMENT}, not {delta}"
             )));

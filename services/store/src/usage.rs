@@ -24,7 +24,7 @@ pub struct NewUsage {
 }
 
 /// Sums over some model calls.
-#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq)]
+#[derive(schemars::JsonSchema, Serialize, Clone, Copy, Debug, Default, PartialEq)]
 pub struct UsageTotals {
     pub calls: u64,
     pub prompt_tokens: u64,

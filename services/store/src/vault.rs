@@ -113,7 +113,7 @@ pub(crate) fn aad(id: Uuid, tenant: &str) -> Vec<u8> {
 }
 
 /// A credential's metadata: everything but the value.
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(schemars::JsonSchema, Serialize, Clone, Debug, PartialEq)]
 pub struct Credential {
     pub id: Uuid,
     pub tenant: String,
@@ -121,6 +121,7 @@ pub struct Credential {
     pub url_prefix: String,
     pub header: String,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
     pub created_at: OffsetDateTime,
 }
 

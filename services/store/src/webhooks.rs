@@ -16,7 +16,7 @@ use crate::{Error, Result, Store};
 pub const MAX_PER_TENANT: i64 = 20;
 
 /// A webhook, without its secret.
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(schemars::JsonSchema, Serialize, Clone, Debug, PartialEq)]
 pub struct Webhook {
     pub id: Uuid,
     pub tenant: String,
@@ -24,11 +24,12 @@ pub struct Webhook {
     /// Notification kinds it receives; empty: all.
     pub kinds: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
     pub created_at: OffsetDateTime,
 }
 
 /// A webhook as made: the secret is in this answer only.
-#[derive(Serialize, Clone)]
+#[derive(schemars::JsonSchema, Serialize, Clone)]
 pub struct CreatedWebhook {
     #[serde(flatten)]
     pub webhook: Webhook,
@@ -53,7 +54,7 @@ pub struct Target {
 }
 
 /// One delivery attempt.
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(schemars::JsonSchema, Serialize, Clone, Debug, PartialEq)]
 pub struct Delivery {
     pub id: i64,
     pub webhook_id: Uuid,
@@ -66,6 +67,7 @@ pub struct Delivery {
     pub error: Option<String>,
     pub duration_ms: f64,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
     pub at: OffsetDateTime,
 }
 

@@ -143,6 +143,11 @@ async fn dead_letters_are_listed_replayed_once_and_discarded_with_audit_rows() {
     assert_eq!(v["entries"].as_array().map(Vec::len), Some(0), "{v}");
     let (_, v) = call(&w, &admin, false, "/v1/dlq?status=replayed", None).await;
     assert_eq!(v["entries"].as_array().map(Vec::len), Some(3), "{v}");
+    // A status filter and a limit; an unknown status is refused.
+    let (_, v) = call(&w, &admin, false, "/v1/dlq?status=discarded&limit=1", None).await;
+    assert_eq!(v["entries"][0]["id"], g, "{v}");
+    let (s, v) = call(&w, &admin, false, "/v1/dlq?status=lost", None).await;
+    assert_eq!(s, 400, "{v}");
     let (s, v) = call(&w, &admin, false, "/v1/dlq?source=nowhere", None).await;
     assert_eq!(s, 400, "{v}");
 

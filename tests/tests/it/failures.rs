@@ -1,11 +1,8 @@
 //! Things going wrong: a worker killed mid-run, a container dying, attempts
 //! running out, a graceful shutdown with work in flight.
 
-use std::time::Duration;
-
 use colony::Role;
 use colony_tests::World;
-use futures_util::StreamExt;
 use subjects::{ShellOutput, TaskState};
 use uuid::Uuid;
 
@@ -85,20 +82,6 @@ async fn a_worker_killed_mid_run_is_taken_over_and_the_task_completes_once() {
     ingress.stop().await.expect("stop");
 }
 
-/// Waits for the first output event of task `id`: its command runs in a
-/// container.
-async fn first_output(events: &mut async_nats::Subscriber, id: Uuid) {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(60), events.next())
-            .await
-            .expect("output within a minute")
-            .expect("a message");
-        if msg.subject.ends_with(".output") && msg.subject.contains(&id.to_string()) {
-            return;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_dying_mid_run_fails_the_attempt_and_the_retry_succeeds() {
     let w = World::new().await.expect("world");
@@ -117,7 +100,7 @@ async fn a_container_dying_mid_run_fails_the_attempt_and_the_retry_succeeds() {
         )
         .await
         .expect("submit");
-    first_output(&mut output, id).await;
+    colony_tests::first_output(&mut output, id).await;
     let containers = w.containers();
     assert!(!containers.is_empty(), "the worker started a container");
     for c in &containers {
@@ -188,7 +171,7 @@ async fn graceful_shutdown_hands_work_back_and_the_next_start_finishes_it() {
         )
         .await
         .expect("submit");
-    first_output(&mut events, id).await;
+    colony_tests::first_output(&mut events, id).await;
     colony.stop().await.expect("graceful stop");
     let db = w.db().await.expect("db");
     let state: String = db

@@ -60,7 +60,7 @@ max_turns: 10
     ]
 }
 
-fn use_roles(w: &mut World, max_reworks: u32, review: bool, scripts: Value) {
+pub(crate) fn use_roles(w: &mut World, max_reworks: u32, review: bool, scripts: Value) {
     let roles = roles(max_reworks, review);
     let refs: Vec<(&str, &str)> = roles.iter().map(|(n, y)| (*n, y.as_str())).collect();
     w.use_roles(&refs, &scripts.to_string()).expect("roles");

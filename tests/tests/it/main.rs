@@ -2,6 +2,7 @@
 //! `colony_tests`). One binary, so the workspace links once.
 
 mod agents;
+mod dashboard;
 mod dlq;
 mod employees;
 mod failures;
@@ -10,8 +11,10 @@ mod goals;
 mod hostile;
 mod input;
 mod metrics;
+mod natsapi;
 mod natsauth;
 mod notify;
+mod openapi;
 mod patrol;
 mod pool;
 mod sandbox;

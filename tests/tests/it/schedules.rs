@@ -652,15 +652,7 @@ async fn pause_resume_trigger_end_at_and_the_cli() {
         .filter(|x| x.2 == "skipped")
         .all(|x| x.4.as_deref() == Some("the schedule is paused")));
     // The same decisions in the process's metrics.
-    let text = w
-        .http()
-        .get(format!("{}/metrics", w.url()))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
+    let text = w.metrics_text().await.expect("scrape");
     let counter = |outcome: &str| -> u64 {
         let prefix = format!("colony_schedule_fires_total{{outcome=\"{outcome}\",kind=\"cron\"}} ");
         text.lines()

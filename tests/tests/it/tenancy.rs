@@ -320,6 +320,22 @@ async fn every_route_refuses_no_key_the_wrong_scope_and_other_tenants() {
         ),
         (Method::GET, "/metrics".into(), None, Scope::Operator, false),
         (
+            Method::GET,
+            "/v1/streams".into(),
+            None,
+            Scope::Operator,
+            false,
+        ),
+        (Method::GET, "/v1/whoami".into(), None, Scope::Read, false),
+        (Method::GET, "/v1/overview".into(), None, Scope::Read, false),
+        (
+            Method::GET,
+            "/v1/tasks?q=a&limit=200".into(),
+            None,
+            Scope::Read,
+            false,
+        ),
+        (
             Method::POST,
             "/v1/goals".into(),
             Some(json!({"title": "t", "acceptance": "a"})),
@@ -607,6 +623,40 @@ async fn every_route_refuses_no_key_the_wrong_scope_and_other_tenants() {
         }
         assert_eq!(s, 403, "{method} {path} naming acme with globex's key: {v}");
     }
+    // The table covers every authenticated route of the API (the live
+    // feed streams, so tests/it/dashboard.rs checks it on its own).
+    let pattern = |path: &str| -> String {
+        path.split('?')
+            .next()
+            .unwrap_or("")
+            .split('/')
+            .map(|seg| {
+                if Uuid::parse_str(seg).is_ok() || (!seg.is_empty() && seg.parse::<u64>().is_ok()) {
+                    "{id}"
+                } else {
+                    seg
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let tested: std::collections::BTreeSet<(String, String)> = routes
+        .iter()
+        .map(|(m, p, _, _, _)| (m.to_string(), pattern(p)))
+        .collect();
+    let untested: Vec<String> = ingress::http::auth::ROUTES
+        .iter()
+        .filter(|(m, p, a)| {
+            *a != ingress::http::auth::Access::Open
+                && (*m, *p) != ("GET", "/v1/feed")
+                && !tested.contains(&(m.to_string(), p.to_string()))
+        })
+        .map(|(m, p, _)| format!("{m} {p}"))
+        .collect();
+    assert!(
+        untested.is_empty(),
+        "routes the tenancy table misses: {untested:?}"
+    );
     println!(
         "tenancy: {} routes; {unauthenticated} answered 401 without a key, {forbidden} answered 403 below their scope, {hidden} hid acme's resources from globex; cross-tenant successes: {cross_tenant_successes}",
         routes.len()

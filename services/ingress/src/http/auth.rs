@@ -52,7 +52,7 @@ pub struct Rate {
 }
 
 impl Rate {
-    fn quota(self) -> Quota {
+    pub(crate) fn quota(self) -> Quota {
         let per = NonZeroU32::new(self.per_second.max(1)).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(self.burst.max(self.per_second).max(1)).unwrap_or(per);
         Quota::per_second(per).allow_burst(burst)
@@ -130,77 +130,87 @@ pub enum Access {
     Needs(Scope),
 }
 
-/// The one table of what each route needs; `None` for a method the route
-/// does not take.
-pub fn access(method: &Method, path: &str) -> Option<Access> {
+/// The one table of the HTTP API's routes and what each needs: every
+/// route the router serves is here (the tenancy test calls each), and the
+/// OpenAPI description documents exactly these.
+pub const ROUTES: &[(&str, &str, Access)] = {
     use Access::{Needs, Open};
     use Scope::{Admin, Operator, Read, Submit};
-    let m = method.as_str();
-    Some(match (m, path) {
-        ("GET", "/healthz") => Open,
-        ("POST", "/v1/tasks") => Needs(Submit),
-        ("GET", "/v1/tasks/{id}") => Needs(Read),
-        ("GET", "/v1/tasks/{id}/events") => Needs(Read),
-        ("POST", "/v1/tasks/{id}/cancel") => Needs(Submit),
-        ("POST", "/v1/employees") => Needs(Submit),
-        ("GET", "/v1/employees") => Needs(Read),
-        ("GET", "/v1/employees/{id}") => Needs(Read),
-        ("DELETE", "/v1/employees/{id}") => Needs(Admin),
-        ("GET", "/v1/employees/{id}/memory") => Needs(Read),
-        ("POST", "/v1/employees/{id}/pause") => Needs(Submit),
-        ("POST", "/v1/employees/{id}/resume") => Needs(Submit),
-        ("GET", "/v1/audit") => Needs(Admin),
-        ("POST" | "GET", "/v1/credentials") => Needs(Admin),
-        ("DELETE", "/v1/credentials/{id}") => Needs(Admin),
-        ("POST" | "GET", "/v1/keys") => Needs(Admin),
-        ("DELETE", "/v1/keys/{id}") => Needs(Admin),
-        ("GET", "/v1/workers") => Needs(Operator),
-        ("GET", "/metrics") => Needs(Operator),
-        ("POST", "/v1/goals") => Needs(Submit),
-        ("GET", "/v1/goals") => Needs(Read),
-        ("GET", "/v1/goals/{id}") => Needs(Read),
-        ("GET", "/v1/goals/{id}/events") => Needs(Read),
-        (
-            "POST",
-            "/v1/goals/{id}/pause"
-            | "/v1/goals/{id}/resume"
-            | "/v1/goals/{id}/approve"
-            | "/v1/goals/{id}/cancel"
-            | "/v1/goals/{id}/replan"
-            | "/v1/goals/{id}/decide",
-        ) => Needs(Submit),
-        ("GET", "/v1/leaderboard") => Needs(Read),
-        ("POST", "/v1/employees/{id}/score") => Needs(Admin),
-        ("POST" | "GET", "/v1/webhooks") => Needs(Admin),
-        ("DELETE", "/v1/webhooks/{id}") => Needs(Admin),
-        ("GET", "/v1/webhooks/{id}/deliveries") => Needs(Admin),
-        ("POST", "/v1/schedules") => Needs(Submit),
-        ("GET", "/v1/schedules") => Needs(Read),
-        ("GET", "/v1/schedules/{id}") => Needs(Read),
-        ("PATCH" | "DELETE", "/v1/schedules/{id}") => Needs(Submit),
-        (
-            "POST",
-            "/v1/schedules/{id}/pause"
-            | "/v1/schedules/{id}/resume"
-            | "/v1/schedules/{id}/trigger"
-            | "/v1/schedules/{id}/backfill",
-        ) => Needs(Submit),
-        ("GET", "/v1/schedules/{id}/fires") => Needs(Read),
-        ("GET", "/v1/dlq") => Needs(Admin),
-        (
-            "POST",
-            "/v1/dlq/replay" | "/v1/dlq/discard" | "/v1/dlq/{id}/replay" | "/v1/dlq/{id}/discard",
-        ) => Needs(Admin),
-        _ => return None,
-    })
+    &[
+        ("GET", "/healthz", Open),
+        ("GET", "/", Open),
+        ("GET", "/ui/{file}", Open),
+        ("GET", "/openapi.json", Open),
+        ("GET", "/v1/whoami", Needs(Read)),
+        ("GET", "/v1/overview", Needs(Read)),
+        ("GET", "/v1/feed", Needs(Read)),
+        ("GET", "/v1/tasks", Needs(Read)),
+        ("GET", "/v1/streams", Needs(Operator)),
+        ("POST", "/v1/tasks", Needs(Submit)),
+        ("GET", "/v1/tasks/{id}", Needs(Read)),
+        ("GET", "/v1/tasks/{id}/events", Needs(Read)),
+        ("POST", "/v1/tasks/{id}/cancel", Needs(Submit)),
+        ("POST", "/v1/employees", Needs(Submit)),
+        ("GET", "/v1/employees", Needs(Read)),
+        ("GET", "/v1/employees/{id}", Needs(Read)),
+        ("DELETE", "/v1/employees/{id}", Needs(Admin)),
+        ("GET", "/v1/employees/{id}/memory", Needs(Read)),
+        ("POST", "/v1/employees/{id}/pause", Needs(Submit)),
+        ("POST", "/v1/employees/{id}/resume", Needs(Submit)),
+        ("POST", "/v1/employees/{id}/score", Needs(Admin)),
+        ("GET", "/v1/audit", Needs(Admin)),
+        ("POST", "/v1/credentials", Needs(Admin)),
+        ("GET", "/v1/credentials", Needs(Admin)),
+        ("DELETE", "/v1/credentials/{id}", Needs(Admin)),
+        ("POST", "/v1/keys", Needs(Admin)),
+        ("GET", "/v1/keys", Needs(Admin)),
+        ("DELETE", "/v1/keys/{id}", Needs(Admin)),
+        ("GET", "/v1/workers", Needs(Operator)),
+        ("GET", "/metrics", Needs(Operator)),
+        ("POST", "/v1/goals", Needs(Submit)),
+        ("GET", "/v1/goals", Needs(Read)),
+        ("GET", "/v1/goals/{id}", Needs(Read)),
+        ("GET", "/v1/goals/{id}/events", Needs(Read)),
+        ("POST", "/v1/goals/{id}/pause", Needs(Submit)),
+        ("POST", "/v1/goals/{id}/resume", Needs(Submit)),
+        ("POST", "/v1/goals/{id}/approve", Needs(Submit)),
+        ("POST", "/v1/goals/{id}/cancel", Needs(Submit)),
+        ("POST", "/v1/goals/{id}/replan", Needs(Submit)),
+        ("POST", "/v1/goals/{id}/decide", Needs(Submit)),
+        ("GET", "/v1/leaderboard", Needs(Read)),
+        ("POST", "/v1/webhooks", Needs(Admin)),
+        ("GET", "/v1/webhooks", Needs(Admin)),
+        ("DELETE", "/v1/webhooks/{id}", Needs(Admin)),
+        ("GET", "/v1/webhooks/{id}/deliveries", Needs(Admin)),
+        ("POST", "/v1/schedules", Needs(Submit)),
+        ("GET", "/v1/schedules", Needs(Read)),
+        ("GET", "/v1/schedules/{id}", Needs(Read)),
+        ("PATCH", "/v1/schedules/{id}", Needs(Submit)),
+        ("DELETE", "/v1/schedules/{id}", Needs(Submit)),
+        ("POST", "/v1/schedules/{id}/pause", Needs(Submit)),
+        ("POST", "/v1/schedules/{id}/resume", Needs(Submit)),
+        ("POST", "/v1/schedules/{id}/trigger", Needs(Submit)),
+        ("POST", "/v1/schedules/{id}/backfill", Needs(Submit)),
+        ("GET", "/v1/schedules/{id}/fires", Needs(Read)),
+        ("GET", "/v1/dlq", Needs(Admin)),
+        ("POST", "/v1/dlq/replay", Needs(Admin)),
+        ("POST", "/v1/dlq/discard", Needs(Admin)),
+        ("POST", "/v1/dlq/{id}/replay", Needs(Admin)),
+        ("POST", "/v1/dlq/{id}/discard", Needs(Admin)),
+    ]
+};
+
+/// What the route `path` (its pattern) needs for `method`; `None` for a
+/// method the route does not take.
+pub fn access(method: &Method, path: &str) -> Option<Access> {
+    ROUTES
+        .iter()
+        .find(|(m, p, _)| *m == method.as_str() && *p == path)
+        .map(|(_, _, a)| *a)
 }
 
 fn limited(by: &str) {
-    telemetry::get()
-        .http
-        .rate_limited
-        .get_or_create(&telemetry::LimitLabels { by: by.to_string() })
-        .inc();
+    telemetry::get().limited(by);
 }
 
 /// Rate limiters and the key cache, shared by every request.
@@ -524,9 +534,14 @@ mod tests {
     use axum::http::HeaderValue;
 
     #[test]
-    fn every_route_has_an_entry_and_healthz_alone_is_open() {
+    fn every_route_has_an_entry_and_only_health_and_the_dashboard_files_are_open() {
         let routes = [
             ("GET", "/healthz", Some(Access::Open)),
+            ("GET", "/", Some(Access::Open)),
+            ("GET", "/ui/{file}", Some(Access::Open)),
+            ("POST", "/", None),
+            ("GET", "/v1/overview", Some(Access::Needs(Scope::Read))),
+            ("GET", "/v1/streams", Some(Access::Needs(Scope::Operator))),
             ("POST", "/v1/tasks", Some(Access::Needs(Scope::Submit))),
             ("GET", "/v1/tasks/{id}", Some(Access::Needs(Scope::Read))),
             ("DELETE", "/v1/tasks/{id}", None),

@@ -14,9 +14,9 @@ use store::NewCredential;
 
 use super::{read_json, uuid_of, vault_ready as ready, AppState, Caller, Refusal};
 
-#[derive(Deserialize)]
+#[derive(schemars::JsonSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CredentialRequest {
+pub(super) struct CredentialRequest {
     name: String,
     url_prefix: String,
     header: String,

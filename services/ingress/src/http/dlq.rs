@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use store::dlq::NewDlqAction;
 use store::{NewAudit, Outcome};
+use subjects::ops::{DlqBulk, DlqEntry, DlqList, DlqOutcome, DlqRefused};
 use subjects::{header, stream, subject, WorkItem};
 use time::OffsetDateTime;
 
@@ -29,6 +30,8 @@ use super::{read_json, AppState, Caller, Refusal};
 
 /// Dead letters read (newest first) to answer one list.
 const SCAN: u64 = 5000;
+/// What a dead letter's status can be.
+const STATUSES: [&str; 3] = ["open", "replayed", "discarded"];
 
 /// One dead letter.
 struct Entry {
@@ -43,25 +46,38 @@ struct Entry {
 }
 
 impl Entry {
-    fn json(&self, action: Option<&store::dlq::DlqAction>) -> Value {
+    fn view(&self, action: Option<&store::dlq::DlqAction>) -> DlqEntry {
         let payload: Value = serde_json::from_slice(&self.payload)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.payload).into_owned()));
-        let mut v = json!({
-            "id": self.seq,
-            "source": self.source,
-            "subject": self.original,
-            "reason": self.reason,
-            "at": self.at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-            "headers": self.headers.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-            "payload": payload,
-            "status": action.map_or("open", |a| a.action.as_str()),
-        });
-        if let Some(a) = action {
-            v["task_id"] = json!(a.task_id);
-            v["goal_id"] = json!(a.goal_id);
-            v["idempotency_key"] = json!(a.idempotency_key);
+        DlqEntry {
+            source: self.source.clone(),
+            subject: self.original.clone(),
+            reason: self.reason.clone(),
+            at: self.at,
+            headers: self.headers.iter().cloned().collect(),
+            payload,
+            outcome: action.map_or_else(
+                || DlqOutcome {
+                    id: self.seq,
+                    status: "open".into(),
+                    task_id: None,
+                    goal_id: None,
+                    idempotency_key: None,
+                },
+                outcome,
+            ),
         }
-        v
+    }
+}
+
+/// What was done with a dead letter, as the API shows it.
+fn outcome(a: &store::dlq::DlqAction) -> DlqOutcome {
+    DlqOutcome {
+        id: a.seq,
+        status: a.action.clone(),
+        task_id: a.task_id,
+        goal_id: a.goal_id,
+        idempotency_key: a.idempotency_key.clone(),
     }
 }
 
@@ -131,11 +147,10 @@ pub(super) struct Filter {
 impl Filter {
     fn check(&self) -> Result<(), Refusal> {
         if let Some(src) = &self.source {
-            let known = [subject::DLQ_INTAKE, subject::DLQ_WORK, subject::DLQ_LOOP];
-            if !known.contains(&src.as_str()) {
+            if !subject::DLQ_SOURCES.contains(&src.as_str()) {
                 return Err(Refusal::bad(format!(
                     "source {src:?} is not one of {}",
-                    known.join(", ")
+                    subject::DLQ_SOURCES.join(", ")
                 )));
             }
         }
@@ -154,6 +169,7 @@ async fn scan(
     s: &AppState,
     caller: &Caller,
     f: &Filter,
+    status: Option<&str>,
     limit: usize,
 ) -> Result<Vec<(Entry, Option<store::dlq::DlqAction>)>, Refusal> {
     let mut info = s.0.js.get_stream(stream::DLQ).await.map_err(|e| {
@@ -167,32 +183,41 @@ async fn scan(
         .state
         .clone();
     let mut found = Vec::new();
+    let mut batch = Vec::new();
     let mut seq = state.last_sequence;
     let floor = state
         .first_sequence
         .max(state.last_sequence.saturating_sub(SCAN));
-    while seq >= floor && seq > 0 && found.len() < limit {
-        if let Some(e) = entry(s, seq).await? {
-            if f.since.is_some_and(|t| e.at < t) {
-                break;
+    loop {
+        let more = seq >= floor && seq > 0;
+        if more {
+            if let Some(e) = entry(s, seq).await? {
+                if f.since.is_some_and(|t| e.at < t) {
+                    seq = 0;
+                } else if e.tenant.as_deref() == Some(caller.tenant.as_str()) && f.matches(&e) {
+                    batch.push(e);
+                }
             }
-            if e.tenant.as_deref() == Some(caller.tenant.as_str()) && f.matches(&e) {
-                found.push(e);
+            seq = seq.saturating_sub(1);
+        }
+        // What was done with them, a batch at a time, for the status.
+        if batch.len() >= 100 || (!more && !batch.is_empty()) {
+            let actions =
+                s.0.store
+                    .dlq_actions(&batch.iter().map(|e| e.seq).collect::<Vec<_>>())
+                    .await?;
+            for e in batch.drain(..) {
+                let a = actions.get(&e.seq).cloned();
+                let st = a.as_ref().map_or("open", |a| a.action.as_str());
+                if status.is_none_or(|want| want == st) && found.len() < limit {
+                    found.push((e, a));
+                }
             }
         }
-        seq -= 1;
+        if !more || found.len() >= limit {
+            return Ok(found);
+        }
     }
-    let actions =
-        s.0.store
-            .dlq_actions(&found.iter().map(|e| e.seq).collect::<Vec<_>>())
-            .await?;
-    Ok(found
-        .into_iter()
-        .map(|e| {
-            let a = actions.get(&e.seq).cloned();
-            (e, a)
-        })
-        .collect())
 }
 
 #[derive(Deserialize)]
@@ -210,7 +235,7 @@ pub(super) async fn list(
     State(s): State<AppState>,
     caller: Caller,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, Refusal> {
+) -> Result<Json<DlqList>, Refusal> {
     let Ok(Query(q)) = q else {
         return Err(Refusal::bad(
             "the query takes source=, since= and until= (RFC 3339), status=open|replayed|discarded and limit=<1-500>",
@@ -228,21 +253,29 @@ pub(super) async fn list(
         until: q.until,
     };
     f.check()?;
-    let entries: Vec<Value> = scan(&s, &caller, &f, limit)
+    if let Some(st) = &q.status {
+        if !STATUSES.contains(&st.as_str()) {
+            return Err(Refusal::bad(format!(
+                "status {st:?} is not one of {}",
+                STATUSES.join(", ")
+            )));
+        }
+    }
+    let entries = scan(&s, &caller, &f, q.status.as_deref(), limit)
         .await?
         .iter()
-        .map(|(e, a)| e.json(a.as_ref()))
-        .filter(|v| {
-            q.status
-                .as_ref()
-                .is_none_or(|st| v["status"] == st.as_str())
-        })
+        .map(|(e, a)| e.view(a.as_ref()))
         .collect();
-    Ok(Json(json!({ "entries": entries })))
+    Ok(Json(DlqList { entries }))
 }
 
 /// Replay or discard one dead letter; the answer says what it became.
-async fn act(s: &AppState, caller: &Caller, e: &Entry, replay: bool) -> Result<Value, Refusal> {
+async fn act(
+    s: &AppState,
+    caller: &Caller,
+    e: &Entry,
+    replay: bool,
+) -> Result<DlqOutcome, Refusal> {
     let key = format!("dlq-replay-{}", e.seq);
     let (mut task_id, mut goal_id) = (None, None);
     if replay {
@@ -316,10 +349,13 @@ async fn act(s: &AppState, caller: &Caller, e: &Entry, replay: bool) -> Result<V
             }),
         })
         .await?;
-    Ok(
-        json!({"id": e.seq, "status": action, "task_id": task_id, "goal_id": goal_id,
-              "idempotency_key": replay.then_some(key)}),
-    )
+    Ok(DlqOutcome {
+        id: e.seq,
+        status: action.to_string(),
+        task_id,
+        goal_id,
+        idempotency_key: replay.then_some(key),
+    })
 }
 
 /// A dead letter of the caller's tenant and what was done with it.
@@ -345,11 +381,11 @@ async fn act_once(
     caller: Caller,
     raw: String,
     replay: bool,
-) -> Result<Json<Value>, Refusal> {
+) -> Result<Json<DlqOutcome>, Refusal> {
     match one(&s, &caller, &raw).await? {
         (e, None) => Ok(Json(act(&s, &caller, &e, replay).await?)),
         // Replaying again answers what the first replay made.
-        (e, Some(a)) if replay && a.action == "replayed" => Ok(Json(e.json(Some(&a)))),
+        (_, Some(a)) if replay && a.action == "replayed" => Ok(Json(outcome(&a))),
         (e, Some(a)) => Err(Refusal::new(
             StatusCode::CONFLICT,
             format!("dead letter {} was {} already", e.seq, a.action),
@@ -361,7 +397,7 @@ pub(super) async fn replay(
     State(s): State<AppState>,
     caller: Caller,
     Path(raw): Path<String>,
-) -> Result<Json<Value>, Refusal> {
+) -> Result<Json<DlqOutcome>, Refusal> {
     act_once(s, caller, raw, true).await
 }
 
@@ -369,7 +405,7 @@ pub(super) async fn discard(
     State(s): State<AppState>,
     caller: Caller,
     Path(raw): Path<String>,
-) -> Result<Json<Value>, Refusal> {
+) -> Result<Json<DlqOutcome>, Refusal> {
     act_once(s, caller, raw, false).await
 }
 
@@ -380,28 +416,28 @@ async fn bulk(
     caller: Caller,
     body: Body,
     replay: bool,
-) -> Result<Json<Value>, Refusal> {
+) -> Result<Json<DlqBulk>, Refusal> {
     let f: Filter = read_json(body, "filter").await?;
     f.check()?;
     let mut done = Vec::new();
     let mut refused = Vec::new();
-    for (e, a) in scan(&s, &caller, &f, 1000).await? {
-        if a.is_some() {
-            continue;
-        }
+    for (e, _) in scan(&s, &caller, &f, Some("open"), 1000).await? {
         match act(&s, &caller, &e, replay).await {
             Ok(v) => done.push(v),
-            Err(r) => refused.push(json!({"id": e.seq, "error": r.error})),
+            Err(r) => refused.push(DlqRefused {
+                id: e.seq,
+                error: r.error,
+            }),
         }
     }
-    Ok(Json(json!({ "done": done, "refused": refused })))
+    Ok(Json(DlqBulk { done, refused }))
 }
 
 pub(super) async fn replay_all(
     State(s): State<AppState>,
     caller: Caller,
     body: Body,
-) -> Result<Json<Value>, Refusal> {
+) -> Result<Json<DlqBulk>, Refusal> {
     bulk(s, caller, body, true).await
 }
 
@@ -409,6 +445,6 @@ pub(super) async fn discard_all(
     State(s): State<AppState>,
     caller: Caller,
     body: Body,
-) -> Result<Json<Value>, Refusal> {
+) -> Result<Json<DlqBulk>, Refusal> {
     bulk(s, caller, body, false).await
 }

@@ -22,9 +22,9 @@ use uuid::Uuid;
 use super::{read_json, uuid_of, AppState, Caller, Refusal};
 
 /// Body of `POST /v1/employees`.
-#[derive(Deserialize)]
+#[derive(schemars::JsonSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct HireRequest {
+pub(super) struct HireRequest {
     name: String,
     role: String,
     /// Overrides of the role's quotas, field by field.
@@ -34,8 +34,8 @@ struct HireRequest {
 
 /// `GET /v1/employees/{id}`: the employee, the quotas it works under, and
 /// what it has used.
-#[derive(Serialize)]
-struct EmployeeView<'a> {
+#[derive(schemars::JsonSchema, Serialize)]
+pub(super) struct EmployeeView<'a> {
     #[serde(flatten)]
     employee: &'a Employee,
     /// The role's quotas with the employee's overrides (absent when the

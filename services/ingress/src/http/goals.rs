@@ -27,7 +27,7 @@ use axum::Json;
 use futures_util::Stream;
 use serde::Deserialize;
 use store::goals::GoalAction;
-use subjects::goals::{GoalAccepted, GoalDecision, GoalEvent, GoalState, GoalSummary, GoalView};
+use subjects::goals::{GoalDecision, GoalEvent, GoalState, GoalSummary, GoalView};
 use subjects::{subject, Event};
 use time::OffsetDateTime;
 use tokio::sync::broadcast::error::RecvError;
@@ -35,7 +35,7 @@ use uuid::Uuid;
 
 use super::{header_str, read_json, submission_bytes, uuid_of, AppState, Caller, Refusal};
 
-fn no_goal(id: Uuid) -> Refusal {
+pub(super) fn no_goal(id: Uuid) -> Refusal {
     Refusal::not_found(format!("goal {id} does not exist"))
 }
 
@@ -45,29 +45,15 @@ pub(super) async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
-    let rules = &s.0.cfg.rules;
-    let bytes = submission_bytes(rules, body).await?;
+    let bytes = submission_bytes(&s.0.cfg.rules, body).await?;
     let key = header_str(&headers, "idempotency-key")?;
-    let new = rules.check_goal(&bytes, &caller.tenant, key)?;
-    let created = s.0.store.create_goal(&new).await.map_err(|e| match e {
-        store::Error::Invalid(r) => Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, r),
-        e => e.into(),
-    })?;
-    s.0.relay.send(created.outbox);
-    let status = if created.created {
+    let accepted = s.admit_goal(&caller.tenant, &bytes, key).await?;
+    let status = if accepted.created {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(GoalAccepted {
-            id: created.goal.id,
-            state: created.goal.state,
-            created: created.created,
-        }),
-    )
-        .into_response())
+    Ok((status, Json(accepted)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -112,17 +98,13 @@ pub(super) async fn get_one(
     Path(raw): Path<String>,
 ) -> Result<Json<GoalView>, Refusal> {
     let id = uuid_of(&raw, "a goal")?;
-    s.0.store
-        .goal_view(&caller.tenant, id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| no_goal(id))
+    s.goal_view(&caller.tenant, id).await.map(Json)
 }
 
 /// The optional body of `cancel` and `replan`.
-#[derive(Deserialize, Default)]
+#[derive(schemars::JsonSchema, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct Note {
+pub(super) struct Note {
     #[serde(default)]
     note: String,
 }
@@ -224,9 +206,11 @@ pub(super) async fn leaderboard(
 }
 
 /// Body of `POST /v1/employees/{id}/score`.
-#[derive(Deserialize)]
+#[derive(schemars::JsonSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Adjustment {
+pub(super) struct Adjustment {
+    /// Non-zero points, at most 1 000 either way.
+    #[schemars(range(min = -1000, max = 1000))]
     delta: i32,
     reason: String,
 }
@@ -257,14 +241,14 @@ fn seen_key(task: Option<Uuid>, kind: &str, to: Option<&str>, at: OffsetDateTime
     )
 }
 
-fn goal_sse(ev: &GoalEvent) -> SseEvent {
+pub(super) fn goal_sse(ev: &GoalEvent) -> SseEvent {
     SseEvent::default()
         .event("goal")
         .json_data(ev)
         .unwrap_or_else(|_| SseEvent::default())
 }
 
-fn task_sse(ev: &Event) -> SseEvent {
+pub(super) fn task_sse(ev: &Event) -> SseEvent {
     SseEvent::default()
         .event("task")
         .json_data(ev)

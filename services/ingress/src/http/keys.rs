@@ -13,16 +13,16 @@ use store::{ApiKey, Scope};
 
 use super::{read_json, uuid_of, AppState, Caller, Refusal};
 
-#[derive(Deserialize)]
+#[derive(schemars::JsonSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct KeyRequest {
+pub(super) struct KeyRequest {
     name: String,
     scope: String,
 }
 
 /// The answer to a create: the key and its secret, shown this once.
-#[derive(Serialize)]
-struct CreatedView<'a> {
+#[derive(schemars::JsonSchema, Serialize)]
+pub(super) struct CreatedView<'a> {
     #[serde(flatten)]
     key: &'a ApiKey,
     secret: &'a str,

@@ -15,9 +15,9 @@ use serde::Deserialize;
 
 use super::{read_json, uuid_of, vault_ready as ready, AppState, Caller, Refusal};
 
-#[derive(Deserialize)]
+#[derive(schemars::JsonSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WebhookRequest {
+pub(super) struct WebhookRequest {
     url: String,
     #[serde(default)]
     kinds: Vec<String>,
