@@ -121,7 +121,12 @@ impl Collector {
     ) -> Result<Vec<ConsumerFigures>, async_nats::Error> {
         let infos: Vec<consumer::Info> = s.consumers().try_collect().await?;
         let mut out = Vec::with_capacity(infos.len());
-        for info in infos {
+        // Durable consumers only: the ordered ones an event feed makes for a
+        // while have random names, and would be a new series each.
+        for info in infos
+            .into_iter()
+            .filter(|i| i.config.durable_name.is_some())
+        {
             let unacked = info.num_pending + info.num_ack_pending as u64;
             let mut backlog_age = 0.0;
             let by_message =
