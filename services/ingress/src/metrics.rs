@@ -36,7 +36,9 @@ pub struct Collector {
     /// `GET /v1/streams`.
     snapshot: std::sync::Mutex<subjects::ops::Streams>,
     /// How far the history tables have been read.
-    tails: tokio::sync::Mutex<store::fleet::Tails>,
+    /// Where the reading of the history tables stands: moved only once
+    /// what was read is counted (refreshes are one at a time, under `last`).
+    tails: std::sync::Mutex<store::fleet::Tails>,
 }
 
 fn age(t: OffsetDateTime) -> f64 {
@@ -57,14 +59,15 @@ impl Collector {
             ttl,
             last: tokio::sync::Mutex::new(None),
             snapshot: std::sync::Mutex::new(Default::default()),
-            tails: tokio::sync::Mutex::new(Default::default()),
+            tails: std::sync::Mutex::new(Default::default()),
         }
     }
 
-    /// What the history tables gained since the last refresh.
-    async fn history(&self) -> Result<store::fleet::History, store::Error> {
-        let mut tails = self.tails.lock().await;
-        self.store.fleet_history(&mut tails).await
+    /// What the history tables gained since the last refresh, and the
+    /// tails past it (not kept yet).
+    async fn history(&self) -> Result<(store::fleet::History, store::fleet::Tails), store::Error> {
+        let tails = self.tails.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.store.fleet_history(tails).await
     }
 
     /// Every worker's last status in the registry bucket.
@@ -210,7 +213,12 @@ impl Collector {
             tracing::warn!(error = %e, "metrics: cannot count in Postgres");
         }
         match history {
-            Ok(h) => count_history(&h),
+            Ok((h, tails)) => {
+                // Counted, then the tails move: nothing in between can stop
+                // this (no await), so no row is counted twice or lost.
+                count_history(&h);
+                *self.tails.lock().unwrap_or_else(|e| e.into_inner()) = tails;
+            }
             Err(e) => tracing::warn!(error = %e, "metrics: cannot read the history tables"),
         }
         match statuses {

@@ -69,23 +69,25 @@ impl Store {
 /// time, by id: each refresh of the metrics reads what came after the last.
 ///
 /// Ids are taken from a sequence when a row is inserted, not when it is
-/// committed, so a row may become visible after rows with higher ids. The
-/// reader stops at the first missing id and waits for it; an id still
-/// missing [`SETTLE`] after it was first seen missing is taken for one that
-/// will never come (its transaction rolled back) and skipped.
+/// committed, so a row may become visible after rows with higher ids. Every
+/// missing id (a hole) is noted with when it was first seen; the reader
+/// takes rows up to the first hole that has not waited [`SETTLE`] yet, and
+/// passes a hole that has (its transaction rolled back, or committed more
+/// than [`SETTLE`] after taking its id: an under-count the README states).
 #[derive(Debug, Default, Clone)]
 pub struct Tail {
     /// The last id taken; `None` until the first read placed the tail at
     /// the table's end.
     after: Option<i64>,
-    /// The first missing id past `after`, and when it was first missed.
-    gap: Option<(i64, Instant)>,
+    /// Ids past `after` found missing, and when each was first missed.
+    holes: std::collections::BTreeMap<i64, Instant>,
 }
 
 /// How long a missing id is waited for.
 pub const SETTLE: Duration = Duration::from_secs(5);
 
-/// Most rows of each table one read takes (the rest wait for the next).
+/// Most rows of each table one read takes (the rest wait for the next); for
+/// `events`, also the width of the id window one read looks at.
 pub const HISTORY_BATCH: i64 = 50_000;
 
 impl Tail {
@@ -94,33 +96,54 @@ impl Tail {
         self.after
     }
 
+    /// Whether the hole `id` has waited long enough at `now` (noting it
+    /// when it is new).
+    fn settled(&mut self, id: i64, now: Instant) -> bool {
+        let since = *self.holes.entry(id).or_insert(now);
+        now.duration_since(since) >= SETTLE
+    }
+
     /// Of `ids` (ascending, all past the tail), how many are taken now: up
-    /// to the first gap that has not waited [`SETTLE`] yet at `now`.
+    /// to the first hole that has not waited [`SETTLE`] yet at `now`. Every
+    /// hole between them is noted, so holes settle together, not one per
+    /// read.
     pub fn take(&mut self, ids: impl IntoIterator<Item = i64>, now: Instant) -> usize {
         let Some(mut last) = self.after else {
             return 0;
         };
+        let ids: Vec<i64> = ids.into_iter().collect();
+        // Note the holes first: all of them start waiting now.
+        let mut prev = last;
+        for &id in &ids {
+            for hole in prev + 1..id {
+                self.holes.entry(hole).or_insert(now);
+            }
+            prev = id;
+        }
         let mut n = 0;
-        for id in ids {
-            let missing = last + 1;
-            if id != missing {
-                match self.gap {
-                    Some((g, since)) if g == missing => {
-                        if now.duration_since(since) < SETTLE {
-                            break;
-                        }
-                    }
-                    _ => {
-                        self.gap = Some((missing, now));
-                        break;
-                    }
+        'ids: for &id in &ids {
+            for hole in last + 1..id {
+                if !self.settled(hole, now) {
+                    break 'ids;
                 }
             }
             n += 1;
             last = id;
         }
         self.after = Some(last);
+        self.holes = self.holes.split_off(&(last + 1));
         n
+    }
+
+    /// A window of ids `(after, end]` that showed no row while the
+    /// sequence had passed `end`: its ids are holes like any other, and the
+    /// tail moves past them once they have waited [`SETTLE`].
+    pub fn pass_empty(&mut self, end: i64, now: Instant) {
+        let Some(after) = self.after else { return };
+        if self.settled(after + 1, now) {
+            self.after = Some(end);
+            self.holes = self.holes.split_off(&(end + 1));
+        }
     }
 }
 
@@ -267,10 +290,15 @@ impl Store {
     ///
     /// Each read is one statement per table, on indexes: `events` by its
     /// BRIN index on id (sql/0016_history_tail.sql; the primary key is
-    /// (task_id, id)) with one primary-key probe per row for the event
-    /// before it and one for its task's role; `usage` and `audit` by their
-    /// primary keys.
-    pub async fn fleet_history(&self, tails: &mut Tails) -> Result<History> {
+    /// (task_id, id)), in a window of [`HISTORY_BATCH`] ids so that a read
+    /// after a long pause costs no more than one after a short one, with one
+    /// primary-key probe per row for the event before it and one for its
+    /// task's role; `usage` and `audit` by their primary keys.
+    ///
+    /// It answers the tails moved past what it read; the caller keeps them
+    /// only once it has counted what was read, so a failure or a dropped
+    /// request reads the same rows again rather than losing them.
+    pub async fn fleet_history(&self, mut tails: Tails) -> Result<(History, Tails)> {
         let client = self.client().await?;
         let mut out = History::default();
         if tails.events.after.is_none() {
@@ -296,7 +324,7 @@ impl Store {
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
-            return Ok(out);
+            return Ok((out, tails));
         }
         let now = Instant::now();
         let rows = client
@@ -305,7 +333,7 @@ impl Store {
                         CASE WHEN e.from_state = 'running' THEN left(e.reason, 64) END,
                         p.to_state, extract(epoch FROM e.at - p.at)::float8
                  FROM (SELECT id, task_id, from_state, to_state, reason, at FROM events
-                       WHERE id > $1 ORDER BY id LIMIT $2) e
+                       WHERE id > $1 AND id <= $1 + $2 ORDER BY id) e
                  LEFT JOIN tasks t ON t.id = e.task_id
                  LEFT JOIN LATERAL (
                      SELECT q.to_state, q.at FROM events q
@@ -315,6 +343,21 @@ impl Store {
                 &[&tails.events.after, &HISTORY_BATCH],
             )
             .await?;
+        let after = tails.events.after.unwrap_or(0);
+        if rows.is_empty() {
+            // A window of holes only, with the sequence past it, is passed
+            // once its ids have waited like any hole.
+            let last: i64 = client
+                .query_one(
+                    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM events_id_seq",
+                    &[],
+                )
+                .await?
+                .get(0);
+            if last > after + HISTORY_BATCH {
+                tails.events.pass_empty(after + HISTORY_BATCH, now);
+            }
+        }
         let n = tails.events.take(rows.iter().map(|r| r.get(0)), now);
         out.transitions = rows[..n]
             .iter()
@@ -378,7 +421,7 @@ impl Store {
                 outcome: r.get(2),
             })
             .collect();
-        Ok(out)
+        Ok((out, tails))
     }
 }
 
@@ -389,7 +432,7 @@ mod tests {
     fn at(after: i64) -> Tail {
         Tail {
             after: Some(after),
-            gap: None,
+            holes: Default::default(),
         }
     }
 
@@ -421,6 +464,21 @@ mod tests {
         assert_eq!(t.after(), Some(21));
         assert_eq!(t.take([], t0), 0);
         assert_eq!(t.after(), Some(21));
+
+        // Holes seen in one read settle together, not one per read.
+        let mut t = at(0);
+        assert_eq!(t.take([2, 4, 6], t0), 0);
+        assert_eq!(t.take([2, 4, 6], t0 + SETTLE), 3);
+        assert_eq!(t.after(), Some(6));
+        assert!(t.holes.is_empty(), "{:?}", t.holes);
+
+        // A window without a row: passed once it waited.
+        let mut t = at(100);
+        t.pass_empty(100 + HISTORY_BATCH, t0);
+        assert_eq!(t.after(), Some(100));
+        t.pass_empty(100 + HISTORY_BATCH, t0 + SETTLE);
+        assert_eq!(t.after(), Some(100 + HISTORY_BATCH));
+        assert!(t.holes.is_empty());
     }
 
     #[test]

@@ -524,8 +524,10 @@ async fn stage_durations_retries_hand_backs_and_the_pool_are_counted() {
     let transitions = |m: &HashMap<String, f64>| total(m, "colony_task_transitions_total", &[]);
     // The store's read on its own, placed at the tables' ends now.
     let store = w.store(1);
-    let mut tails = store::fleet::Tails::default();
-    store.fleet_history(&mut tails).await.expect("placed");
+    let (_, tails) = store
+        .fleet_history(Default::default())
+        .await
+        .expect("placed");
     let made: Vec<Uuid> = futures_util::stream::iter(0..tasks)
         .map(|i| {
             let (http, url) = (&http, &url);
@@ -549,7 +551,7 @@ async fn stage_durations_retries_hand_backs_and_the_pool_are_counted() {
         .for_each_concurrent(16, cancel)
         .await;
     let started = Instant::now();
-    let history = store.fleet_history(&mut tails).await.expect("history");
+    let (history, _) = store.fleet_history(tails).await.expect("history");
     let read_ms = started.elapsed().as_secs_f64() * 1e3;
     assert_eq!(history.transitions.len(), 2 * tasks);
     let idle_refresh_ms = total(&m, "colony_fleet_refresh_seconds", &[]) * 1e3;
@@ -585,11 +587,65 @@ async fn stage_durations_retries_hand_backs_and_the_pool_are_counted() {
         // every cancelled task's.
         (n + 2 + 2 + tasks) as f64
     );
+    assert!(
+        read >= 1000.0,
+        "one refresh read {read} transitions of {tasks} tasks' 1 200"
+    );
     println!(
         "metrics history: {n} done, 1 retried, 1 handed back; {runs} runs = acquires ({cold} cold, {reused} reused), {starts} cold starts; \
          one refresh read {read} events of {tasks} tasks queued and cancelled: the store's read {read_ms:.1} ms, \
          the refresh {refresh_ms:.1} ms (one with no new rows {idle_refresh_ms:.1} ms), the scrape {scrape_ms:.1} ms"
     );
+}
+
+/// An event id that never commits (its transaction rolled back) is waited
+/// for, then passed; rows after it are counted once, and a read whose
+/// tails are not kept (a refresh that failed before counting) reads the
+/// same rows again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_event_id_is_waited_for_then_passed_and_nothing_is_lost() {
+    let w = World::new().await.expect("world");
+    let _api = w.start(Role::Ingress).await.expect("ingress");
+    let store = w.store(1);
+    let (_, placed) = store
+        .fleet_history(Default::default())
+        .await
+        .expect("placed");
+    // The id a rolled-back transaction took.
+    let db = w.db().await.expect("db");
+    db.query_one("SELECT nextval('events_id_seq')", &[])
+        .await
+        .expect("burn an id");
+    // A task made and cancelled: two events past the hole.
+    let id = w.submit_shell("true", json!({})).await.expect("submit");
+    let r = w
+        .http()
+        .post(format!("{}/v1/tasks/{id}/cancel", w.url()))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(r.status(), 200);
+    let (h, waiting) = store.fleet_history(placed.clone()).await.expect("read");
+    assert!(h.transitions.is_empty(), "the hole is waited for: {h:?}");
+    // Not kept (as if the refresh failed): the same read again, the same.
+    let (again, _) = store.fleet_history(placed).await.expect("read");
+    assert_eq!(again, h);
+    tokio::time::sleep(store::fleet::SETTLE + Duration::from_millis(500)).await;
+    let (h, passed) = store.fleet_history(waiting).await.expect("read");
+    let states: Vec<(Option<String>, String)> = h
+        .transitions
+        .iter()
+        .map(|t| (t.from.clone(), t.to.clone()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (None, "queued".to_string()),
+            (Some("queued".to_string()), "cancelled".to_string())
+        ]
+    );
+    let (h, _) = store.fleet_history(passed).await.expect("read");
+    assert!(h.transitions.is_empty(), "each row once: {h:?}");
 }
 
 /// A role of the scripted model provider (see agents.rs).
