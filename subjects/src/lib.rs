@@ -235,6 +235,11 @@ pub mod subject {
     pub const API_CANCEL_TASK: &str = "tasks.cancel";
     /// The NATS service's name (`nats micro info colony`).
     pub const API_SERVICE: &str = "colony";
+    /// The services protocol's discovery subject of `verb` (`PING`, `INFO`,
+    /// `STATS`) for the service `name`.
+    pub fn service_verb(verb: &str, name: &str) -> String {
+        format!("$SRV.{verb}.{name}")
+    }
 
     /// The last token of an intake subject: the tenant it submits for.
     pub fn intake_tenant(subject: &str) -> Option<&str> {

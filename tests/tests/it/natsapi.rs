@@ -85,7 +85,7 @@ async fn a_python_client_submits_and_gets_its_result_over_nats_only() {
     let admin = w.nats_client().await.expect("admin");
     let info = admin
         .request(
-            format!("$SRV.INFO.{}", subjects::subject::API_SERVICE),
+            subjects::subject::service_verb("INFO", subjects::subject::API_SERVICE),
             "".into(),
         )
         .await
@@ -117,7 +117,7 @@ async fn a_python_client_submits_and_gets_its_result_over_nats_only() {
     );
     let stats = admin
         .request(
-            format!("$SRV.STATS.{}", subjects::subject::API_SERVICE),
+            subjects::subject::service_verb("STATS", subjects::subject::API_SERVICE),
             "".into(),
         )
         .await
@@ -135,30 +135,34 @@ async fn a_python_client_submits_and_gets_its_result_over_nats_only() {
     // A call naming a reply subject that is not the caller's inbox is not
     // answered: the ingress publishes nowhere the caller chooses.
     let acme = w.nats_as(&user).await.expect("acme");
+    // Three subjects acme may not publish on: globex's intake, an event
+    // of globex's and globex's inbox.
+    let globex_inbox = subjects::auth::inbox_prefix(&subjects::auth::tenant_user("globex"));
+    let hostiles = [
+        subjects::subject::intake("globex"),
+        subjects::subject::events("globex", None, task, subjects::subject::EVENT_STATE),
+        format!("{globex_inbox}.x"),
+    ];
     let mut watch = futures_util::stream::select_all([
         admin
-            .subscribe("colony.intake.globex")
+            .subscribe(subjects::subject::intake("globex"))
             .await
             .expect("watch"),
         admin
-            .subscribe("colony.events.globex.>")
+            .subscribe(subjects::subject::events_of_tenant("globex"))
             .await
             .expect("watch"),
         admin
-            .subscribe("_INBOX_tenant-globex.>")
+            .subscribe(format!("{globex_inbox}.>"))
             .await
             .expect("watch"),
     ]);
     admin.flush().await.expect("flush");
     let body = serde_json::to_vec(&serde_json::json!({"id": task})).expect("json");
-    for hostile in [
-        "colony.intake.globex",
-        "colony.events.globex._.x.state",
-        "_INBOX_tenant-globex.x",
-    ] {
+    for hostile in hostiles {
         acme.publish_with_reply(
             subjects::subject::api("acme", subjects::subject::API_GET_TASK),
-            hostile.to_string(),
+            hostile,
             body.clone().into(),
         )
         .await
