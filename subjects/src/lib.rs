@@ -131,14 +131,48 @@ pub mod subject {
     pub fn ctl_broadcast(command: &str) -> String {
         format!("{ROOT}.ctl.all.{command}")
     }
-    /// `colony.dlq.<source>`: a message that was rejected, with
-    /// [`super::header::REASON`] saying why.
+    /// Every dead letter of one source (`colony.dlq.<source>.>`); each is a
+    /// message that was rejected, with [`super::header::REASON`] saying why,
+    /// filed by tenant ([`dlq_of`]).
     pub fn dlq(source: &str) -> String {
-        format!("{ROOT}.dlq.{source}")
+        format!("{ROOT}.dlq.{source}.>")
+    }
+    /// `colony.dlq.<source>.<tenant>`: where a dead letter of `tenant` (or
+    /// of no tenant one can tell, [`NO_TENANT`]) goes, so that a tenant's dead letters
+    /// are found by subject, however many another tenant makes.
+    pub fn dlq_of(source: &str, tenant: Option<&str>) -> String {
+        let tenant = tenant.filter(|t| super::is_token(t)).unwrap_or(NO_TENANT);
+        format!("{ROOT}.dlq.{source}.{tenant}")
+    }
+    /// Every dead letter of one tenant.
+    pub fn dlq_of_tenant(tenant: &str) -> String {
+        format!("{ROOT}.dlq.*.{tenant}")
     }
     pub fn dlq_all() -> String {
         format!("{ROOT}.dlq.>")
     }
+    /// The source of a dead letter's subject.
+    pub fn dlq_source(subject: &str) -> Option<&str> {
+        subject.strip_prefix("colony.dlq.")?.split('.').next()
+    }
+    /// The tenant a dead letter belongs to: its intake subject names it; a
+    /// work or loop message carries it.
+    pub fn dlq_tenant_of(original_subject: &str, payload: &[u8]) -> Option<String> {
+        if let Some(t) =
+            intake_goal_tenant(original_subject).or_else(|| intake_tenant(original_subject))
+        {
+            return Some(t.to_string());
+        }
+        serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()?
+            .get("tenant")?
+            .as_str()
+            .filter(|t| super::is_token(t))
+            .map(str::to_string)
+    }
+    /// The tenant token of a dead letter of no tenant one can tell: no
+    /// tenant can be named so (a tenant is a [`super::is_token`]).
+    pub const NO_TENANT: &str = "~";
 
     /// The goal token used in event subjects of a task that has no goal.
     /// `colony.events.<tenant>.<goal>.goal.<kind>`: what happened to a goal
@@ -342,6 +376,32 @@ pub mod header {
 /// message about one task shares a trace.
 pub fn traceparent(task: uuid::Uuid, span: u64) -> String {
     format!("00-{}-{span:016x}-01", task.simple())
+}
+
+#[cfg(test)]
+mod dlq_subject_tests {
+    use super::subject::*;
+
+    #[test]
+    fn a_dead_letter_goes_to_its_tenants_subject() {
+        assert_eq!(dlq_of(DLQ_WORK, Some("acme")), "colony.dlq.work.acme");
+        assert_eq!(dlq_of(DLQ_WORK, None), "colony.dlq.work.~");
+        assert_eq!(dlq_of(DLQ_WORK, Some("a.b")), "colony.dlq.work.~");
+        assert_eq!(dlq_source("colony.dlq.loop.acme"), Some("loop"));
+        assert_eq!(
+            dlq_tenant_of("colony.intake.acme.goal", b"garbage").as_deref(),
+            Some("acme")
+        );
+        assert_eq!(
+            dlq_tenant_of("colony.work.shell", br#"{"tenant":"globex"}"#).as_deref(),
+            Some("globex")
+        );
+        assert_eq!(
+            dlq_tenant_of("colony.work.shell", br#"{"tenant":"*"}"#),
+            None
+        );
+        assert_eq!(dlq_tenant_of("colony.work.shell", b"not json"), None);
+    }
 }
 
 /// True when `s` can stand as one subject token and as a tenant, pool or

@@ -1,7 +1,7 @@
 //! The one way work enters Colony.
 //!
 //! Three doors, one set of rules, the same sentences: the HTTP API (as a
-//! 4xx body), the NATS intake (as the reason of a `colony.dlq.intake`
+//! 4xx body), the NATS intake (as the reason of a `colony.dlq.intake.<tenant>`
 //! entry), and an agent's `task.create` action (as the action's refusal,
 //! audited). [`Rules::check`] parses and checks a submission's bytes;
 //! [`Rules::check_submission`] checks one already parsed (the agent door);

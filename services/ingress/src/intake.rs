@@ -5,7 +5,7 @@
 //! route uses. A message's idempotency key is its
 //! `idempotency_key` field, else its `Nats-Msg-Id` header, so a publisher that
 //! retries with the same message id gets one task. A message that cannot
-//! become a task goes to `colony.dlq.intake` with the reason and is
+//! become a task goes to `colony.dlq.intake.<tenant>` with the reason and is
 //! terminated; a database outage Naks it for later.
 
 use std::time::Duration;

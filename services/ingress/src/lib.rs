@@ -5,7 +5,7 @@
 //! client can submit by publishing the same JSON. A valid submission becomes
 //! a task row and its work message in one commit (the outbox); an invalid
 //! one is refused with one sentence — as a 4xx body over HTTP, or as the
-//! reason header of a `colony.dlq.intake` entry over NATS. Nothing is dropped
+//! reason header of a `colony.dlq.intake.<tenant>` entry over NATS. Nothing is dropped
 //! without a trace.
 //!
 //! The HTTP API also manages the AI workforce: hiring, pausing and

@@ -233,11 +233,7 @@ impl Collector {
         }
         f.clear();
         // What may have no rows yet shows as 0, not as no data.
-        for source in [
-            subjects::subject::DLQ_INTAKE,
-            subjects::subject::DLQ_WORK,
-            subjects::subject::DLQ_LOOP,
-        ] {
+        for source in subjects::subject::DLQ_SOURCES {
             f.dlq_messages
                 .get_or_create(&SourceLabels {
                     source: source.to_string(),
@@ -343,9 +339,13 @@ impl Collector {
             for (subject, n, oldest) in by_subject {
                 let last = subject.rsplit('.').next().unwrap_or(subject).to_string();
                 if info.config.name == stream::DLQ {
-                    *snap.dlq.entry(last.clone()).or_default() += *n as u64;
+                    // colony.dlq.<source>.<tenant>: counted by source.
+                    let source = subjects::subject::dlq_source(subject)
+                        .unwrap_or_default()
+                        .to_string();
+                    *snap.dlq.entry(source.clone()).or_default() += *n as u64;
                     f.dlq_messages
-                        .get_or_create(&SourceLabels { source: last })
+                        .get_or_create(&SourceLabels { source })
                         .inc_by(*n as i64);
                 } else {
                     snap.pools.push(subjects::ops::PoolBacklog {
@@ -374,11 +374,7 @@ impl Collector {
             }
         }
         snap.pools.sort_by(|a, b| a.pool.cmp(&b.pool));
-        for source in [
-            subjects::subject::DLQ_INTAKE,
-            subjects::subject::DLQ_WORK,
-            subjects::subject::DLQ_LOOP,
-        ] {
+        for source in subjects::subject::DLQ_SOURCES {
             snap.dlq.entry(source.to_string()).or_default();
         }
         // Every role with tasks or a served pool shows its stage

@@ -7,7 +7,7 @@
 //! and returns the outbox rows it wrote, which go to the relay before the
 //! message is acknowledged. A message that cannot be handled is retried
 //! with a growing delay; one that cannot be read, or that fails
-//! `max_deliver` times, goes to `colony.dlq.loop` with the reason.
+//! `max_deliver` times, goes to `colony.dlq.loop.<tenant>` with the reason.
 //!
 //! What this crate does not know: what a message means (the handlers').
 

@@ -227,7 +227,8 @@ pub async fn run_poller(
     }
 }
 
-/// Publish a message that could not be processed to `colony.dlq.<source>`,
+/// Publish a message that could not be processed to
+/// `colony.dlq.<source>.<tenant>` (the tenant its subject or body names),
 /// with the reason and its original subject in headers, and wait for the
 /// server to store it.
 pub async fn dead_letter(
@@ -243,16 +244,21 @@ pub async fn dead_letter(
     // A header value is one line.
     h.insert(header::REASON, reason.replace(['\r', '\n'], " ").as_str());
     h.insert(header::ORIGINAL_SUBJECT, original_subject);
-    js.publish_with_headers(subjects::subject::dlq(source), h, payload)
-        .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    let tenant = subjects::subject::dlq_tenant_of(original_subject, &payload);
+    js.publish_with_headers(
+        subjects::subject::dlq_of(source, tenant.as_deref()),
+        h,
+        payload,
+    )
+    .await
+    .map_err(|e| e.to_string())?
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }
 
 /// Dead-letter a JetStream message that cannot be processed to
-/// `colony.dlq.<source>`, then terminate it so it is not redelivered; if the
+/// `colony.dlq.<source>.<tenant>`, then terminate it so it is not redelivered; if the
 /// DLQ publish fails, Nak it so that nothing is lost.
 pub async fn dead_letter_message(
     js: &jetstream::Context,

@@ -608,7 +608,7 @@ async fn publish_output(shared: Arc<Shared>, running: Running, mut rx: mpsc::Rec
     }
 }
 
-/// Send a message that cannot be processed to `colony.dlq.work` with the
+/// Send a message that cannot be processed to `colony.dlq.work.<tenant>` with the
 /// reason, then terminate it so it is not redelivered.
 async fn dead_letter(shared: &Shared, msg: &Message, reason: &str) {
     relay::dead_letter_message(&shared.js, subject::DLQ_WORK, msg, reason).await;

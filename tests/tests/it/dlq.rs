@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use colony::Role;
 use colony_tests::{client_with_key, World};
+use futures_util::TryStreamExt;
 use serde_json::{json, Value};
 use store::Scope;
 
@@ -156,5 +157,47 @@ async fn dead_letters_are_listed_replayed_once_and_discarded_with_audit_rows() {
     assert_eq!(a["entries"].as_array().map(Vec::len), Some(3), "{a}");
     let (_, a) = call(&w, &admin, false, "/v1/audit?action=dlq.discard", None).await;
     assert_eq!(a["entries"].as_array().map(Vec::len), Some(1), "{a}");
-    println!("dlq: 4 dead letters; 3 replayed (1 alone, 2 in bulk), 1 refused again then discarded; 4 audit rows; 0 seen by another tenant");
+    // Another tenant floods the dead letters with garbage, more than one
+    // window of the walk: this tenant's are still all found, by subject.
+    let flood = 12_000;
+    let globex = w.nats_as("tenant-globex").await.expect("globex client");
+    for i in 0..flood {
+        globex
+            .publish(
+                subjects::subject::intake("globex"),
+                format!("garbage {i}").into(),
+            )
+            .await
+            .expect("publish");
+    }
+    globex.flush().await.expect("flush");
+    let js = async_nats::jetstream::new(w.nats_client().await.expect("admin"));
+    let dlq = js.get_stream(subjects::stream::DLQ).await.expect("dlq");
+    let theirs = subjects::subject::dlq_of(subjects::subject::DLQ_INTAKE, Some("globex"));
+    let mut filed = 0;
+    for _ in 0..600 {
+        let counts: std::collections::HashMap<String, usize> = dlq
+            .info_with_subjects(theirs.clone())
+            .await
+            .expect("info")
+            .try_collect()
+            .await
+            .expect("counts");
+        filed = counts.get(&theirs).copied().unwrap_or(0);
+        if filed >= flood {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(filed, flood, "globex's garbage filed under its own subject");
+    let (s, v) = call(&w, &admin, false, "/v1/dlq?limit=500", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["entries"].as_array().map(Vec::len), Some(4), "{v}");
+    let (_, v) = call(&w, &other, false, "/v1/dlq?limit=1", None).await;
+    assert_eq!(
+        v["entries"][0]["payload"],
+        format!("garbage {}", flood - 1),
+        "{v}"
+    );
+    println!("dlq: 4 dead letters; 3 replayed (1 alone, 2 in bulk), 1 refused again then discarded; 4 audit rows; 0 seen by another tenant; all 4 still listed behind another tenant's {flood}");
 }

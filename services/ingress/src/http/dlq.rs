@@ -18,6 +18,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
+use futures_util::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use store::dlq::NewDlqAction;
@@ -28,8 +29,11 @@ use time::OffsetDateTime;
 
 use super::{read_json, AppState, Caller, Refusal};
 
-/// Dead letters read (newest first) to answer one list.
-const SCAN: u64 = 5000;
+/// A list walks the stream back in windows of this many sequences, reading
+/// only the tenant's dead letters in each.
+const WINDOW: u64 = 10_000;
+/// Windows one list looks at, at most (the newest 10 million messages).
+const MAX_WINDOWS: u32 = 1_000;
 /// What a dead letter's status can be.
 const STATUSES: [&str; 3] = ["open", "replayed", "discarded"];
 
@@ -81,57 +85,62 @@ fn outcome(a: &store::dlq::DlqAction) -> DlqOutcome {
     }
 }
 
-/// The tenant a dead letter belongs to: an intake subject names it; a
-/// work or loop message carries it.
-fn tenant_of(original: &str, payload: &[u8]) -> Option<String> {
-    if let Some(t) =
-        subject::intake_goal_tenant(original).or_else(|| subject::intake_tenant(original))
-    {
-        return Some(t.to_string());
+/// One dead letter as stored. Its tenant is its subject's
+/// (`colony.dlq.<source>.<tenant>`), or, for one stored before dead letters
+/// were filed by tenant, what its subject or body names.
+fn entry_of(m: async_nats::jetstream::message::StreamMessage) -> Entry {
+    let get = |name: &str| {
+        m.headers
+            .get(name)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default()
+    };
+    let original = get(header::ORIGINAL_SUBJECT);
+    let filed = m
+        .subject
+        .strip_prefix("colony.dlq.")
+        .and_then(|rest| rest.split('.').nth(1))
+        .map(str::to_string);
+    let tenant = match filed {
+        Some(t) if t == subject::NO_TENANT => None,
+        Some(t) => Some(t),
+        None => subject::dlq_tenant_of(&original, &m.payload),
+    };
+    Entry {
+        seq: m.sequence,
+        source: subject::dlq_source(&m.subject)
+            .unwrap_or_default()
+            .to_string(),
+        reason: get(header::REASON),
+        tenant,
+        original,
+        at: m.time,
+        headers: m
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    v.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", "),
+                )
+            })
+            .collect(),
+        payload: m.payload,
     }
-    serde_json::from_slice::<Value>(payload)
-        .ok()?
-        .get("tenant")?
-        .as_str()
-        .map(str::to_string)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Refusal {
+    tracing::warn!(error = %e, "the dead-letter stream does not answer");
+    Refusal::unavailable("the dead-letter stream does not answer; retry in a few seconds")
 }
 
 async fn entry(s: &AppState, seq: u64) -> Result<Option<Entry>, Refusal> {
-    let stream = s.0.js.get_stream_no_info(stream::DLQ).await.map_err(|e| {
-        tracing::warn!(error = %e, "the dead-letter stream does not answer");
-        Refusal::unavailable("the dead-letter stream does not answer; retry in a few seconds")
-    })?;
-    match stream.get_raw_message(seq).await {
-        Ok(m) => {
-            let get = |name: &str| {
-                m.headers
-                    .get(name)
-                    .map(|v| v.as_str().to_string())
-                    .unwrap_or_default()
-            };
-            let original = get(header::ORIGINAL_SUBJECT);
-            Ok(Some(Entry {
-                seq,
-                source: m.subject.rsplit('.').next().unwrap_or_default().to_string(),
-                reason: get(header::REASON),
-                tenant: tenant_of(&original, &m.payload),
-                original,
-                at: m.time,
-                headers: m
-                    .headers
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.to_string(),
-                            v.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", "),
-                        )
-                    })
-                    .collect(),
-                payload: m.payload,
-            }))
-        }
-        Err(_) => Ok(None),
-    }
+    let stream =
+        s.0.js
+            .get_stream_no_info(stream::DLQ)
+            .await
+            .map_err(unavailable)?;
+    Ok(stream.get_raw_message(seq).await.ok().map(entry_of))
 }
 
 #[derive(Deserialize, Default)]
@@ -172,52 +181,86 @@ async fn scan(
     status: Option<&str>,
     limit: usize,
 ) -> Result<Vec<(Entry, Option<store::dlq::DlqAction>)>, Refusal> {
-    let mut info = s.0.js.get_stream(stream::DLQ).await.map_err(|e| {
-        tracing::warn!(error = %e, "the dead-letter stream does not answer");
-        Refusal::unavailable("the dead-letter stream does not answer; retry in a few seconds")
-    })?;
-    let state = info
-        .info()
-        .await
-        .map_err(|_| Refusal::unavailable("the dead-letter stream does not answer"))?
-        .state
-        .clone();
+    let mut stream = s.0.js.get_stream(stream::DLQ).await.map_err(unavailable)?;
+    let state = stream.info().await.map_err(unavailable)?.state.clone();
+    // Only the tenant's subject is read: another tenant's dead letters, how
+    // many there may be, cost one step per window, not one per message.
+    let filter = subject::dlq_of_tenant(&caller.tenant);
     let mut found = Vec::new();
-    let mut batch = Vec::new();
-    let mut seq = state.last_sequence;
-    let floor = state
-        .first_sequence
-        .max(state.last_sequence.saturating_sub(SCAN));
-    loop {
-        let more = seq >= floor && seq > 0;
-        if more {
-            if let Some(e) = entry(s, seq).await? {
-                if f.since.is_some_and(|t| e.at < t) {
-                    seq = 0;
-                } else if e.tenant.as_deref() == Some(caller.tenant.as_str()) && f.matches(&e) {
-                    batch.push(e);
-                }
-            }
-            seq = seq.saturating_sub(1);
-        }
-        // What was done with them, a batch at a time, for the status.
-        if batch.len() >= 100 || (!more && !batch.is_empty()) {
-            let actions =
-                s.0.store
-                    .dlq_actions(&batch.iter().map(|e| e.seq).collect::<Vec<_>>())
-                    .await?;
-            for e in batch.drain(..) {
-                let a = actions.get(&e.seq).cloned();
-                let st = a.as_ref().map_or("open", |a| a.action.as_str());
-                if status.is_none_or(|want| want == st) && found.len() < limit {
-                    found.push((e, a));
-                }
-            }
-        }
-        if !more || found.len() >= limit {
-            return Ok(found);
+    // How many the tenant has, by subject, and where its newest is: the
+    // walk starts there and ends once it has met them all.
+    let counts: std::collections::HashMap<String, usize> = stream
+        .info_with_subjects(filter.clone())
+        .await
+        .map_err(unavailable)?
+        .try_collect()
+        .await
+        .map_err(unavailable)?;
+    let mut left: usize = counts.values().sum();
+    if left == 0 {
+        return Ok(found);
+    }
+    let mut hi = 0;
+    for subject in counts.keys() {
+        if let Ok(m) = stream.get_last_raw_message_by_subject(subject).await {
+            hi = hi.max(m.sequence);
         }
     }
+    let mut windows = 0;
+    while hi >= state.first_sequence.max(1) && found.len() < limit && windows < MAX_WINDOWS {
+        windows += 1;
+        let lo = state
+            .first_sequence
+            .max(hi.saturating_sub(WINDOW - 1))
+            .max(1);
+        // The tenant's dead letters in [lo, hi], oldest first.
+        let mut in_window = Vec::new();
+        let mut seq = lo;
+        while seq <= hi {
+            let got = stream
+                .raw_message_builder()
+                .sequence(seq)
+                .next_by_subject(filter.clone())
+                .send()
+                .await;
+            match got {
+                Ok(m) if m.sequence <= hi => {
+                    seq = m.sequence + 1;
+                    in_window.push(entry_of(m));
+                }
+                _ => break,
+            }
+        }
+        left = left.saturating_sub(in_window.len());
+        let mut stop = false;
+        let mut batch = Vec::new();
+        for e in in_window.into_iter().rev() {
+            if f.since.is_some_and(|t| e.at < t) {
+                stop = true;
+                break;
+            }
+            if e.tenant.as_deref() == Some(caller.tenant.as_str()) && f.matches(&e) {
+                batch.push(e);
+            }
+        }
+        // What was done with them, for the status.
+        let actions =
+            s.0.store
+                .dlq_actions(&batch.iter().map(|e| e.seq).collect::<Vec<_>>())
+                .await?;
+        for e in batch {
+            let a = actions.get(&e.seq).cloned();
+            let st = a.as_ref().map_or("open", |a| a.action.as_str());
+            if status.is_none_or(|want| want == st) && found.len() < limit {
+                found.push((e, a));
+            }
+        }
+        if stop || left == 0 || lo <= state.first_sequence.max(1) {
+            break;
+        }
+        hi = lo - 1;
+    }
+    Ok(found)
 }
 
 #[derive(Deserialize)]
