@@ -155,6 +155,11 @@ pub mod subject {
     pub fn dlq_source(subject: &str) -> Option<&str> {
         subject.strip_prefix("colony.dlq.")?.split('.').next()
     }
+    /// The tenant token a dead letter was filed under (`colony.dlq.<source>.
+    /// <tenant>`; [`NO_TENANT`] for none), if its subject has one.
+    pub fn dlq_filed_tenant(subject: &str) -> Option<&str> {
+        subject.strip_prefix("colony.dlq.")?.split('.').nth(1)
+    }
     /// The tenant a dead letter belongs to: its intake subject names it; a
     /// work or loop message carries it.
     pub fn dlq_tenant_of(original_subject: &str, payload: &[u8]) -> Option<String> {
@@ -388,6 +393,8 @@ mod dlq_subject_tests {
         assert_eq!(dlq_of(DLQ_WORK, None), "colony.dlq.work.~");
         assert_eq!(dlq_of(DLQ_WORK, Some("a.b")), "colony.dlq.work.~");
         assert_eq!(dlq_source("colony.dlq.loop.acme"), Some("loop"));
+        assert_eq!(dlq_filed_tenant("colony.dlq.loop.acme"), Some("acme"));
+        assert_eq!(dlq_filed_tenant("colony.dlq.loop"), None);
         assert_eq!(
             dlq_tenant_of("colony.intake.acme.goal", b"garbage").as_deref(),
             Some("acme")

@@ -283,6 +283,19 @@ impl World {
         format!("http://{}", self.settings.http_addr)
     }
 
+    /// A subscription to every event of the `default` tenant's tasks,
+    /// already in place on the server (and the client that holds it).
+    pub async fn default_events(&self) -> Result<(async_nats::Client, async_nats::Subscriber)> {
+        let nats = self.nats_client().await?;
+        let events = nats
+            .subscribe(subjects::subject::events_of_tenant(
+                subjects::DEFAULT_TENANT,
+            ))
+            .await?;
+        nats.flush().await?;
+        Ok((nats, events))
+    }
+
     /// The text of `GET /metrics`, with the operator key.
     pub async fn metrics_text(&self) -> Result<String> {
         Ok(self

@@ -87,12 +87,7 @@ async fn a_container_dying_mid_run_fails_the_attempt_and_the_retry_succeeds() {
     let w = World::new().await.expect("world");
     let colony = w.start(Role::All).await.expect("colony");
     // The command's first output says it is running inside the container.
-    let nats = w.nats_client().await.expect("nats");
-    let mut output = nats
-        .subscribe(subjects::subject::events_of_tenant("default"))
-        .await
-        .expect("subscribe");
-    nats.flush().await.expect("flush");
+    let (_nats, mut output) = w.default_events().await.expect("events");
     let id = w
         .submit_shell(
             "echo started; sleep 5; echo survived",
@@ -158,12 +153,7 @@ async fn graceful_shutdown_hands_work_back_and_the_next_start_finishes_it() {
     let mut s = w.settings.clone();
     s.drain_timeout_ms = 200;
     let colony = w.start_with(Role::All, s.clone()).await.expect("colony");
-    let nats = w.nats_client().await.expect("nats");
-    let mut events = nats
-        .subscribe(subjects::subject::events_of_tenant("default"))
-        .await
-        .expect("subscribe");
-    nats.flush().await.expect("flush");
+    let (_nats, mut events) = w.default_events().await.expect("events");
     let id = w
         .submit_shell(
             "echo first-life; sleep 3; echo second-life",

@@ -476,12 +476,7 @@ async fn stage_durations_retries_hand_backs_and_the_pool_are_counted() {
     )));
 
     // A hand-back: a run in flight when its worker shuts down.
-    let nats = w.nats_client().await.expect("nats");
-    let mut events = nats
-        .subscribe(subjects::subject::events_of_tenant("default"))
-        .await
-        .expect("subscribe");
-    nats.flush().await.expect("flush");
+    let (_nats, mut events) = w.default_events().await.expect("events");
     let held = w
         .submit_shell("echo started; sleep 30", json!({}))
         .await

@@ -623,8 +623,23 @@ async fn every_route_refuses_no_key_the_wrong_scope_and_other_tenants() {
         }
         assert_eq!(s, 403, "{method} {path} naming acme with globex's key: {v}");
     }
-    // The table covers every authenticated route of the API (the live
-    // feed streams, so tests/it/dashboard.rs checks it on its own).
+    // The live feed streams once it is let in, so it has the refusals
+    // here (401, a tenant key naming another tenant 403); which tenant's
+    // events it streams, tests/it/dashboard.rs checks.
+    let (s, v) = call(&w, None, Method::GET, "/v1/feed", None, None).await;
+    assert_eq!(s, 401, "/v1/feed without a key: {v}");
+    let (s, v) = call(
+        &w,
+        Some(&globex_admin),
+        Method::GET,
+        "/v1/feed",
+        None,
+        Some("acme"),
+    )
+    .await;
+    assert_eq!(s, 403, "/v1/feed naming acme with globex's key: {v}");
+
+    // The table covers every authenticated route of the API.
     let pattern = |path: &str| -> String {
         path.split('?')
             .next()

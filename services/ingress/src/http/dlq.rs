@@ -96,14 +96,9 @@ fn entry_of(m: async_nats::jetstream::message::StreamMessage) -> Entry {
             .unwrap_or_default()
     };
     let original = get(header::ORIGINAL_SUBJECT);
-    let filed = m
-        .subject
-        .strip_prefix("colony.dlq.")
-        .and_then(|rest| rest.split('.').nth(1))
-        .map(str::to_string);
-    let tenant = match filed {
-        Some(t) if t == subject::NO_TENANT => None,
-        Some(t) => Some(t),
+    let tenant = match subject::dlq_filed_tenant(&m.subject) {
+        Some(subject::NO_TENANT) => None,
+        Some(t) => Some(t.to_string()),
         None => subject::dlq_tenant_of(&original, &m.payload),
     };
     Entry {
